@@ -1,0 +1,141 @@
+"""The Admin API: the control plane over HTTP/JSON, plus `/metrics` and `/healthz`.
+
+An aiohttp Application (routing, middleware) — the admin path is not the hot path. Every error is
+JSON with a 4xx/5xx status; the bearer token is compared in constant time and never logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from proxy.control.api import ControlError, InvalidRequestError, ProxyControl
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+CONTROL: web.AppKey[ProxyControl] = web.AppKey("control", ProxyControl)
+MAX_BODY = 64 * 1024
+
+
+def json_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def make_auth_middleware(token: str | None) -> Middleware:
+    expected = f"Bearer {token}".encode() if token else None
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if expected is not None and request.path.startswith("/api/"):
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return json_error(401, "missing or wrong bearer token")
+        try:
+            return await handler(request)
+        except ControlError as exc:
+            return json_error(exc.status, exc.message)
+        except web.HTTPException as exc:
+            if exc.status >= 400 and exc.content_type != "application/json":
+                return json_error(exc.status, exc.reason)
+            raise
+
+    return middleware
+
+
+async def read_json(request: web.Request, allowed: set[str]) -> dict[str, Any]:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise InvalidRequestError(f"body larger than {MAX_BODY} bytes") from None
+    try:
+        body = json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"invalid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError("expected a JSON object")
+    unknown = set(body) - allowed
+    if unknown:
+        raise InvalidRequestError(f"unknown field(s): {', '.join(sorted(unknown))}")
+    return body
+
+
+def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], required: bool = False) -> Any:
+    if name not in body or body[name] is None:
+        if required:
+            raise InvalidRequestError(f"field {name!r} is required")
+        return None
+    value = body[name]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise InvalidRequestError(f"field {name!r} must be of type {names}")
+    return value
+
+
+def make_admin_app(
+    control: ProxyControl,
+    registry: CollectorRegistry,
+    *,
+    token: str | None,
+    serving: Callable[[], bool],
+) -> web.Application:
+    app = web.Application(middlewares=[make_auth_middleware(token)], client_max_size=MAX_BODY)
+    app[CONTROL] = control
+
+    async def healthz(request: web.Request) -> web.Response:
+        if serving():
+            return web.json_response({"status": "serving"})
+        return web.json_response({"status": "stopping"}, status=503)
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def get_routes(request: web.Request) -> web.Response:
+        return web.json_response((await control.routes()).to_json())
+
+    async def post_switch(request: web.Request) -> web.Response:
+        body = await read_json(request, {"active", "preview", "force", "generation"})
+        active = _field(body, "active", str, required=True)
+        preview = _field(body, "preview", str)
+        force = _field(body, "force", bool) or False
+        generation = _field(body, "generation", int)
+        routes = await control.switch(active, preview, force=force, generation=generation)
+        return web.json_response(routes.to_json())
+
+    async def get_pools(request: web.Request) -> web.Response:
+        status = await control.status()
+        routes = status.routes
+        pools = []
+        for p in status.pools:
+            item = p.to_json()
+            item["routes"] = [r for r, n in (("active", routes.active), ("preview", routes.preview)) if n == p.name]
+            pools.append(item)
+        return web.json_response({"pools": pools, "routes": routes.to_json()})
+
+    async def put_pool(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        body = await read_json(request, {"endpoints"})
+        endpoints = _field(body, "endpoints", list, required=True)
+        before = (await control.status()).pool(name)
+        await control.set_endpoints(name, endpoints)
+        after = (await control.status()).pool(name)
+        assert after is not None
+        return web.json_response(after.to_json(), status=201 if before is None else 200)
+
+    async def delete_pool(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        await control.delete_pool(name)
+        return web.json_response({"deleted": name})
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/v1/routes", get_routes)
+    app.router.add_post("/api/v1/switch", post_switch)
+    app.router.add_get("/api/v1/pools", get_pools)
+    app.router.add_put("/api/v1/pools/{name}", put_pool)
+    app.router.add_delete("/api/v1/pools/{name}", delete_pool)
+    return app

@@ -1,0 +1,144 @@
+"""The proxy's commands: `proxy` (run it), `status` and `switch` (talk to its admin API)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from proxy.config import Config, ConfigError, load_config
+from proxy.control.api import ControlError
+
+DEFAULT_ADMIN = "http://127.0.0.1:8090"
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("proxy", help="run the edge proxy")
+    p.add_argument("--config", required=True, metavar="FILE", help="proxy config (YAML)")
+    p.add_argument("--workers", type=int, default=None, metavar="N", help="worker processes (default: config)")
+    p.set_defaults(func=cmd_proxy)
+
+    s = sub.add_parser("status", help="show the route table and pools")
+    add_admin_args(s)
+    s.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    s.set_defaults(func=cmd_status)
+
+    w = sub.add_parser("switch", help="make COLOR live (preview gets the other)")
+    add_admin_args(w)
+    w.add_argument("color")
+    w.add_argument("--preview", default=None, help="pool for the preview listener (default: the old active)")
+    w.add_argument("--force", action="store_true", help="switch even if COLOR has no healthy endpoint")
+    w.add_argument("--generation", type=int, default=None, help="only if the routes are at this generation")
+    w.set_defaults(func=cmd_switch)
+
+
+def add_admin_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--admin",
+        default=os.environ.get("BLUEGREEN_ADMIN", DEFAULT_ADMIN),
+        metavar="URL",
+        help=f"admin API (default: $BLUEGREEN_ADMIN or {DEFAULT_ADMIN})",
+    )
+
+
+def fail(message: str, code: int = 1) -> int:
+    print(f"bluegreen: {message}", file=sys.stderr)
+    return code
+
+
+def run_client(coro_fn: Callable[[Any], Coroutine[Any, Any, int]], args: argparse.Namespace) -> int:
+    from proxy.control.http import HttpControl
+
+    async def main() -> int:
+        async with HttpControl(args.admin, os.environ.get("BLUEGREEN_ADMIN_TOKEN") or None) as control:
+            return await coro_fn(control)
+
+    try:
+        return asyncio.run(main())
+    except ControlError as exc:
+        return fail(exc.message)
+    except (TimeoutError, OSError) as exc:
+        return fail(f"cannot reach the admin API at {args.admin}: {exc}")
+    except Exception as exc:  # aiohttp.ClientError and friends: one line, no traceback
+        return fail(f"{type(exc).__name__}: {exc} ({args.admin})")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    async def go(control: Any) -> int:
+        status = await control.status()
+        if args.output == "json":
+            print(
+                json.dumps({"routes": status.routes.to_json(), "pools": [p.to_json() for p in status.pools]}, indent=2)
+            )
+            return 0
+        r = status.routes
+        print(f"generation {r.generation}: active -> {r.active}, preview -> {r.preview or '(none)'}")
+        for pool in status.pools:
+            roles = [n for n, v in (("active", r.active), ("preview", r.preview)) if v == pool.name]
+            state = ", ".join(roles) or ("draining" if pool.draining else "idle")
+            print(f"pool {pool.name} ({state}), in flight {pool.in_flight}")
+            for ep in pool.endpoints:
+                print(f"  {ep.address:<24} {'healthy' if ep.healthy else 'UNHEALTHY':<10} in flight {ep.in_flight}")
+            if not pool.endpoints:
+                print("  (no endpoints)")
+        return 0
+
+    return run_client(go, args)
+
+
+def cmd_switch(args: argparse.Namespace) -> int:
+    async def go(control: Any) -> int:
+        routes = await control.switch(args.color, args.preview, force=args.force, generation=args.generation)
+        print(f"generation {routes.generation}: active -> {routes.active}, preview -> {routes.preview or '(none)'}")
+        return 0
+
+    return run_client(go, args)
+
+
+def cmd_proxy(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return fail(f"config error: {exc}", 2)
+    workers = args.workers if args.workers is not None else config.workers
+    if workers < 1:
+        return fail("--workers must be at least 1", 2)
+    try:
+        return run_proxy(config)
+    except OSError as exc:
+        return fail(f"cannot start: {exc}")
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run_proxy(config: Config) -> int:
+    from proxy.server import ProxyServer
+
+    async def main() -> int:
+        server = ProxyServer(config)
+        await server.start()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        ports = server.ports
+        listeners = ", ".join(f"{role} http://{config.listeners[role].host}:{ports[role]}" for role in config.listeners)
+        print(f"bluegreen proxy: {listeners}; admin http://{config.admin.host}:{ports['admin']}", flush=True)
+        await stop.wait()
+        print("bluegreen proxy: stopping, draining in-flight requests", flush=True)
+        await server.stop()
+        return 0
+
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(main())

@@ -1,0 +1,500 @@
+"""The proxy's configuration: YAML in, immutable validated objects out.
+
+Declaring and materialising are split (uvicorn's Config/load idea): this module only parses and
+validates; nothing here binds a socket. Every refusal names the file, the key path and the reason,
+as a `ConfigError` that the CLI prints on one line without a traceback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+__all__ = [
+    "AdminConfig",
+    "Config",
+    "ConfigError",
+    "HealthCheckConfig",
+    "LimitsConfig",
+    "ListenerConfig",
+    "OutlierConfig",
+    "PoolConfig",
+    "StateConfig",
+    "TimeoutsConfig",
+    "load_config",
+    "parse_address",
+    "parse_config",
+    "parse_duration",
+]
+
+T = TypeVar("T")
+
+BALANCERS = ("round_robin", "least_in_flight")
+LISTENER_ROLES = ("active", "preview")
+_POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_SUBST = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; `str()` is the one-line message for the operator."""
+
+    def __init__(self, source: str, path: str, reason: str) -> None:
+        self.source, self.path, self.reason = source, path, reason
+        where = f"{source}: {path}" if path else source
+        super().__init__(f"{where}: {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    host: str = "127.0.0.1"
+    port: int = 8090
+    token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheckConfig:
+    """Active probes; `path=None` turns them off (passive ejection still applies)."""
+
+    path: str | None = None
+    interval: float = 2.0
+    timeout: float = 1.0
+    healthy_threshold: int = 2
+    unhealthy_threshold: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierConfig:
+    """Passive ejection: an endpoint that fails `consecutive_failures` connects is out for `ejection_time`."""
+
+    consecutive_failures: int = 3
+    ejection_time: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    name: str
+    endpoints: tuple[tuple[str, int], ...]
+    balancer: str = "round_robin"
+    health_check: HealthCheckConfig = HealthCheckConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutsConfig:
+    connect: float = 5.0  # upstream TCP connect
+    client_header: float = 10.0  # a client's whole request head (slowloris bound)
+    upstream_header: float = 60.0  # request sent -> response head received (504 after)
+    idle: float = 60.0  # no byte either way on a busy exchange or tunnel
+    keepalive: float = 60.0  # an idle client keep-alive connection
+    upstream_keepalive: float = 4.0  # an idle pooled upstream connection; below common upstream idle timeouts
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    max_connections: int = 20000
+    max_header_bytes: int = 65536
+    max_body_bytes: int = 0  # 0: unlimited (bodies stream, never buffered whole)
+    max_in_flight_per_endpoint: int = 0  # 0: unlimited; else 503 when shedding
+    max_idle_per_endpoint: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class StateConfig:
+    backend: str = "memory"
+    endpoints: tuple[str, ...] = ()
+    prefix: str = "/bluegreen/"
+    lease_ttl: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: str
+    listeners: Mapping[str, ListenerConfig]
+    admin: AdminConfig
+    pools: tuple[PoolConfig, ...]
+    active: str
+    preview: str | None
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+    limits: LimitsConfig = LimitsConfig()
+    outlier: OutlierConfig = OutlierConfig()
+    drain_timeout: float = 30.0
+    shutdown_timeout: float = 30.0
+    retries: int = 2
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    workers: int = 1
+    state: StateConfig = field(default_factory=StateConfig)
+
+    def pool(self, name: str) -> PoolConfig | None:
+        for p in self.pools:
+            if p.name == name:
+                return p
+        return None
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read, substitute `${VAR}` / `${VAR:-default}`, validate. Raises ConfigError."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(source, "", "file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(source, "", f"cannot read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise ConfigError(source, "", f"invalid YAML: {where}{problem}") from None
+    return parse_config(data, source)
+
+
+def parse_config(data: Any, source: str = "<config>") -> Config:
+    """Validate an already-parsed document (a dict shaped like the YAML contract)."""
+    if data is None:
+        data = {}
+    root = _Node(source, "", _substitute(data, source, ""))
+    m = root.mapping(
+        required=("listeners", "pools", "routes"),
+        optional=(
+            "admin",
+            "timeouts",
+            "limits",
+            "health_check",
+            "outlier",
+            "drain",
+            "shutdown_timeout",
+            "retries",
+            "trusted_proxies",
+            "workers",
+            "state",
+        ),
+    )
+
+    listeners_node = m["listeners"]
+    lm = listeners_node.mapping(required=("active",), optional=("preview",))
+    listeners = {role: _listener(node) for role, node in lm.items()}
+
+    admin = AdminConfig()
+    if "admin" in m:
+        am = m["admin"].mapping(optional=("host", "port", "token"))
+        token = am["token"].optional_str() if "token" in am else None
+        admin = AdminConfig(
+            host=am["host"].host() if "host" in am else admin.host,
+            port=am["port"].port() if "port" in am else admin.port,
+            token=token or None,
+        )
+        if admin.token is None and not _is_loopback(admin.host):
+            raise ConfigError(source, "admin.token", f"an admin listener on {admin.host} (not loopback) needs a token")
+
+    default_hc = _health_check(m["health_check"], HealthCheckConfig()) if "health_check" in m else HealthCheckConfig()
+
+    pools_node = m["pools"]
+    pm = pools_node.mapping(any_keys=True)
+    if not pm:
+        raise ConfigError(source, "pools", "at least one pool is required")
+    pools = []
+    for name, node in pm.items():
+        if not _POOL_NAME.match(name):
+            raise ConfigError(source, node.path, "a pool name is 1-63 letters, digits, '-', '_' or '.'")
+        pools.append(_pool(name, node, default_hc))
+
+    rm = m["routes"].mapping(required=("active",), optional=("preview",))
+    active = rm["active"].string()
+    preview = rm["preview"].optional_str() if "preview" in rm else None
+    for key, value in (("active", active), ("preview", preview)):
+        if value is not None and value not in pm:
+            raise ConfigError(source, f"routes.{key}", f"unknown pool {value!r} (pools: {', '.join(pm)})")
+
+    timeouts = TimeoutsConfig()
+    if "timeouts" in m:
+        tm = m["timeouts"].mapping(optional=tuple(TimeoutsConfig.__dataclass_fields__))
+        timeouts = TimeoutsConfig(**{k: n.duration(positive=True) for k, n in tm.items()})
+
+    limits = LimitsConfig()
+    if "limits" in m:
+        lim = m["limits"].mapping(optional=tuple(LimitsConfig.__dataclass_fields__))
+        limits = LimitsConfig(**{k: n.integer(minimum=0) for k, n in lim.items()})
+        if limits.max_header_bytes < 1024:
+            raise ConfigError(source, "limits.max_header_bytes", "must be at least 1024")
+
+    outlier = OutlierConfig()
+    if "outlier" in m:
+        om = m["outlier"].mapping(optional=("consecutive_failures", "ejection_time"))
+        outlier = OutlierConfig(
+            consecutive_failures=om["consecutive_failures"].integer(minimum=1)
+            if "consecutive_failures" in om
+            else outlier.consecutive_failures,
+            ejection_time=om["ejection_time"].duration(positive=True)
+            if "ejection_time" in om
+            else outlier.ejection_time,
+        )
+
+    drain_timeout = 30.0
+    if "drain" in m:
+        dm = m["drain"].mapping(optional=("timeout",))
+        if "timeout" in dm:
+            drain_timeout = dm["timeout"].duration()
+
+    trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    if "trusted_proxies" in m:
+        for item in m["trusted_proxies"].sequence():
+            try:
+                trusted.append(ipaddress.ip_network(item.string(), strict=False))
+            except ValueError as exc:
+                raise ConfigError(source, item.path, f"not a CIDR: {exc}") from None
+    else:
+        trusted = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")]
+
+    state = StateConfig()
+    if "state" in m:
+        sm = m["state"].mapping(required=("backend",), optional=("endpoints", "prefix", "lease_ttl"))
+        backend = sm["backend"].choice(("memory", "etcd"))
+        if backend == "etcd":
+            raise ConfigError(source, "state.backend", "etcd is not supported by this build yet (use memory)")
+        state = StateConfig(backend=backend)
+
+    return Config(
+        source=source,
+        listeners=listeners,
+        admin=admin,
+        pools=tuple(pools),
+        active=active,
+        preview=preview,
+        timeouts=timeouts,
+        limits=limits,
+        outlier=outlier,
+        drain_timeout=drain_timeout,
+        shutdown_timeout=m["shutdown_timeout"].duration() if "shutdown_timeout" in m else 30.0,
+        retries=m["retries"].integer(minimum=0, maximum=10) if "retries" in m else 2,
+        trusted_proxies=tuple(trusted),
+        workers=m["workers"].integer(minimum=1, maximum=64) if "workers" in m else 1,
+        state=state,
+    )
+
+
+def parse_duration(value: Any) -> float:
+    """`5s`, `500ms`, `1m`, `1h` or a number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 5s or 500ms")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            number, unit = float(match.group(1)), match.group(2) or "s"
+            return number * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+    raise ValueError(f"expected a duration like 5s or 500ms, got {value!r}")
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` -> (host, port)."""
+    if value.startswith("["):
+        host, sep, port_s = value[1:].partition("]:")
+    else:
+        host, sep, port_s = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected host:port, got {value!r}")
+    if not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
+        raise ValueError(f"bad port in {value!r}")
+    _check_host(host)
+    return host, int(port_s)
+
+
+def _check_host(host: str) -> None:
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    if host == "localhost" or re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9-]{1,63})*", host):
+        return
+    raise ValueError(f"bad host {host!r}")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _substitute(value: Any, source: str, path: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _substitute(v, source, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, source, f"{path}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def repl(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        env = os.environ.get(name)
+        if env is None or (env == "" and default is not None):
+            if default is None:
+                raise ConfigError(source, path, f"environment variable {name} is not set (use ${{{name}:-default}})")
+            return default
+        return env
+
+    result = _SUBST.sub(repl, value)
+    if _SUBST.fullmatch(value) and result != "":
+        # A value that is one substitution takes the type its text has (`port: ${PORT:-8080}` is an int).
+        try:
+            typed = yaml.safe_load(result)
+        except yaml.YAMLError:
+            return result
+        if isinstance(typed, int | float | bool):
+            return typed
+    return result
+
+
+class _Node:
+    """One value of the document, with the key path that leads to it for error messages."""
+
+    __slots__ = ("path", "source", "value")
+
+    def __init__(self, source: str, path: str, value: Any) -> None:
+        self.source, self.path, self.value = source, path, value
+
+    def fail(self, reason: str) -> ConfigError:
+        return ConfigError(self.source, self.path or "<root>", reason)
+
+    def _child(self, key: str | int) -> _Node:
+        if isinstance(key, int):
+            return _Node(self.source, f"{self.path}[{key}]", self.value[key])
+        return _Node(self.source, f"{self.path}.{key}" if self.path else key, self.value[key])
+
+    def mapping(
+        self, required: tuple[str, ...] = (), optional: tuple[str, ...] = (), any_keys: bool = False
+    ) -> dict[str, _Node]:
+        if not isinstance(self.value, dict):
+            raise self.fail(f"expected a mapping, got {_kind(self.value)}")
+        for key in self.value:
+            if not isinstance(key, str):
+                raise self.fail(f"keys must be strings, got {key!r}")
+            if not any_keys and key not in required and key not in optional:
+                known = ", ".join(required + optional)
+                raise self._child(key).fail(f"unknown key (known: {known})")
+        for key in required:
+            if key not in self.value:
+                where = f"{self.path}.{key}" if self.path else key
+                raise ConfigError(self.source, where, "required key is missing")
+        return {key: self._child(key) for key in self.value}
+
+    def sequence(self) -> list[_Node]:
+        if not isinstance(self.value, list):
+            raise self.fail(f"expected a list, got {_kind(self.value)}")
+        return [self._child(i) for i in range(len(self.value))]
+
+    def string(self) -> str:
+        if not isinstance(self.value, str) or not self.value:
+            raise self.fail(f"expected a non-empty string, got {_kind(self.value)}")
+        return self.value
+
+    def optional_str(self) -> str | None:
+        if self.value is None or self.value == "":
+            return None
+        return self.string()
+
+    def choice(self, options: tuple[str, ...]) -> str:
+        value = self.string()
+        if value not in options:
+            raise self.fail(f"expected one of {', '.join(options)}, got {value!r}")
+        return value
+
+    def integer(self, minimum: int | None = None, maximum: int | None = None) -> int:
+        if isinstance(self.value, bool) or not isinstance(self.value, int):
+            raise self.fail(f"expected an integer, got {_kind(self.value)}")
+        if minimum is not None and self.value < minimum:
+            raise self.fail(f"must be at least {minimum}, got {self.value}")
+        if maximum is not None and self.value > maximum:
+            raise self.fail(f"must be at most {maximum}, got {self.value}")
+        return self.value
+
+    def port(self) -> int:
+        if isinstance(self.value, bool) or not isinstance(self.value, int) or not 0 <= self.value <= 65535:
+            raise self.fail(f"expected a port number 0-65535, got {self.value!r}")
+        return self.value
+
+    def host(self) -> str:
+        host = self.string()
+        self.convert(_check_host, host)
+        return host
+
+    def duration(self, positive: bool = False) -> float:
+        seconds = self.convert(parse_duration, self.value)
+        if positive and seconds <= 0:
+            raise self.fail("must be greater than zero")
+        return seconds
+
+    def convert(self, fn: Callable[[Any], T], value: Any) -> T:
+        try:
+            return fn(value)
+        except ValueError as exc:
+            raise self.fail(str(exc)) from None
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(type(value), repr(value))
+
+
+def _listener(node: _Node) -> ListenerConfig:
+    lm = node.mapping(required=("port",), optional=("host",))
+    return ListenerConfig(host=lm["host"].host() if "host" in lm else "127.0.0.1", port=lm["port"].port())
+
+
+def _health_check(node: _Node, base: HealthCheckConfig) -> HealthCheckConfig:
+    hm = node.mapping(optional=("path", "interval", "timeout", "healthy_threshold", "unhealthy_threshold"))
+    path = hm["path"].optional_str() if "path" in hm else base.path
+    if path is not None and not path.startswith("/"):
+        raise hm["path"].fail("must start with '/'")
+    hc = HealthCheckConfig(
+        path=path,
+        interval=hm["interval"].duration(positive=True) if "interval" in hm else base.interval,
+        timeout=hm["timeout"].duration(positive=True) if "timeout" in hm else base.timeout,
+        healthy_threshold=hm["healthy_threshold"].integer(minimum=1)
+        if "healthy_threshold" in hm
+        else base.healthy_threshold,
+        unhealthy_threshold=hm["unhealthy_threshold"].integer(minimum=1)
+        if "unhealthy_threshold" in hm
+        else base.unhealthy_threshold,
+    )
+    if hc.timeout > hc.interval:
+        raise node.fail("timeout must not exceed interval")
+    return hc
+
+
+def _pool(name: str, node: _Node, default_hc: HealthCheckConfig) -> PoolConfig:
+    pm = node.mapping(required=("endpoints",), optional=("balancer", "health_check"))
+    endpoints = []
+    for item in pm["endpoints"].sequence():
+        address = item.convert(parse_address, item.string())
+        if address in endpoints:
+            raise item.fail(f"duplicate endpoint {item.value!r}")
+        endpoints.append(address)
+    return PoolConfig(
+        name=name,
+        endpoints=tuple(endpoints),
+        balancer=pm["balancer"].choice(BALANCERS) if "balancer" in pm else "round_robin",
+        health_check=_health_check(pm["health_check"], default_hc) if "health_check" in pm else default_hc,
+    )

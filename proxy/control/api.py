@@ -1,0 +1,151 @@
+"""The control interface: what a provider (the simulator, the CLI, an operator) may ask of a proxy.
+
+It is small, declarative and idempotent, like Argo's traffic-router reconciler: set a pool's
+endpoints, set the routes, read the status back to verify. Two transports implement it:
+`proxy.control.local.LocalControl` (in-process) and `proxy.control.http.HttpControl` (admin API).
+This module imports nothing else from `proxy`, so the simulator may depend on it alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = [
+    "ConflictError",
+    "ControlError",
+    "EndpointStatus",
+    "InvalidRequestError",
+    "NotFoundError",
+    "PoolStatus",
+    "ProxyControl",
+    "ProxyStatus",
+    "Routes",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Routes:
+    """Which pool each listener serves. `generation` grows by one with every change."""
+
+    active: str
+    preview: str | None
+    generation: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"active": self.active, "preview": self.preview, "generation": self.generation}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Routes:
+        return cls(active=data["active"], preview=data.get("preview"), generation=int(data["generation"]))
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointStatus:
+    address: str
+    healthy: bool
+    in_flight: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"address": self.address, "healthy": self.healthy, "in_flight": self.in_flight}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EndpointStatus:
+        return cls(address=data["address"], healthy=bool(data["healthy"]), in_flight=int(data["in_flight"]))
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatus:
+    name: str
+    endpoints: tuple[EndpointStatus, ...]
+    in_flight: int
+    draining: bool
+
+    @property
+    def healthy_endpoints(self) -> int:
+        return sum(1 for e in self.endpoints if e.healthy)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "endpoints": [e.to_json() for e in self.endpoints],
+            "in_flight": self.in_flight,
+            "draining": self.draining,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PoolStatus:
+        return cls(
+            name=data["name"],
+            endpoints=tuple(EndpointStatus.from_json(e) for e in data["endpoints"]),
+            in_flight=int(data["in_flight"]),
+            draining=bool(data["draining"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyStatus:
+    routes: Routes
+    pools: tuple[PoolStatus, ...]
+
+    def pool(self, name: str) -> PoolStatus | None:
+        for p in self.pools:
+            if p.name == name:
+                return p
+        return None
+
+
+class ControlError(Exception):
+    """A refused control call; `status` is the admin API's HTTP status for it."""
+
+    status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequestError(ControlError):
+    status = 400
+
+
+class NotFoundError(ControlError):
+    status = 404
+
+
+class ConflictError(ControlError):
+    status = 409
+
+
+@runtime_checkable
+class ProxyControl(Protocol):
+    async def status(self) -> ProxyStatus:
+        """Routes and pools as the proxy serves them now (the verify call)."""
+        ...
+
+    async def routes(self) -> Routes: ...
+
+    async def set_endpoints(self, pool: str, endpoints: Sequence[str]) -> None:
+        """Create `pool` or replace its endpoints (`host:port`); the same list again changes nothing."""
+        ...
+
+    async def delete_pool(self, pool: str) -> None:
+        """Drain and remove `pool`; ConflictError while a route names it, NotFoundError if unknown."""
+        ...
+
+    async def switch(
+        self,
+        active: str,
+        preview: str | None = None,
+        *,
+        force: bool = False,
+        generation: int | None = None,
+    ) -> Routes:
+        """Point the active listener at `active` (and preview at `preview`, default: the old active).
+
+        Answers once every request that starts afterwards is served by the new routes. ConflictError
+        when `active` has no healthy endpoint (unless `force`) or `generation` is not the current one;
+        NotFoundError for an unknown pool. Routes equal to the current ones change nothing.
+        """
+        ...

@@ -1,0 +1,78 @@
+"""The admin-API transport of the control interface (used by the CLI and a remote simulator)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+
+from proxy.control.api import (
+    ConflictError,
+    ControlError,
+    InvalidRequestError,
+    NotFoundError,
+    PoolStatus,
+    ProxyStatus,
+    Routes,
+)
+
+_ERRORS: dict[int, type[ControlError]] = {400: InvalidRequestError, 404: NotFoundError, 409: ConflictError}
+
+
+class HttpControl:
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> HttpControl:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers)
+        async with self._session.request(method, f"{self.base_url}{path}", json=body) as resp:
+            try:
+                data = await resp.json(content_type=None)
+            except ValueError:
+                data = {"error": (await resp.text())[:200]}
+            if resp.status >= 400:
+                message = data.get("error", resp.reason) if isinstance(data, dict) else str(data)
+                raise _ERRORS.get(resp.status, ControlError)(f"{resp.status}: {message}")
+            return data
+
+    async def status(self) -> ProxyStatus:
+        routes = await self.routes()
+        data = await self._call("GET", "/api/v1/pools")
+        return ProxyStatus(routes, tuple(PoolStatus.from_json(p) for p in data["pools"]))
+
+    async def routes(self) -> Routes:
+        return Routes.from_json(await self._call("GET", "/api/v1/routes"))
+
+    async def set_endpoints(self, pool: str, endpoints: Sequence[str]) -> None:
+        await self._call("PUT", f"/api/v1/pools/{pool}", {"endpoints": list(endpoints)})
+
+    async def delete_pool(self, pool: str) -> None:
+        await self._call("DELETE", f"/api/v1/pools/{pool}")
+
+    async def switch(
+        self, active: str, preview: str | None = None, *, force: bool = False, generation: int | None = None
+    ) -> Routes:
+        body: dict[str, Any] = {"active": active}
+        if preview is not None:
+            body["preview"] = preview
+        if force:
+            body["force"] = True
+        if generation is not None:
+            body["generation"] = generation
+        return Routes.from_json(await self._call("POST", "/api/v1/switch", body))

@@ -1,0 +1,30 @@
+"""The in-process transport of the control interface: calls go straight to the Switch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from proxy.control.api import ProxyStatus, Routes
+from proxy.switch import Switch
+
+
+class LocalControl:
+    def __init__(self, switch: Switch) -> None:
+        self._switch = switch
+
+    async def status(self) -> ProxyStatus:
+        return self._switch.status()
+
+    async def routes(self) -> Routes:
+        return self._switch.routes()
+
+    async def set_endpoints(self, pool: str, endpoints: Sequence[str]) -> None:
+        await self._switch.set_endpoints(pool, endpoints)
+
+    async def delete_pool(self, pool: str) -> None:
+        await self._switch.delete_pool(pool)
+
+    async def switch(
+        self, active: str, preview: str | None = None, *, force: bool = False, generation: int | None = None
+    ) -> Routes:
+        return await self._switch.switch(active, preview, force=force, generation=generation)

@@ -1,0 +1,193 @@
+"""The DataPlane: listeners, the current RouteTable, pools, and the housekeeping tick.
+
+Time on the hot path is a coarse clock (`now`, refreshed by the tick, like HAProxy's `now_ms`):
+deadlines are set with one attribute read, and the tick sweeps them. Sweeping all client
+connections costs ~0.1 µs each per tick, far less than a timer handle per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Callable, Iterable
+
+from proxy.config import Config
+from proxy.downstream import ClientConnection
+from proxy.http import IDEMPOTENT, error_response
+from proxy.pool import Pool
+from proxy.routes import RouteTable
+from proxy.upstream import UpstreamConnection
+
+
+class DataPlane:
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.loop = loop or asyncio.get_running_loop()
+        self.config = config
+        self.timeouts = config.timeouts
+        self.limits = config.limits
+        self.outlier = config.outlier
+        self.retries = config.retries
+        self.idempotent = IDEMPOTENT
+        self.trusted = config.trusted_proxies
+        self.overloaded_response = error_response(503, "Service Unavailable: too many connections", close=True)
+        self.now = self.loop.time()
+        self.clients: set[ClientConnection] = set()
+        self.shutting_down = False
+        self.all_closed = asyncio.Event()  # set when the last client leaves during shutdown
+        self.pools: dict[str, Pool] = {}
+        for pc in config.pools:
+            self.pools[pc.name] = self.make_pool(pc.name, pc.endpoints, balancer=pc.balancer)
+        self.null_pool = Pool("none", ())
+        active = self.pools[config.active]
+        preview = self.pools[config.preview] if config.preview else None
+        self.routes = RouteTable(active, preview, 1)
+        for pool in self.pools.values():
+            pool.routed = pool is active or pool is preview
+        self.draining: set[Pool] = set()
+        self.servers: dict[str, asyncio.Server] = {}
+        self.ports: dict[str, int] = {}
+        self._tick_task: asyncio.Task[None] | None = None
+        shortest = min(
+            config.timeouts.client_header,
+            config.timeouts.upstream_keepalive,
+            config.timeouts.idle,
+            config.drain_timeout or 1,
+        )
+        self.tick = max(0.01, min(0.5, shortest / 5))
+
+    def make_pool(self, name: str, endpoints: Iterable[tuple[str, int]], *, balancer: str = "round_robin") -> Pool:
+        pc = self.config.pool(name)
+        return Pool(
+            name,
+            endpoints,
+            balancer=balancer,
+            health_check=pc.health_check if pc else None,
+            max_in_flight=self.limits.max_in_flight_per_endpoint,
+            max_idle=self.limits.max_idle_per_endpoint,
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self, *, reuse_port: bool = False, sockets: dict[str, socket.socket] | None = None) -> None:
+        for role, lc in self.config.listeners.items():
+            factory = self._factory(role)
+            if sockets and role in sockets:
+                server = await self.loop.create_server(factory, sock=sockets[role], backlog=2048)
+            else:
+                server = await self.loop.create_server(
+                    factory, lc.host, lc.port, reuse_port=reuse_port or None, backlog=2048
+                )
+            self.servers[role] = server
+            self.ports[role] = server.sockets[0].getsockname()[1]
+        self._tick_task = self.loop.create_task(self._ticker())
+
+    def _factory(self, role: str) -> Callable[[], ClientConnection]:
+        dp = self
+
+        def factory() -> ClientConnection:
+            return ClientConnection(dp, role)
+
+        return factory
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting, let in-flight requests finish within `grace` seconds, then cut what is left."""
+        self.shutting_down = True
+        for server in self.servers.values():
+            server.close()
+        for conn in list(self.clients):
+            conn.shutdown()
+        if self.clients:
+            try:
+                async with asyncio.timeout(grace):
+                    await self.all_closed.wait()
+            except TimeoutError:
+                pass
+        for conn in list(self.clients):
+            if conn.transport is not None:
+                conn.transport.abort()
+        for pool in self.pools.values():
+            pool.close_idle()
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            try:
+                await self._tick_task
+            except asyncio.CancelledError:
+                pass
+        for server in self.servers.values():
+            await server.wait_closed()
+
+    # -- routing state (applied by the Switch) -------------------------------------------------
+
+    def apply_routes(self, routes: RouteTable) -> None:
+        """Swap the snapshot (one reference write), then start or cancel drains."""
+        self.routes = routes
+        named = {id(routes.active), id(routes.preview)}
+        for pool in list(self.pools.values()) + list(self.draining):
+            routed = id(pool) in named
+            if routed and not pool.routed:
+                pool.routed = True
+                self.draining.discard(pool)
+            elif not routed and pool.routed:
+                self.unroute(pool)
+
+    def unroute(self, pool: Pool) -> None:
+        pool.routed = False
+        pool.drain_deadline = self.loop.time() + self.config.drain_timeout
+        pool.close_idle()
+        if pool.in_flight:
+            self.draining.add(pool)
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """Return an upstream connection to its endpoint's idle set, or close it."""
+        ep = conn.endpoint
+        conn.exchange = None
+        if ep.retired or not ep.pool.routed or not conn.reusable() or len(ep.idle) >= ep.pool.max_idle:
+            conn.close()
+            return
+        conn.idle_since = self.now
+        ep.idle.append(conn)
+
+    def is_trusted(self, ip: str) -> bool:
+        if not self.trusted or not ip:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.trusted)
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        loop = self.loop
+        while True:
+            await asyncio.sleep(self.tick)
+            self.now = now = loop.time()
+            self.sweep(now)
+
+    def sweep(self, now: float) -> None:
+        for conn in [c for c in self.clients if c.deadline <= now]:
+            conn.on_timeout()
+        idle_before = now - self.timeouts.upstream_keepalive
+        for pool in self.pools.values():
+            for ep in pool.endpoints:
+                if ep.idle:
+                    ep.close_idle(older_than=idle_before)
+                if ep.ejected_until:
+                    ep.expire_ejection(now)
+        for pool in list(self.draining):
+            if pool.routed or not pool.in_flight:
+                self.draining.discard(pool)
+                pool.close_idle()
+            elif now >= pool.drain_deadline:
+                self.draining.discard(pool)
+                self._cut(pool)
+
+    def _cut(self, pool: Pool) -> None:
+        """Drain deadline passed: end whatever still runs on `pool` (requests, streams, tunnels)."""
+        for conn in list(self.clients):
+            for ex in list(conn.queue):
+                if ex.pool is pool:
+                    ex.abort()
+        pool.close_idle()

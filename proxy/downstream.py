@@ -1,0 +1,433 @@
+"""The client side: one `asyncio.Protocol` per accepted connection, parsing with httptools (llhttp).
+
+State is grouped by lifetime (uvicorn's httptools protocol): per listener (the DataPlane and the
+role), per connection (transport, parser, queue), per request (the head being parsed). Parser
+callbacks only collect; `on_headers_complete` reads the RouteTable snapshot once and builds the
+Exchange. Exchanges are started after `feed_data` returns, so a request that the parser rejects
+later in the same head never reaches an upstream.
+
+llhttp already refuses the framing attacks of RFC 9112 §6 (CL with TE, duplicate or invalid CL,
+`chunked` not last, whitespace before a colon, obs-fold, bare CR). This module adds what it lets
+through: a missing or repeated Host in HTTP/1.1, TE in HTTP/1.0, oversized head sections, CONNECT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from proxy.exchange import Exchange
+from proxy.http import (
+    HOP_BY_HOP,
+    RESPONSE_400,
+    RESPONSE_405_CONNECT,
+    RESPONSE_408,
+    RESPONSE_413,
+    RESPONSE_431,
+    RESPONSE_505,
+    VIA,
+)
+
+if TYPE_CHECKING:
+    from proxy.dataplane import DataPlane
+
+_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"via", b"forwarded"})
+
+
+class _Reject(Exception):
+    """Raised from a parser callback to stop parsing; the connection answers `response` and closes."""
+
+    def __init__(self, response: bytes) -> None:
+        self.response = response
+
+
+class ClientConnection(asyncio.Protocol):
+    # Why reading is paused, as bits: it resumes only when no reason is left.
+    P_PIPELINE = 1  # a pipelined request waits behind the one in progress
+    P_UPSTREAM = 2  # the upstream's write buffer is full (request body backpressure)
+    P_BUFFER = 4  # request body buffered while connecting upstream
+    P_UPGRADE = 8  # waiting for the upstream's answer to an upgrade request
+    P_REJECT = 16  # a rejected request: read no more
+
+    __slots__ = (
+        "closed",
+        "closing",
+        "deadline",
+        "dp",
+        "half_closed",
+        "head_size",
+        "headers",
+        "http11",
+        "in_head",
+        "parser",
+        "parsing",
+        "paused",
+        "peer",
+        "queue",
+        "reject",
+        "role",
+        "served",
+        "transport",
+        "trusted",
+        "tunnel",
+        "url",
+        "write_paused",
+    )
+
+    def __init__(self, dp: DataPlane, role: str) -> None:
+        # Per listener.
+        self.dp = dp
+        self.role = role
+        # Per connection.
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer = b""
+        self.trusted = False
+        self.queue: deque[Exchange] = deque()
+        self.paused = 0
+        self.write_paused = False
+        self.closed = False
+        self.closing = False  # close after the current response
+        self.half_closed = False  # the client sent FIN: close once the queue is empty
+        self.reject: bytes | None = None
+        self.tunnel: Exchange | None = None
+        self.served = 0
+        self.deadline = 0.0
+        self.http11 = True
+        # Per request (the head being parsed).
+        self.in_head = False
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_size = 0
+        self.parsing: Exchange | None = None
+
+    # -- transport callbacks ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        dp = self.dp
+        peer = transport.get_extra_info("peername")
+        ip = peer[0] if peer else ""
+        self.peer = ip.encode()
+        self.trusted = dp.is_trusted(ip)
+        self.deadline = dp.now + dp.timeouts.client_header
+        dp.clients.add(self)
+        if len(dp.clients) > dp.limits.max_connections or dp.shutting_down:
+            self.closing = True
+            transport.write(dp.overloaded_response)
+            transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        dp = self.dp
+        dp.clients.discard(self)
+        if dp.shutting_down and not dp.clients:
+            dp.all_closed.set()
+        while self.queue:
+            self.queue[0].abort()  # exchange_finished pops it
+
+    def data_received(self, data: bytes) -> None:
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.tunnel_to_upstream(data)
+            return
+        if self.paused & self.P_REJECT:
+            return
+        queue = self.queue
+        was_idle = not queue
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade(data[exc.args[0] :])
+        except _Reject as exc:
+            self._reject(exc.response)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__ or exc.__cause__
+            self._reject(cause.response if isinstance(cause, _Reject) else RESPONSE_400)
+        except httptools.HttpParserError:
+            self._reject(RESPONSE_400)
+        if was_idle and queue and not queue[0].started:
+            queue[0].start()
+
+    def eof_received(self) -> bool | None:
+        # A client half-close: finish what is in flight (RFC 9112 §9.6), then close.
+        if self.queue and self.tunnel is None:
+            self.half_closed = True
+            return True
+        return False
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        ex = self.tunnel or (self.queue[0] if self.queue else None)
+        if ex is not None and ex.upstream is not None and ex.upstream.transport is not None:
+            ex.upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        ex = self.tunnel or (self.queue[0] if self.queue else None)
+        if ex is not None and ex.upstream is not None and ex.upstream.transport is not None:
+            ex.upstream.transport.resume_reading()
+
+    # -- parser callbacks --------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.in_head = True
+        self.url = b""
+        self.headers = []
+        self.head_size = 0
+        if not self.queue:
+            self.deadline = self.dp.now + self.dp.timeouts.client_header
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.head_size += len(url)
+        if self.head_size > self.dp.limits.max_header_bytes:
+            raise _Reject(RESPONSE_431)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+        self.head_size += len(name) + len(value) + 4
+        if self.head_size > self.dp.limits.max_header_bytes:
+            raise _Reject(RESPONSE_431)
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        ex = self._request()
+        self.parsing = ex
+        queue = self.queue
+        queue.append(ex)
+        if len(queue) > 1:
+            self.pause_reading(self.P_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        if ex is not None:
+            ex.request_body(body)
+            if not self.queue or self.queue[0] is ex:
+                self.deadline = self.dp.now + self.dp.timeouts.idle
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        if ex is not None:
+            ex.request_done()
+            self.parsing = None
+
+    def _request(self) -> Exchange:
+        """Validate the head just parsed and build the upstream request head once."""
+        dp = self.dp
+        parser = self.parser
+        version = parser.get_http_version()
+        if version == "1.1":
+            self.http11 = True
+        elif version == "1.0":
+            self.http11 = False
+        else:
+            raise _Reject(RESPONSE_505)
+        method = parser.get_method()
+        if method == b"CONNECT":
+            raise _Reject(RESPONSE_405_CONNECT)
+
+        host: bytes | None = None
+        hosts = 0
+        content_length = -1
+        chunked = False
+        expect_continue = False
+        connection_tokens: set[bytes] | None = None
+        upgrade_value = b""
+        xff = xfh = xfp = b""
+        via = b""
+        for name, value in self.headers:
+            lname = name.lower()
+            if lname == b"host":
+                hosts += 1
+                host = value
+            elif lname == b"content-length":
+                content_length = int(value)  # llhttp accepted it: digits only, not repeated
+            elif lname == b"transfer-encoding":
+                chunked = True  # llhttp accepts only a final `chunked` in requests
+            elif lname == b"connection":
+                for token in value.lower().split(b","):
+                    token = token.strip()
+                    if token not in (b"", b"close", b"keep-alive", b"upgrade"):
+                        connection_tokens = connection_tokens or set()
+                        connection_tokens.add(token)
+            elif lname == b"upgrade":
+                upgrade_value = value
+            elif lname == b"expect":
+                if value.lower() == b"100-continue":
+                    expect_continue = True
+            elif lname in _FORWARDED and self.trusted:
+                if lname == b"x-forwarded-for":
+                    xff = xff + b", " + value if xff else value
+                elif lname == b"x-forwarded-host":
+                    xfh = value
+                elif lname == b"x-forwarded-proto":
+                    xfp = value
+                elif lname == b"via":
+                    via = via + b", " + value if via else value
+        if hosts > 1 or (hosts == 0 and self.http11):
+            raise _Reject(RESPONSE_400)  # RFC 9112 §3.2
+        if chunked and not self.http11:
+            raise _Reject(RESPONSE_400)  # RFC 9112 §6.1: faulty framing in HTTP/1.0
+        limit = dp.limits.max_body_bytes
+        if limit and content_length > limit:
+            raise _Reject(RESPONSE_413)
+        upgrade = parser.should_upgrade() and bool(upgrade_value)
+
+        parts = [method, b" ", self.url, b" HTTP/1.1\r\n"]
+        append = parts.append
+        for name, value in self.headers:
+            lname = name.lower()
+            if lname in HOP_BY_HOP or lname in _FORWARDED:
+                continue
+            if connection_tokens is not None and lname in connection_tokens:
+                continue
+            append(name + b": " + value + b"\r\n")
+        if host is None:
+            host = b""
+        peer = self.peer
+        append(b"x-forwarded-for: " + (xff + b", " + peer if xff else peer) + b"\r\n")
+        append(b"x-forwarded-proto: " + (xfp or b"http") + b"\r\n")
+        if xfh or host:
+            append(b"x-forwarded-host: " + (xfh or host) + b"\r\n")
+        append(b"via: " + (via + b", " + VIA if via else VIA) + b"\r\n")
+        if chunked:
+            append(b"transfer-encoding: chunked\r\n")
+        if upgrade:
+            append(b"connection: upgrade\r\nupgrade: " + upgrade_value + b"\r\n")
+        append(b"\r\n")
+
+        routes = dp.routes  # the one read of the snapshot for this request
+        pool = routes.active if self.role == "active" else routes.preview
+        keep_alive = parser.should_keep_alive() and not self.closing
+        self.served += 1
+        return Exchange(
+            dp,
+            self,
+            pool if pool is not None else dp.null_pool,
+            b"".join(parts),
+            method=method,
+            has_body=chunked or content_length > 0,
+            chunked_request=chunked,
+            expect_continue=expect_continue,
+            upgrade=upgrade,
+            keep_alive=keep_alive,
+        )
+
+    # -- flow and lifecycle ------------------------------------------------------------------
+
+    def pause_reading(self, reason: int) -> None:
+        if not self.paused and self.transport is not None:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def resume_reading(self, reason: int) -> None:
+        if not self.paused & reason:
+            return
+        self.paused &= ~reason
+        if not self.paused and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    def _upgrade(self, rest: bytes) -> None:
+        queue = self.queue
+        if not queue:
+            self._reject(RESPONSE_400)
+            return
+        ex = queue[-1]
+        ex.tunnel_pending = rest
+        if not ex.upgrade:
+            self._reject(RESPONSE_400)
+            return
+        self.pause_reading(self.P_UPGRADE)
+
+    def start_tunnel(self, ex: Exchange) -> None:
+        self.tunnel = ex
+        self.resume_reading(self.P_UPGRADE | self.P_PIPELINE)
+
+    def _reject(self, response: bytes) -> None:
+        """A malformed or refused request: answer it in turn, then close. It never reaches an upstream."""
+        self.pause_reading(self.P_REJECT)
+        ex = self.parsing
+        self.parsing = None
+        if ex is not None:
+            if ex.started:
+                ex.abort()  # its body broke mid-stream: the upstream sees a truncated request at most
+                return
+            self.queue.remove(ex)
+            ex.discard()
+        if self.reject is None:
+            self.reject = response
+        if not self.queue:
+            self._send_reject()
+
+    def _send_reject(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(self.reject or RESPONSE_400)
+            self.transport.close()
+
+    def exchange_finished(self, ex: Exchange, aborted: bool) -> None:
+        queue = self.queue
+        if queue and queue[0] is ex:
+            queue.popleft()
+        else:
+            try:
+                queue.remove(ex)
+            except ValueError:
+                pass
+        if self.tunnel is ex:
+            self.tunnel = None
+        if self.closed or self.transport is None:
+            return
+        if aborted:
+            self.closed = True
+            self.transport.abort()
+            return
+        if ex.client_close or self.closing:
+            # The connection ends with this response: pipelined requests behind it never go upstream.
+            self.closing = True
+            while queue:
+                queue.popleft().discard()
+            self.transport.close()
+            return
+        if queue:
+            nxt = queue[0]
+            if len(queue) == 1:
+                self.resume_reading(self.P_PIPELINE)
+            if not nxt.started:
+                nxt.start()
+            return
+        if self.reject is not None:
+            self._send_reject()
+        elif self.half_closed:
+            self.transport.close()
+        else:
+            self.deadline = self.dp.now + self.dp.timeouts.keepalive
+            self.resume_reading(self.P_PIPELINE)
+
+    def on_timeout(self) -> None:
+        if self.closed or self.transport is None:
+            return
+        if self.tunnel is not None:
+            self.tunnel.abort()
+        elif self.queue:
+            self.queue[0].timeout()
+        elif self.in_head:
+            self.transport.write(RESPONSE_408)
+            self.transport.close()
+        else:
+            self.transport.close()
+
+    def shutdown(self) -> None:
+        """Graceful stop: an idle connection closes now, a busy one after its current response."""
+        self.closing = True
+        if self.transport is None or self.closed:
+            return
+        if not self.queue and not self.in_head and self.tunnel is None:
+            self.transport.close()

@@ -1,0 +1,500 @@
+"""One request/response cycle: pick an endpoint, send the request, relay the response.
+
+Callback-driven, with no task per request: an Exchange is started synchronously when a pooled
+upstream connection is idle (the common case under load) and only creates a task to connect a new
+one. It is bound to the pool the RouteTable snapshot named when its head was parsed, and never
+leaves that pool: retries stay inside it, and a flip never touches it.
+
+Retry rule (RFC 9110 §9.2.2): a failed connect is always retried; after the request head was
+written, only an idempotent request whose body was not sent, or a request that was still waiting
+for `100 Continue`, is retried. Nothing is retried once any response byte arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from proxy.http import CONTINUE_100, HOP_BY_HOP, VIA, error_response, status_line
+from proxy.upstream import UpstreamConnection
+
+if TYPE_CHECKING:
+    from proxy.dataplane import DataPlane
+    from proxy.downstream import ClientConnection
+    from proxy.pool import Endpoint, Pool
+
+BUFFER_LIMIT = 256 * 1024  # request body held while connecting before the client is paused
+
+RESPONSE_502 = error_response(502, "Bad Gateway", close=False)
+RESPONSE_502_CLOSE = error_response(502, "Bad Gateway", close=True)
+RESPONSE_503 = error_response(
+    503, "Service Unavailable: no endpoint available", close=False, extra=b"retry-after: 1\r\n"
+)
+RESPONSE_503_CLOSE = error_response(
+    503, "Service Unavailable: no endpoint available", close=True, extra=b"retry-after: 1\r\n"
+)
+RESPONSE_504 = error_response(504, "Gateway Timeout", close=False)
+RESPONSE_504_CLOSE = error_response(504, "Gateway Timeout", close=True)
+RESPONSE_413_CLOSE = error_response(413, "Content Too Large", close=True)
+_ERRORS = {
+    502: (RESPONSE_502, RESPONSE_502_CLOSE),
+    503: (RESPONSE_503, RESPONSE_503_CLOSE),
+    504: (RESPONSE_504, RESPONSE_504_CLOSE),
+}
+
+# Response-side states.
+WAITING, HEAD_SENT, DONE = 0, 1, 2
+
+
+class Exchange:
+    __slots__ = (
+        "attempts",
+        "body_done",
+        "body_sent",
+        "chunked_request",
+        "client",
+        "client_close",
+        "connect_task",
+        "continue_sent",
+        "dp",
+        "endpoint",
+        "expect_continue",
+        "head",
+        "idempotent",
+        "is_head",
+        "out",
+        "pending",
+        "pending_size",
+        "pool",
+        "request_bytes",
+        "resp_chunked",
+        "resp_eof",
+        "resp_no_body",
+        "response_started",
+        "sent_at",
+        "started",
+        "state",
+        "status",
+        "tunnel",
+        "tunnel_pending",
+        "upgrade",
+        "upstream",
+        "upstream_reusable",
+    )
+
+    def __init__(
+        self,
+        dp: DataPlane,
+        client: ClientConnection,
+        pool: Pool,
+        head: bytes,
+        *,
+        method: bytes,
+        has_body: bool,
+        chunked_request: bool,
+        expect_continue: bool,
+        upgrade: bool,
+        keep_alive: bool,
+    ) -> None:
+        self.dp = dp
+        self.client = client
+        self.pool = pool
+        self.head = head
+        self.idempotent = method in dp.idempotent
+        self.is_head = method == b"HEAD"
+        self.chunked_request = chunked_request
+        self.expect_continue = expect_continue
+        self.upgrade = upgrade
+        self.client_close = not keep_alive
+        self.body_done = not has_body
+        self.body_sent = False
+        self.continue_sent = False
+        self.pending: list[bytes] = []
+        self.pending_size = 0
+        self.request_bytes = 0
+        self.endpoint: Endpoint | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.connect_task: asyncio.Task[None] | None = None
+        self.attempts = 0
+        self.started = False
+        self.state = WAITING
+        self.status = 0
+        self.sent_at = 0.0
+        self.response_started = False
+        self.resp_chunked = False
+        self.resp_eof = False  # close-delimited upstream body
+        self.resp_no_body = False
+        self.upstream_reusable = True
+        self.out: list[bytes] = []
+        self.tunnel = False
+        self.tunnel_pending = b""
+        pool.in_flight += 1
+
+    # -- request side ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Called by the client connection when this exchange is first in line."""
+        self.started = True
+        self.client.deadline = self.dp.now + self.dp.timeouts.upstream_header
+        self._try_endpoint(None)
+
+    def _try_endpoint(self, exclude: Endpoint | None) -> None:
+        ep = self.pool.pick(exclude)
+        if ep is None:
+            self.respond_error(503)
+            return
+        self.attempts += 1
+        self.endpoint = ep
+        ep.in_flight += 1
+        conn = ep.take_idle()
+        if conn is not None:
+            self._attach(conn)
+        else:
+            self.connect_task = self.dp.loop.create_task(self._connect(ep))
+
+    async def _connect(self, ep: Endpoint) -> None:
+        dp = self.dp
+        try:
+            async with asyncio.timeout(dp.timeouts.connect):
+                _, conn = await dp.loop.create_connection(lambda: UpstreamConnection(ep), ep.host, ep.port)
+        except TimeoutError:
+            self.connect_task = None
+            self._connect_failed(ep, 504)
+            return
+        except OSError:
+            self.connect_task = None
+            self._connect_failed(ep, 502)
+            return
+        self.connect_task = None
+        if self.state == DONE or self.endpoint is not ep:
+            dp.release(conn)  # the client left while we connected; keep the fresh connection
+            return
+        self._attach(conn)
+
+    def _connect_failed(self, ep: Endpoint, status: int) -> None:
+        ep.connect_failed(self.dp.now, self.dp.outlier)
+        if self.state == DONE or self.endpoint is not ep:
+            return
+        ep.in_flight -= 1
+        self.endpoint = None
+        if self.attempts <= self.dp.retries:
+            self._try_endpoint(ep)
+        else:
+            self.respond_error(status)
+
+    def _attach(self, conn: UpstreamConnection) -> None:
+        self.upstream = conn
+        conn.bind(self)
+        transport = conn.transport
+        assert transport is not None
+        if self.client.write_paused:
+            transport.pause_reading()
+        self.sent_at = self.dp.loop.time()
+        if self.pending:
+            transport.write(b"".join((self.head, *self.pending)))
+            self.body_sent = True
+            self.pending = []
+            self.pending_size = 0
+            self.client.resume_reading(self.client.P_BUFFER)
+        else:
+            transport.write(self.head)
+
+    def request_body(self, data: bytes) -> None:
+        if self.state == DONE:
+            return  # the response is over (an early answer): the rest of the body is dropped
+        self.request_bytes += len(data)
+        limit = self.dp.limits.max_body_bytes
+        if limit and self.request_bytes > limit:
+            self._body_too_large()
+            return
+        if self.chunked_request:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        conn = self.upstream
+        if conn is not None and conn.transport is not None:
+            conn.transport.write(data)
+            self.body_sent = True
+        else:
+            self.pending.append(data)
+            self.pending_size += len(data)
+            if self.pending_size > BUFFER_LIMIT:
+                self.client.pause_reading(self.client.P_BUFFER)
+
+    def request_done(self) -> None:
+        if self.body_done:
+            return
+        self.body_done = True
+        if self.chunked_request and self.state != DONE:
+            conn = self.upstream
+            if conn is not None and conn.transport is not None:
+                conn.transport.write(b"0\r\n\r\n")
+            else:
+                self.pending.append(b"0\r\n\r\n")
+
+    def _body_too_large(self) -> None:
+        self.client_close = True
+        if self.state == WAITING:
+            self._drop_upstream()
+            self._finish_with(RESPONSE_413_CLOSE, 413)
+        else:
+            self.abort()
+
+    # -- response side (called by UpstreamConnection) ------------------------------------------
+
+    def response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], parser: Any) -> None:
+        self.response_started = True
+        if status < 200 and status != 101:
+            # Interim responses: relay 100 only to a client that asked for it, 103 to HTTP/1.1 clients.
+            if status == 100:
+                if self.expect_continue and not self.continue_sent:
+                    self.continue_sent = True
+                    self.out.append(CONTINUE_100)
+            elif status == 103 and self.client.http11:
+                self.out.append(self._build_head(status, reason, headers, interim=True))
+            return
+        if status == 101 and not self.upgrade:
+            self.upstream_failed("101 without an upgrade request")
+            return
+        self.status = status
+        self.endpoint.responded()  # type: ignore[union-attr]
+        self.pool.observe(status, self.dp.loop.time() - self.sent_at)
+        self.upstream_reusable = parser.should_keep_alive()
+        self.resp_no_body = self.is_head or status in (204, 304) or status == 101
+        if self.upgrade and status != 101:
+            self.client_close = True  # the client's parser is past an upgrade request: start over
+        self.out.append(self._build_head(status, reason, headers, interim=False))
+        self.state = HEAD_SENT
+        self.client.deadline = self.dp.now + self.dp.timeouts.idle
+        if self.is_head or status in (204, 304):
+            # The parser cannot be told a HEAD response has no body: finish now, renew it before reuse.
+            if self.is_head and self.upstream is not None:
+                self.upstream.must_renew_parser = True
+            self.response_complete()
+
+    def _build_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], *, interim: bool) -> bytes:
+        drop: set[bytes] | None = None
+        content_length = False
+        chunked = False
+        upgrade_value = b""
+        for name, value in headers:
+            lname = name.lower()
+            if lname == b"connection":
+                for token in value.lower().split(b","):
+                    token = token.strip()
+                    if token and token not in (b"close", b"keep-alive", b"upgrade"):
+                        drop = drop or set()
+                        drop.add(token)
+            elif lname == b"transfer-encoding":
+                chunked = True
+            elif lname == b"content-length":
+                content_length = True
+            elif lname == b"upgrade":
+                upgrade_value = value
+        parts = [status_line(status, reason)]
+        for name, value in headers:
+            lname = name.lower()
+            if lname in HOP_BY_HOP or (drop is not None and lname in drop):
+                continue
+            if lname == b"content-length" and chunked:
+                continue  # RFC 9112 §6.1: never both
+            parts.append(name + b": " + value + b"\r\n")
+        if interim:
+            parts.append(b"\r\n")
+            return b"".join(parts)
+        parts.append(b"via: " + VIA + b"\r\n")
+        parts.append(self.pool.color_header)
+        if status == 101:
+            parts.append(b"connection: upgrade\r\nupgrade: " + upgrade_value + b"\r\n\r\n")
+            return b"".join(parts)
+        if not (self.is_head or status in (204, 304)) and (chunked or not content_length):
+            self.resp_eof = not chunked
+            # Chunked or close-delimited upstream body: re-frame as chunked for HTTP/1.1 clients; an
+            # HTTP/1.0 client gets a close-delimited body.
+            if self.client.http11:
+                self.resp_chunked = True
+                parts.append(b"transfer-encoding: chunked\r\n")
+            else:
+                self.client_close = True
+        if self.client_close or self.client.closing:
+            self.client_close = True
+            parts.append(b"connection: close\r\n\r\n")
+        elif not self.client.http11:
+            parts.append(b"connection: keep-alive\r\n\r\n")
+        else:
+            parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def response_body(self, data: bytes) -> None:
+        if self.state != HEAD_SENT or self.resp_no_body:
+            return
+        if self.resp_chunked:
+            if data:
+                self.out.append(b"%x\r\n" % len(data))
+                self.out.append(data)
+                self.out.append(b"\r\n")
+        else:
+            self.out.append(data)
+        # Coarse clock: refreshing the idle deadline costs one attribute read and one write.
+        self.client.deadline = self.dp.now + self.dp.timeouts.idle
+
+    def flush(self) -> None:
+        out = self.out
+        if out:
+            self.client.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
+    def response_complete(self) -> None:
+        if self.state != HEAD_SENT or self.tunnel or self.status == 101:
+            return  # a 101 completes as a tunnel, in upstream_upgraded
+        if self.resp_chunked:
+            self.out.append(b"0\r\n\r\n")
+        self.flush()
+        conn = self.upstream
+        self.upstream = None
+        if conn is not None:
+            if self.upstream_reusable and self.body_done:
+                self.dp.release(conn)
+            else:
+                conn.close()
+        if not self.body_done:
+            self.client_close = True
+        self._finish(self.status)
+
+    def upstream_upgraded(self, rest: bytes) -> None:
+        """The upstream answered 101: from now on both connections are a byte tunnel."""
+        if self.status != 101:
+            self.upstream_failed("unexpected upgrade")
+            return
+        self.tunnel = True
+        self.flush()
+        if rest:
+            self.client.write(rest)
+        self.client.start_tunnel(self)
+        if self.tunnel_pending and self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.write(self.tunnel_pending)
+            self.tunnel_pending = b""
+
+    def tunnel_to_client(self, data: bytes) -> None:
+        self.client.write(data)
+        self.client.deadline = self.dp.now + self.dp.timeouts.idle
+
+    def tunnel_to_upstream(self, data: bytes) -> None:
+        conn = self.upstream
+        if conn is not None and conn.transport is not None:
+            conn.transport.write(data)
+        self.client.deadline = self.dp.now + self.dp.timeouts.idle
+
+    # -- failures --------------------------------------------------------------------------
+
+    def _retryable(self) -> bool:
+        if self.response_started or self.tunnel:
+            return False
+        if self.idempotent:
+            return not self.body_sent and not self.pending_size
+        return self.expect_continue and not self.continue_sent and not self.body_sent
+
+    def upstream_lost(self, conn: UpstreamConnection) -> None:
+        """The upstream connection closed while bound to this exchange."""
+        if self.upstream is not conn or self.state == DONE:
+            return
+        self.upstream = None
+        if self.tunnel:
+            self._end_tunnel()
+            return
+        if self.state == HEAD_SENT and self.resp_eof:
+            # A close-delimited body (no length, not chunked) ends with the connection: success.
+            if self.resp_chunked:
+                self.out.append(b"0\r\n\r\n")
+            self.flush()
+            if not self.body_done:
+                self.client_close = True
+            self._finish(self.status)
+            return
+        self._fail_after_upstream_error("upstream closed the connection")
+
+    def upstream_failed(self, reason: str) -> None:
+        conn = self.upstream
+        self.upstream = None
+        if conn is not None:
+            conn.abort()
+        self._fail_after_upstream_error(reason)
+
+    def _fail_after_upstream_error(self, reason: str) -> None:
+        ep = self.endpoint
+        if ep is not None and self.state == WAITING:
+            if self._retryable() and self.attempts <= self.dp.retries:
+                ep.in_flight -= 1
+                self.endpoint = None
+                self._try_endpoint(ep)
+                return
+        if self.state == WAITING:
+            self.respond_error(502)
+        else:
+            self.abort()  # part of the response is out: the only honest signal left is a cut connection
+
+    def timeout(self) -> None:
+        """The client connection's deadline passed while this exchange was active."""
+        if self.state == WAITING:
+            self._drop_upstream()
+            self.respond_error(504)
+        else:
+            self.abort()
+
+    def respond_error(self, status: int) -> None:
+        self._drop_upstream()
+        if self.upgrade or not self.body_done:
+            self.client_close = True  # unread request bytes would be taken for the next request
+        if self.client.closing:
+            self.client_close = True
+        keep, close = _ERRORS[status]
+        self._finish_with(close if self.client_close else keep, status)
+
+    def _finish_with(self, response: bytes, status: int) -> None:
+        self.out.clear()
+        self.client.write(response)
+        self.pool.counts[status // 100] += 1
+        self._finish(status)
+
+    def _drop_upstream(self) -> None:
+        if self.connect_task is not None:
+            self.connect_task.cancel()
+            self.connect_task = None
+        conn = self.upstream
+        self.upstream = None
+        if conn is not None:
+            conn.abort()
+
+    def discard(self) -> None:
+        """Drop a request that never started (queued behind a closing response, or rejected)."""
+        if self.state == DONE:
+            return
+        self._drop_upstream()
+        self.state = DONE
+        self.pool.in_flight -= 1
+
+    def abort(self) -> None:
+        """Cut both sides (drain deadline, idle timeout, client gone, broken upstream mid-response)."""
+        if self.state == DONE:
+            return
+        self._drop_upstream()
+        self.client_close = True
+        self._finish(0, aborted=True)
+
+    def _end_tunnel(self) -> None:
+        conn = self.upstream
+        self.upstream = None
+        if conn is not None:
+            conn.close()
+        self.client_close = True
+        self._finish(101)
+
+    def _finish(self, status: int, aborted: bool = False) -> None:
+        if self.state == DONE:
+            return
+        self.state = DONE
+        self.status = status
+        ep = self.endpoint
+        if ep is not None:
+            ep.in_flight -= 1
+            self.endpoint = None
+        self.pool.in_flight -= 1
+        self.client.exchange_finished(self, aborted)

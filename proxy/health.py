@@ -1,0 +1,93 @@
+"""HealthChecker: active HTTP probes per pool, and the on-demand verification a flip needs.
+
+Probes run off the hot path on the same loop with aiohttp's client. Passive ejection (consecutive
+connect failures) lives in `Endpoint.connect_failed`, fed by the data plane itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from proxy.pool import Endpoint, Health, Pool
+
+
+class HealthChecker:
+    def __init__(self) -> None:
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, force_close=True), auto_decompress=False
+            )
+        return self._session
+
+    def watch(self, pool: Pool) -> None:
+        """(Re)start the periodic probes of `pool` if it has a health-check path."""
+        self.unwatch(pool.name)
+        if pool.health_check.path:
+            self._tasks[pool.name] = asyncio.get_running_loop().create_task(self._run(pool))
+
+    def unwatch(self, name: str) -> None:
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+
+    async def close(self) -> None:
+        for name in list(self._tasks):
+            self.unwatch(name)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _run(self, pool: Pool) -> None:
+        hc = pool.health_check
+        while True:
+            endpoints = pool.endpoints
+            if endpoints:
+                results = await asyncio.gather(*(self.probe(pool, ep) for ep in endpoints))
+                for ep, ok in zip(endpoints, results, strict=True):
+                    self.record(pool, ep, ok)
+            await asyncio.sleep(hc.interval)
+
+    async def probe(self, pool: Pool, ep: Endpoint) -> bool:
+        """One probe: the HTTP path when configured (2xx/3xx is up), else a TCP connect."""
+        hc = pool.health_check
+        try:
+            async with asyncio.timeout(hc.timeout):
+                if hc.path:
+                    url = f"http://{ep.address}{hc.path}"
+                    async with self._client().get(url, allow_redirects=False) as resp:
+                        await resp.read()
+                        return resp.status < 400
+                _, writer = await asyncio.open_connection(ep.host, ep.port)
+                writer.close()
+                return True
+        except (OSError, TimeoutError, aiohttp.ClientError):
+            return False
+
+    @staticmethod
+    def record(pool: Pool, ep: Endpoint, ok: bool) -> None:
+        hc = pool.health_check
+        if ok:
+            ep.streak = ep.streak + 1 if ep.streak > 0 else 1
+            if ep.checked is not Health.HEALTHY and (ep.checked is Health.UNKNOWN or ep.streak >= hc.healthy_threshold):
+                ep.set_checked(Health.HEALTHY)
+        else:
+            ep.streak = ep.streak - 1 if ep.streak < 0 else -1
+            if ep.checked is not Health.UNHEALTHY and (
+                ep.checked is Health.UNKNOWN or -ep.streak >= hc.unhealthy_threshold
+            ):
+                ep.set_checked(Health.UNHEALTHY)
+
+    async def verify(self, pool: Pool) -> int:
+        """Healthy endpoints of `pool` now; endpoints never checked are probed first (a flip fails closed)."""
+        unknown = [ep for ep in pool.endpoints if ep.up and ep.health is Health.UNKNOWN]
+        if unknown:
+            results = await asyncio.gather(*(self.probe(pool, ep) for ep in unknown))
+            for ep, ok in zip(unknown, results, strict=True):
+                self.record(pool, ep, ok)
+        return sum(1 for ep in pool.endpoints if ep.up)

@@ -1,0 +1,210 @@
+"""Pools of endpoints: balancing, health state, in-flight counts, idle upstream connections, drain.
+
+Counters here are plain ints touched on the event loop only; `proxy.metrics` reads them when
+Prometheus scrapes, so the hot path never takes a lock or looks up a labelled child.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Iterable
+from enum import IntEnum
+from typing import TYPE_CHECKING
+
+from proxy.config import HealthCheckConfig, OutlierConfig
+
+if TYPE_CHECKING:
+    from proxy.upstream import UpstreamConnection
+
+# Upstream latency histogram bounds in seconds (request sent -> response head received).
+LATENCY_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Health(IntEnum):
+    UNKNOWN = 0  # never probed: routable (optimistic), verified by the Switch before a flip
+    HEALTHY = 1
+    UNHEALTHY = 2
+
+
+class Endpoint:
+    """One upstream `host:port` of a pool."""
+
+    __slots__ = (
+        "address",
+        "checked",
+        "ejected_until",
+        "failures",
+        "host",
+        "idle",
+        "in_flight",
+        "passive_ok",
+        "pool",
+        "port",
+        "retired",
+        "streak",
+        "up",
+    )
+
+    def __init__(self, pool: Pool, host: str, port: int) -> None:
+        self.pool = pool
+        self.host = host
+        self.port = port
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.in_flight = 0
+        self.idle: deque[UpstreamConnection] = deque()
+        self.checked = Health.UNKNOWN  # last verdict of active checks
+        self.passive_ok = False  # a response was received since the last ejection
+        self.failures = 0  # consecutive connect failures (passive ejection)
+        self.ejected_until = 0.0
+        self.retired = False  # removed from its pool: finish in-flight, pool nothing
+        self.streak = 0  # active checks: consecutive successes (> 0) or failures (< 0)
+        self.up = True  # routable: not ejected and not failed by active checks
+
+    @property
+    def health(self) -> Health:
+        if self.ejected_until or self.checked is Health.UNHEALTHY:
+            return Health.UNHEALTHY
+        if self.checked is Health.HEALTHY or self.passive_ok:
+            return Health.HEALTHY
+        return Health.UNKNOWN
+
+    def _refresh(self) -> None:
+        self.up = not self.ejected_until and self.checked is not Health.UNHEALTHY
+
+    def set_checked(self, verdict: Health) -> None:
+        self.checked = verdict
+        if verdict is Health.HEALTHY:
+            self.failures = 0
+            self.ejected_until = 0.0
+        self._refresh()
+
+    def connect_failed(self, now: float, outlier: OutlierConfig) -> None:
+        self.failures += 1
+        if self.failures >= outlier.consecutive_failures and not self.ejected_until:
+            self.ejected_until = now + outlier.ejection_time
+            self.passive_ok = False
+            self._refresh()
+
+    def responded(self) -> None:
+        # Called for every response: keep it to two attribute writes.
+        self.failures = 0
+        self.passive_ok = True
+
+    def expire_ejection(self, now: float) -> None:
+        if self.ejected_until and self.ejected_until <= now:
+            self.ejected_until = 0.0
+            self.failures = 0
+            self._refresh()
+
+    def take_idle(self) -> UpstreamConnection | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()  # LIFO: the warmest connection, least likely closed by the upstream
+            if conn.reusable():
+                return conn
+            conn.close()
+        return None
+
+    def close_idle(self, older_than: float | None = None) -> None:
+        idle = self.idle
+        while idle and (older_than is None or idle[0].idle_since < older_than):
+            idle.popleft().close()
+
+
+class Pool:
+    """A named set of endpoints; `routed` is false once no route names it (it drains)."""
+
+    __slots__ = (
+        "balancer",
+        "color_header",
+        "counts",
+        "drain_deadline",
+        "endpoints",
+        "health_check",
+        "in_flight",
+        "latency_buckets",
+        "latency_sum",
+        "max_idle",
+        "max_in_flight",
+        "name",
+        "removed",
+        "routed",
+        "rr",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        addresses: Iterable[tuple[str, int]],
+        *,
+        balancer: str = "round_robin",
+        health_check: HealthCheckConfig | None = None,
+        max_in_flight: int = 0,
+        max_idle: int = 256,
+    ) -> None:
+        self.name = name
+        self.balancer = balancer
+        self.health_check = health_check or HealthCheckConfig()
+        self.max_in_flight = max_in_flight
+        self.max_idle = max_idle
+        self.endpoints: tuple[Endpoint, ...] = tuple(Endpoint(self, h, p) for h, p in addresses)
+        self.rr = 0
+        self.in_flight = 0
+        self.routed = False
+        self.removed = False
+        self.drain_deadline = 0.0
+        # Precomputed once: every response served by this pool says so (testers and smoke tests verify it).
+        self.color_header = b"x-served-by-color: " + name.encode() + b"\r\n"
+        self.counts = [0, 0, 0, 0, 0, 0]  # responses by status class: index 1..5 (0: no response)
+        self.latency_buckets = [0] * (len(LATENCY_BOUNDS) + 1)
+        self.latency_sum = 0.0
+
+    @property
+    def draining(self) -> bool:
+        return not self.routed and self.in_flight > 0
+
+    def pick(self, exclude: Endpoint | None = None) -> Endpoint | None:
+        """The next routable endpoint; None when there is none (or all are at their in-flight limit)."""
+        endpoints = self.endpoints
+        n = len(endpoints)
+        limit = self.max_in_flight
+        if self.balancer == "least_in_flight":
+            best: Endpoint | None = None
+            for ep in endpoints:
+                if ep.up and ep is not exclude and (not limit or ep.in_flight < limit):
+                    if best is None or ep.in_flight < best.in_flight:
+                        best = ep
+            return best
+        start = self.rr
+        for i in range(n):
+            ep = endpoints[(start + i) % n]
+            if ep.up and ep is not exclude and (not limit or ep.in_flight < limit):
+                self.rr = (start + i + 1) % n
+                return ep
+        if exclude is not None and exclude.up and n and (not limit or exclude.in_flight < limit):
+            return exclude  # the only endpoint left: retry it on a fresh connection
+        return None
+
+    def observe(self, status: int, latency: float) -> None:
+        self.counts[status // 100 if 100 <= status < 600 else 0] += 1
+        if latency >= 0.0:
+            self.latency_buckets[bisect_left(LATENCY_BOUNDS, latency)] += 1
+            self.latency_sum += latency
+
+    def replace_endpoints(self, addresses: Iterable[tuple[str, int]]) -> None:
+        """New endpoint list; kept addresses keep their state, dropped ones finish in-flight work and retire."""
+        current = {(ep.host, ep.port): ep for ep in self.endpoints}
+        new = []
+        for host, port in addresses:
+            ep = current.pop((host, port), None)
+            new.append(ep if ep is not None else Endpoint(self, host, port))
+        for ep in current.values():
+            ep.retired = True
+            ep.close_idle()
+        self.endpoints = tuple(new)
+        self.rr = 0
+
+    def close_idle(self) -> None:
+        for ep in self.endpoints:
+            ep.close_idle()

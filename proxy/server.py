@@ -1,0 +1,70 @@
+"""ProxyServer: the composition of data plane, health checks, Switch, metrics and Admin API.
+
+Lifecycle in explicit phases (uvicorn's server): `start` binds listeners and the admin site,
+`stop` stops accepting, lets in-flight work finish within the shutdown timeout, then cuts the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+
+from proxy.admin import make_admin_app
+from proxy.config import Config
+from proxy.control.local import LocalControl
+from proxy.dataplane import DataPlane
+from proxy.health import HealthChecker
+from proxy.metrics import make_registry
+from proxy.switch import Switch
+
+AdminSetup = Callable[[web.Application], None]
+
+
+class ProxyServer:
+    def __init__(self, config: Config, *, admin_setup: AdminSetup | None = None) -> None:
+        self.config = config
+        self._admin_setup = admin_setup
+        self.dataplane: DataPlane | None = None
+        self.switch: Switch | None = None
+        self.health = HealthChecker()
+        self._runner: web.AppRunner | None = None
+        self.ports: dict[str, int] = {}
+        self._stopping = False
+
+    @property
+    def control(self) -> LocalControl:
+        assert self.switch is not None, "start() first"
+        return LocalControl(self.switch)
+
+    async def start(self) -> None:
+        self.dataplane = dp = DataPlane(self.config)
+        self.switch = Switch(dp, self.health)
+        await dp.start()
+        for pool in dp.pools.values():
+            self.health.watch(pool)
+        app = make_admin_app(
+            self.control,
+            make_registry(self.switch),
+            token=self.config.admin.token,
+            serving=lambda: not self._stopping,
+        )
+        if self._admin_setup is not None:
+            self._admin_setup(app)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.admin.host, self.config.admin.port)
+        await site.start()
+        self.ports = dict(dp.ports)
+        server = site._server
+        assert server is not None and server.sockets  # type: ignore[attr-defined]
+        self.ports["admin"] = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+    async def stop(self, grace: float | None = None) -> None:
+        self._stopping = True
+        if self.dataplane is not None:
+            await self.dataplane.stop(self.config.shutdown_timeout if grace is None else grace)
+        await self.health.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

@@ -1,0 +1,126 @@
+"""The Switch: the one place that changes routes and pools.
+
+A flip checks its target (fails closed on a pool with no healthy endpoint), builds the next
+RouteTable, swaps the reference and answers only when new requests are served by it. Changes are
+serialised by a lock that only the control plane takes; the hot path never sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from proxy.config import parse_address
+from proxy.control.api import (
+    ConflictError,
+    EndpointStatus,
+    InvalidRequestError,
+    NotFoundError,
+    PoolStatus,
+    ProxyStatus,
+    Routes,
+)
+from proxy.dataplane import DataPlane
+from proxy.health import HealthChecker
+from proxy.pool import Health, Pool
+from proxy.routes import RouteTable
+
+
+class Switch:
+    def __init__(self, dp: DataPlane, health: HealthChecker) -> None:
+        self.dp = dp
+        self.health = health
+        self.switches = 0
+        self._lock = asyncio.Lock()
+
+    def routes(self) -> Routes:
+        return self.dp.routes.names()
+
+    def status(self) -> ProxyStatus:
+        dp = self.dp
+        pools = list(dp.pools.values()) + [p for p in dp.draining if p.name not in dp.pools]
+        return ProxyStatus(self.routes(), tuple(pool_status(p) for p in pools))
+
+    async def switch(
+        self, active: str, preview: str | None = None, *, force: bool = False, generation: int | None = None
+    ) -> Routes:
+        async with self._lock:
+            dp = self.dp
+            current = dp.routes
+            if generation is not None and generation != current.generation:
+                raise ConflictError(f"generation {generation} is not the current one ({current.generation})")
+            target = self._pool(active)
+            if preview is None:
+                new_preview = current.active if target is not current.active else current.preview
+            else:
+                new_preview = self._pool(preview)
+            if target is current.active and new_preview is current.preview:
+                return current.names()  # idempotent: nothing to change
+            if target is not current.active and not force:
+                if not target.endpoints:
+                    raise ConflictError(f"pool {active!r} has no endpoints (use force to switch anyway)")
+                if await self.health.verify(target) == 0:
+                    raise ConflictError(f"pool {active!r} has no healthy endpoint (use force to switch anyway)")
+                if dp.routes is not current:
+                    raise ConflictError("routes changed while checking the target; retry")
+            table = RouteTable(target, new_preview, current.generation + 1)
+            dp.apply_routes(table)
+            self.switches += 1
+            return table.names()
+
+    async def set_endpoints(self, name: str, endpoints: Sequence[str]) -> bool:
+        """Create or replace a pool's endpoints; returns True when the pool was created."""
+        addresses = []
+        for i, item in enumerate(endpoints):
+            if not isinstance(item, str):
+                raise InvalidRequestError(f"endpoints[{i}]: expected a 'host:port' string")
+            try:
+                address = parse_address(item)
+            except ValueError as exc:
+                raise InvalidRequestError(f"endpoints[{i}]: {exc}") from None
+            if address in addresses:
+                raise InvalidRequestError(f"endpoints[{i}]: duplicate endpoint {item!r}")
+            addresses.append(address)
+        async with self._lock:
+            dp = self.dp
+            pool = dp.pools.get(name)
+            if pool is None:
+                pool = dp.make_pool(name, addresses)
+                dp.pools[name] = pool
+                self.health.watch(pool)
+                return True
+            if [(ep.host, ep.port) for ep in pool.endpoints] != addresses:
+                pool.replace_endpoints(addresses)
+                self.health.watch(pool)
+            return False
+
+    async def delete_pool(self, name: str) -> None:
+        async with self._lock:
+            dp = self.dp
+            pool = self._pool(name)
+            if pool.routed:
+                raise ConflictError(f"pool {name!r} is named by a route; switch away from it first")
+            del dp.pools[name]
+            pool.removed = True
+            self.health.unwatch(name)
+            dp.unroute(pool)
+
+    def _pool(self, name: str) -> Pool:
+        if not isinstance(name, str):
+            raise InvalidRequestError("a pool name must be a string")
+        pool = self.dp.pools.get(name)
+        if pool is None:
+            raise NotFoundError(f"unknown pool {name!r}")
+        return pool
+
+
+def pool_status(pool: Pool) -> PoolStatus:
+    return PoolStatus(
+        name=pool.name,
+        endpoints=tuple(
+            EndpointStatus(ep.address, ep.up and ep.health is not Health.UNHEALTHY, ep.in_flight)
+            for ep in pool.endpoints
+        ),
+        in_flight=pool.in_flight,
+        draining=pool.draining,
+    )

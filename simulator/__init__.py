@@ -1,0 +1,1 @@
+"""bluegreen's simulator: Kubernetes in miniature with an Argo-Rollouts-compatible blue/green controller."""

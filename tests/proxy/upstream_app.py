@@ -1,0 +1,76 @@
+"""A real upstream for tests: an aiohttp server whose routes exercise the proxy's HTTP handling."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+from aiohttp import WSMsgType, web
+
+
+def make_app(name: str) -> web.Application:
+    async def color(request: web.Request) -> web.Response:
+        return web.json_response(name, headers={"X-Upstream": name})
+
+    async def echo(request: web.Request) -> web.Response:
+        digest = hashlib.sha256()
+        size = 0
+        async for chunk in request.content.iter_any():
+            digest.update(chunk)
+            size += len(chunk)
+        body = {
+            "upstream": name,
+            "method": request.method,
+            "path": request.path_qs,
+            "version": f"{request.version.major}.{request.version.minor}",
+            "headers": [[k.decode(), v.decode()] for k, v in request.raw_headers],
+            "size": size,
+            "sha256": digest.hexdigest(),
+        }
+        return web.json_response(body, headers={"X-Upstream": name})
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(float(request.query.get("ms", "500")) / 1000)
+        return web.json_response(name, headers={"X-Upstream": name})
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        chunks = int(request.query.get("chunks", "5"))
+        delay = float(request.query.get("ms", "50")) / 1000
+        resp = web.StreamResponse(headers={"X-Upstream": name, "Content-Type": "text/plain"})
+        await resp.prepare(request)
+        for i in range(chunks):
+            await resp.write(f"{name} chunk {i}\n".encode())
+            await asyncio.sleep(delay)
+        await resp.write_eof()
+        return resp
+
+    async def big(request: web.Request) -> web.Response:
+        size = int(request.query.get("size", "65536"))
+        return web.Response(body=b"x" * size, headers={"X-Upstream": name})
+
+    async def status(request: web.Request) -> web.Response:
+        code = int(request.match_info["code"])
+        return web.Response(status=code, body=None if code in (204, 304) else b"status\n", headers={"X-Upstream": name})
+
+    async def ws(request: web.Request) -> web.WebSocketResponse:
+        sock = web.WebSocketResponse()
+        await sock.prepare(request)
+        async for msg in sock:
+            if msg.type == WSMsgType.TEXT:
+                await sock.send_str(f"{name}:{msg.data}")
+        return sock
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/", color)
+    app.router.add_get("/color", color)
+    app.router.add_route("*", "/echo", echo)
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/stream", stream)
+    app.router.add_get("/big", big)
+    app.router.add_route("*", "/status/{code}", status)
+    app.router.add_get("/ws", ws)
+    app.router.add_get("/healthz", healthz)
+    return app
