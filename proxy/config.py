@@ -40,6 +40,7 @@ BALANCERS = ("round_robin", "least_in_flight")
 LISTENER_ROLES = ("active", "preview")
 _POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _SUBST = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_PLACEHOLDER = re.compile(r"__bgvar(\d+)__")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 
 
@@ -153,6 +154,15 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(source, "", "file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(source, "", f"cannot read: {exc}") from None
+    # `${VAR}` is not valid YAML in flow mappings (`{token: ${T:-}}` from the contract), so each one
+    # becomes a plain placeholder scalar before parsing and is resolved per key path afterwards.
+    refs: list[tuple[str, str | None]] = []
+
+    def hold(match: re.Match[str]) -> str:
+        refs.append((match.group(1), match.group(2)))
+        return f"__bgvar{len(refs) - 1}__"
+
+    text = _SUBST.sub(hold, text)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -160,7 +170,24 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         raise ConfigError(source, "", f"invalid YAML: {where}{problem}") from None
+    if refs:
+        data = _restore(data, refs)
     return parse_config(data, source)
+
+
+def _restore(value: Any, refs: list[tuple[str, str | None]]) -> Any:
+    if isinstance(value, dict):
+        return {k: _restore(v, refs) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_restore(v, refs) for v in value]
+    if isinstance(value, str) and "__bgvar" in value:
+        return _PLACEHOLDER.sub(lambda m: _ref_text(refs[int(m.group(1))]), value)
+    return value
+
+
+def _ref_text(ref: tuple[str, str | None]) -> str:
+    name, default = ref
+    return f"${{{name}:-{default}}}" if default is not None else f"${{{name}}}"
 
 
 def parse_config(data: Any, source: str = "<config>") -> Config:

@@ -287,7 +287,10 @@ class ClientConnection(asyncio.Protocol):
                 continue
             append(name + b": " + value + b"\r\n")
         if host is None:
-            host = b""
+            # HTTP/1.0 without Host: name the authority the client reached, as the upstream needs one.
+            sock = self.transport.get_extra_info("sockname") if self.transport is not None else None
+            host = f"{sock[0]}:{sock[1]}".encode() if sock else b"localhost"
+            append(b"host: " + host + b"\r\n")
         peer = self.peer
         append(b"x-forwarded-for: " + (xff + b", " + peer if xff else peer) + b"\r\n")
         append(b"x-forwarded-proto: " + (xfp or b"http") + b"\r\n")

@@ -54,6 +54,6 @@ RESPONSE_400 = error_response(400, "Bad Request", close=True)
 RESPONSE_405_CONNECT = error_response(405, "CONNECT is not supported by this reverse proxy", close=True)
 RESPONSE_408 = error_response(408, "Request Timeout", close=True)
 RESPONSE_413 = error_response(413, "Content Too Large", close=True)
-RESPONSE_431 = error_response(431, "Request Header Fields Too Large", close=True)
+RESPONSE_431 = error_response(400, "Bad Request: header section too large", close=True)
 RESPONSE_505 = error_response(505, "HTTP Version Not Supported", close=True)
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"

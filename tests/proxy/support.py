@@ -1,0 +1,140 @@
+"""Helpers for tests that run the real `bluegreen proxy` command and drive it with a raw HTTP client."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ProxyProcess:
+    """`bluegreen proxy --config FILE` as a child process, on free loopback ports."""
+
+    def __init__(self, tmp: Path, pools: dict[str, list[str]], active: str, preview: str | None, **extra: Any) -> None:
+        self.ports = {"active": free_port(), "preview": free_port(), "admin": free_port()}
+        config: dict[str, Any] = {
+            "listeners": {
+                "active": {"host": "127.0.0.1", "port": self.ports["active"]},
+                "preview": {"host": "127.0.0.1", "port": self.ports["preview"]},
+            },
+            "admin": {"host": "127.0.0.1", "port": self.ports["admin"]},
+            "pools": {name: {"endpoints": eps} for name, eps in pools.items()},
+            "routes": {"active": active, "preview": preview},
+        }
+        config.update(extra)
+        self.path = tmp / "proxy.yaml"
+        self.path.write_text(yaml.safe_dump(config))
+        self.proc: subprocess.Popen[str] | None = None
+        self.args: list[str] = []
+
+    def start(self, *args: str) -> ProxyProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "simulator.cli", "proxy", "--config", str(self.path), *args],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"proxy exited: {self.proc.stdout.read() if self.proc.stdout else ''}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.ports["admin"]), timeout=0.2):
+                    pass
+                with socket.create_connection(("127.0.0.1", self.ports["active"]), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("proxy did not start in time")
+
+    def stop(self, timeout: float = 15) -> tuple[int, str]:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        return self.proc.returncode, out
+
+    def url(self, role: str = "active") -> str:
+        return f"http://127.0.0.1:{self.ports[role]}"
+
+
+class Response:
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: dict[bytes, bytes], body: bytes) -> None:
+        self.status, self.headers, self.body = status, headers, body
+
+
+class RawClient:
+    """A minimal HTTP/1.1 client: one connection, no hidden retries (unlike aiohttp's reused-connection retry)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, path: str = "/color", *, method: str = "GET", body: bytes = b"", close: bool = False) -> Response:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        assert self.reader is not None
+        head = f"{method} {path} HTTP/1.1\r\nHost: test\r\n"
+        if body:
+            head += f"Content-Length: {len(body)}\r\n"
+        if close:
+            head += "Connection: close\r\n"
+        self.writer.write(head.encode() + b"\r\n" + body)
+        raw = await self.reader.readuntil(b"\r\n\r\n")
+        lines = raw[:-4].split(b"\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(b":")
+            headers[k.strip().lower()] = v.strip()
+        if b"content-length" in headers:
+            data = await self.reader.readexactly(int(headers[b"content-length"]))
+        elif headers.get(b"transfer-encoding") == b"chunked":
+            parts = []
+            while True:
+                size = int((await self.reader.readuntil(b"\r\n")).strip(), 16)
+                if size == 0:
+                    await self.reader.readuntil(b"\r\n")
+                    break
+                parts.append(await self.reader.readexactly(size))
+                await self.reader.readexactly(2)
+            data = b"".join(parts)
+        else:
+            data = await self.reader.read()
+        if close or headers.get(b"connection") == b"close":
+            await self.close()
+        return Response(status, headers, data)
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            try:
+                await self.writer.wait_closed()
+            except OSError:
+                pass
+            self.writer = self.reader = None
