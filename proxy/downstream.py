@@ -117,8 +117,8 @@ class ClientConnection(asyncio.Protocol):
         dp.clients.add(self)
         if len(dp.clients) > dp.limits.max_connections or dp.shutting_down:
             self.closing = True
-            transport.write(dp.overloaded_response)
-            transport.close()
+            self.transport.write(dp.overloaded_response)
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -64,14 +64,14 @@ async def start_proxy() -> AsyncIterator[StartProxy]:
         await server.stop(grace=1.0)
 
 
-async def raw_request(port: int, data: bytes, *, timeout: float = 5.0) -> bytes:
-    """Send raw bytes, read until the proxy closes (or `timeout`): for inputs a client library would fix."""
+async def raw_request(port: int, data: bytes, *, wait: float = 5.0) -> bytes:
+    """Send raw bytes, read until the proxy closes (or `wait` seconds): for inputs a client library would fix."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(data)
         await writer.drain()
         chunks = []
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(wait):
             while True:
                 chunk = await reader.read(65536)
                 if not chunk:

@@ -95,7 +95,9 @@ class RawClient:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def request(self, path: str = "/color", *, method: str = "GET", body: bytes = b"", close: bool = False) -> Response:
+    async def request(
+        self, path: str = "/color", *, method: str = "GET", body: bytes = b"", close: bool = False
+    ) -> Response:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         assert self.reader is not None

@@ -12,7 +12,9 @@ from proxy.control.http import HttpControl
 from tests.proxy.conftest import StartProxy, StartUpstream
 
 
-async def call(port: int, method: str, path: str, body: Any = None, *, token: str | None = None, raw: bytes | None = None) -> tuple[int, Any]:
+async def call(
+    port: int, method: str, path: str, body: Any = None, *, token: str | None = None, raw: bytes | None = None
+) -> tuple[int, Any]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with aiohttp.ClientSession() as session:
         kwargs: dict[str, Any] = {"headers": headers}

@@ -62,18 +62,30 @@ def test_env_substitution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         (lambda t: t + "colour: blue\n", "colour", "unknown key"),
         (lambda t: t.replace("port: 8080", "port: eighty"), "listeners.active.port", "expected a port"),
         (lambda t: t.replace("port: 8080", "port: 70000"), "listeners.active.port", "0-65535"),
-        (lambda t: t.replace("host: 127.0.0.1, port: 8081", "host: 'bad host!', port: 8081"), "listeners.preview.host", "bad host"),
+        (
+            lambda t: t.replace("host: 127.0.0.1, port: 8081", "host: 'bad host!', port: 8081"),
+            "listeners.preview.host",
+            "bad host",
+        ),
         (lambda t: t.replace('"127.0.0.1:9201"', '"127.0.0.1"'), "pools.green.endpoints[0]", "host:port"),
         (lambda t: t.replace('"127.0.0.1:9201"', '"127.0.0.1:99999"'), "pools.green.endpoints[0]", "bad port"),
         (lambda t: t.replace("preview: green}", "preview: purple}"), "routes.preview", "unknown pool 'purple'"),
         (lambda t: t.replace("active: blue,", "active: 7,"), "routes.active", "expected a non-empty string"),
-        (lambda t: t.replace("{endpoints: [\"127.0.0.1:9201\"]}", "[1, 2]"), "pools.green", "expected a mapping"),
+        (lambda t: t.replace('{endpoints: ["127.0.0.1:9201"]}', "[1, 2]"), "pools.green", "expected a mapping"),
         (lambda t: t.replace("routes: {active: blue, preview: green}", ""), "routes", "required key is missing"),
-        (lambda t: t.replace("host: 127.0.0.1, port: 8090", "host: 0.0.0.0, port: 8090"), "admin.token", "needs a token"),
+        (
+            lambda t: t.replace("host: 127.0.0.1, port: 8090", "host: 0.0.0.0, port: 8090"),
+            "admin.token",
+            "needs a token",
+        ),
         (lambda t: t + "timeouts: {connect: soon}\n", "timeouts.connect", "duration"),
         (lambda t: t + "workers: 0\n", "workers", "at least 1"),
         (lambda t: t + "pools2: {}\n", "pools2", "unknown key"),
-        (lambda t: t.replace("${BG_TEST_TOKEN:-}", "${BG_NEVER_SET_VAR}"), "admin.token", "BG_NEVER_SET_VAR is not set"),
+        (
+            lambda t: t.replace("${BG_TEST_TOKEN:-}", "${BG_NEVER_SET_VAR}"),
+            "admin.token",
+            "BG_NEVER_SET_VAR is not set",
+        ),
     ],
 )
 def test_refusals_name_file_key_and_reason(tmp_path: Path, mutate, path: str, reason: str) -> None:
@@ -98,7 +110,9 @@ def test_missing_file() -> None:
 
 
 def test_admin_off_loopback_with_token_is_accepted(tmp_path: Path) -> None:
-    text = VALID.replace("host: 127.0.0.1, port: 8090, token: ${BG_TEST_TOKEN:-}", "host: 0.0.0.0, port: 8090, token: t")
+    text = VALID.replace(
+        "host: 127.0.0.1, port: 8090, token: ${BG_TEST_TOKEN:-}", "host: 0.0.0.0, port: 8090, token: t"
+    )
     assert load_config(write(tmp_path, text)).admin.token == "t"
 
 

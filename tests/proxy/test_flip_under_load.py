@@ -95,7 +95,7 @@ async def test_flip_under_load_zero_failures_zero_stale(upstream: StartUpstream,
     green = [await upstream("green"), await upstream("green")]
     proxy = ProxyProcess(tmp_path, {"blue": blue, "green": green}, "blue", "green").start("--workers", str(workers))
     try:
-        load, flips = Load(), []
+        load, flips = Load(), list[Flip]()
         stop = time.monotonic() + DURATION
         tasks = [client_loop(proxy.ports["active"], load, stop, fresh=False) for _ in range(16)]
         tasks += [client_loop(proxy.ports["active"], load, stop, fresh=True) for _ in range(4)]

@@ -17,7 +17,9 @@ async def test_keep_alive_and_host_preserved(upstream: StartUpstream, start_prox
     proxy = await start_proxy({"blue": [await upstream("blue")], "green": [await upstream("green")]})
     port = proxy.ports["active"]
     req = b"GET /echo HTTP/1.1\r\nHost: example.test\r\n\r\n"
-    out = parse_responses(await raw_request(port, req * 3 + b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+    out = parse_responses(
+        await raw_request(port, req * 3 + b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    )
     assert [s for s, _, _ in out] == [200, 200, 200, 200]
     first = json.loads(out[0][2])
     headers = {k.lower(): v for k, v in first["headers"]}
@@ -232,7 +234,9 @@ async def test_valid_request_after_pipelined_garbage_is_answered_first(
 ) -> None:
     rec = recorder
     proxy = await start_proxy({"blue": [await rec.start()]}, preview=None)
-    data = await raw_request(proxy.ports["active"], b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nFoo : x\r\n\r\n")
+    data = await raw_request(
+        proxy.ports["active"], b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nFoo : x\r\n\r\n"
+    )
     assert data.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 400" in data
     assert rec.received.count(b"GET") == 1
 
@@ -240,5 +244,7 @@ async def test_valid_request_after_pipelined_garbage_is_answered_first(
 async def test_connect_method_refused(start_proxy: StartProxy, recorder: RecordingUpstream) -> None:
     rec = recorder
     proxy = await start_proxy({"blue": [await rec.start()]}, preview=None)
-    data = await raw_request(proxy.ports["active"], b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+    data = await raw_request(
+        proxy.ports["active"], b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
+    )
     assert data.startswith(b"HTTP/1.1 405") and rec.received == b""

@@ -1,0 +1,66 @@
+"""The real command: SIGTERM with requests in flight, and the CLI's `status` and `switch`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.proxy.conftest import StartUpstream
+from tests.proxy.support import REPO, ProxyProcess, RawClient
+
+
+def cli(*args: str, admin: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "simulator.cli", *args, "--admin", f"http://127.0.0.1:{admin}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+        env={k: v for k, v in os.environ.items() if k != "BLUEGREEN_ADMIN_TOKEN"},
+    )
+
+
+async def test_sigterm_finishes_in_flight_then_exits_0(upstream: StartUpstream, tmp_path: Path) -> None:
+    proxy = ProxyProcess(tmp_path, {"blue": [await upstream("blue")]}, "blue", None).start()
+    client, idle = RawClient(proxy.ports["active"]), RawClient(proxy.ports["active"])
+    try:
+        assert (await idle.request()).status == 200  # an idle keep-alive connection: closed at once
+        slow = asyncio.ensure_future(client.request("/slow?ms=700"))
+        await asyncio.sleep(0.2)
+        loop = asyncio.get_running_loop()
+        stopping = loop.run_in_executor(None, proxy.stop)
+        await asyncio.sleep(0.2)
+        resp = await slow
+        assert resp.status == 200 and resp.body == b'"blue"'
+        assert resp.headers[b"connection"] == b"close"
+        code, out = await stopping
+    finally:
+        await client.close()
+        await idle.close()
+    assert code == 0, out
+    assert "stopping" in out and "Traceback" not in out
+
+
+async def test_status_and_switch_commands(upstream: StartUpstream, tmp_path: Path) -> None:
+    pools = {"blue": [await upstream("blue")], "green": [await upstream("green")]}
+    proxy = ProxyProcess(tmp_path, pools, "blue", "green").start()
+    admin = proxy.ports["admin"]
+    try:
+        loop = asyncio.get_running_loop()
+        out = await loop.run_in_executor(None, lambda: cli("status", admin=admin))
+        assert out.returncode == 0 and "active -> blue, preview -> green" in out.stdout
+        out = await loop.run_in_executor(None, lambda: cli("switch", "green", admin=admin))
+        assert out.returncode == 0 and "generation 2: active -> green, preview -> blue" in out.stdout
+        out = await loop.run_in_executor(None, lambda: cli("switch", "purple", admin=admin))
+        assert out.returncode == 1 and out.stderr.startswith("bluegreen: 404") and "Traceback" not in out.stderr
+        client = RawClient(proxy.ports["active"])
+        assert (await client.request()).body == b'"green"'
+        await client.close()
+    finally:
+        code, output = proxy.stop()
+    assert code == 0, output
+    down = await asyncio.get_running_loop().run_in_executor(None, lambda: cli("status", admin=admin))
+    assert down.returncode == 1 and "cannot reach the admin API" in down.stderr
