@@ -82,6 +82,7 @@ def make_admin_app(
     *,
     token: str | None,
     serving: Callable[[], bool],
+    before_metrics: Callable[[], Awaitable[None]] | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[make_auth_middleware(token)], client_max_size=MAX_BODY)
     app[CONTROL] = control
@@ -92,6 +93,8 @@ def make_admin_app(
         return web.json_response({"status": "stopping"}, status=503)
 
     async def metrics(request: web.Request) -> web.Response:
+        if before_metrics is not None:
+            await before_metrics()
         return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def get_routes(request: web.Request) -> web.Response:

@@ -109,8 +109,8 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     if workers < 1:
         return fail("--workers must be at least 1", 2)
     try:
-        return run_proxy(config)
-    except OSError as exc:
+        return run_proxy(config, workers)
+    except (OSError, ValueError) as exc:
         return fail(f"cannot start: {exc}")
 
 
@@ -122,11 +122,13 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def run_proxy(config: Config) -> int:
+def run_proxy(config: Config, workers: int = 1) -> int:
     from proxy.server import ProxyServer
+    from proxy.supervisor import Supervisor
 
     async def main() -> int:
-        server = ProxyServer(config)
+        # One process serves and controls; with workers, a supervisor controls and N processes serve.
+        server: ProxyServer | Supervisor = ProxyServer(config) if workers == 1 else Supervisor(config, workers)
         await server.start()
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -134,7 +136,8 @@ def run_proxy(config: Config) -> int:
             loop.add_signal_handler(sig, stop.set)
         ports = server.ports
         listeners = ", ".join(f"{role} http://{config.listeners[role].host}:{ports[role]}" for role in config.listeners)
-        print(f"bluegreen proxy: {listeners}; admin http://{config.admin.host}:{ports['admin']}", flush=True)
+        mode = f"{workers} workers" if workers > 1 else "single process"
+        print(f"bluegreen proxy ({mode}): {listeners}; admin http://{config.admin.host}:{ports['admin']}", flush=True)
         await stop.wait()
         print("bluegreen proxy: stopping, draining in-flight requests", flush=True)
         await server.stop()

@@ -33,6 +33,7 @@ class DataPlane:
         self.overloaded_response = error_response(503, "Service Unavailable: too many connections", close=True)
         self.now = self.loop.time()
         self.clients: set[ClientConnection] = set()
+        self.remote_clients = 0  # a supervisor's shadow: client connections held by its workers
         self.shutting_down = False
         self.all_closed = asyncio.Event()  # set when the last client leaves during shutdown
         self.pools: dict[str, Pool] = {}

@@ -7,6 +7,7 @@ connect failures) lives in `Endpoint.connect_failed`, fed by the data plane itse
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import aiohttp
 
@@ -17,6 +18,7 @@ class HealthChecker:
     def __init__(self) -> None:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
+        self.on_change: Callable[[], None] | None = None  # a verdict changed (the supervisor pushes it)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -69,8 +71,14 @@ class HealthChecker:
         except (OSError, TimeoutError, aiohttp.ClientError):
             return False
 
+    def record(self, pool: Pool, ep: Endpoint, ok: bool) -> None:
+        before = ep.checked
+        self._record(pool, ep, ok)
+        if ep.checked is not before and self.on_change is not None:
+            self.on_change()
+
     @staticmethod
-    def record(pool: Pool, ep: Endpoint, ok: bool) -> None:
+    def _record(pool: Pool, ep: Endpoint, ok: bool) -> None:
         hc = pool.health_check
         if ok:
             ep.streak = ep.streak + 1 if ep.streak > 0 else 1

@@ -76,7 +76,9 @@ class ProxyCollector(Collector):
         yield route
         yield GaugeMetricFamily("bluegreen_route_generation", "Generation of the route table served", routes.generation)
         yield CounterMetricFamily("bluegreen_switches", "Route changes applied", self.switch.switches)
-        yield GaugeMetricFamily("bluegreen_client_connections", "Open client connections", len(dp.clients))
+        yield GaugeMetricFamily(
+            "bluegreen_client_connections", "Open client connections", len(dp.clients) + dp.remote_clients
+        )
 
 
 def make_registry(switch: Switch) -> CollectorRegistry:

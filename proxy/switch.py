@@ -8,7 +8,7 @@ serialised by a lock that only the control plane takes; the hot path never sees 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from proxy.config import parse_address
 from proxy.control.api import (
@@ -25,13 +25,19 @@ from proxy.health import HealthChecker
 from proxy.pool import Health, Pool
 from proxy.routes import RouteTable
 
+Publisher = Callable[[], Awaitable[None]]
+
 
 class Switch:
-    def __init__(self, dp: DataPlane, health: HealthChecker) -> None:
+    """Owns the desired state. In-process, `dp` is the serving DataPlane; under a supervisor it is a
+    shadow (no listeners) and `publish` pushes every change to the workers and waits for their acks."""
+
+    def __init__(self, dp: DataPlane, health: HealthChecker, publish: Publisher | None = None) -> None:
         self.dp = dp
         self.health = health
+        self.publish = publish
         self.switches = 0
-        self._lock = asyncio.Lock()
+        self.lock = asyncio.Lock()  # serialises control changes (never taken on the hot path)
 
     def routes(self) -> Routes:
         return self.dp.routes.names()
@@ -44,7 +50,7 @@ class Switch:
     async def switch(
         self, active: str, preview: str | None = None, *, force: bool = False, generation: int | None = None
     ) -> Routes:
-        async with self._lock:
+        async with self.lock:
             dp = self.dp
             current = dp.routes
             if generation is not None and generation != current.generation:
@@ -65,6 +71,8 @@ class Switch:
                     raise ConflictError("routes changed while checking the target; retry")
             table = RouteTable(target, new_preview, current.generation + 1)
             dp.apply_routes(table)
+            if self.publish is not None:
+                await self.publish()
             self.switches += 1
             return table.names()
 
@@ -81,21 +89,26 @@ class Switch:
             if address in addresses:
                 raise InvalidRequestError(f"endpoints[{i}]: duplicate endpoint {item!r}")
             addresses.append(address)
-        async with self._lock:
+        async with self.lock:
             dp = self.dp
             pool = dp.pools.get(name)
             if pool is None:
                 pool = dp.make_pool(name, addresses)
                 dp.pools[name] = pool
                 self.health.watch(pool)
-                return True
-            if [(ep.host, ep.port) for ep in pool.endpoints] != addresses:
+                created = True
+            elif [(ep.host, ep.port) for ep in pool.endpoints] != addresses:
                 pool.replace_endpoints(addresses)
                 self.health.watch(pool)
-            return False
+                created = False
+            else:
+                return False
+            if self.publish is not None:
+                await self.publish()
+            return created
 
     async def delete_pool(self, name: str) -> None:
-        async with self._lock:
+        async with self.lock:
             dp = self.dp
             pool = self._pool(name)
             if pool.routed:
@@ -104,6 +117,8 @@ class Switch:
             pool.removed = True
             self.health.unwatch(name)
             dp.unroute(pool)
+            if self.publish is not None:
+                await self.publish()
 
     def _pool(self, name: str) -> Pool:
         if not isinstance(name, str):

@@ -89,7 +89,7 @@ def stale(records: list[Record], flips: list[Flip]) -> list[str]:
     return bad
 
 
-@pytest.mark.parametrize("workers", [1])
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_flip_under_load_zero_failures_zero_stale(upstream: StartUpstream, tmp_path: Path, workers: int) -> None:
     blue = [await upstream("blue"), await upstream("blue")]
     green = [await upstream("green"), await upstream("green")]

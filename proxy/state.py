@@ -1,0 +1,94 @@
+"""The desired state as plain JSON (pools, health verdicts, routes) and its application to a DataPlane.
+
+The supervisor sends it to every worker after each change; a worker applies it in one loop step and
+acknowledges the generation it now serves. Stats flow back the same way, as counters to be summed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.config import parse_address
+from proxy.dataplane import DataPlane
+from proxy.pool import Health, Pool
+from proxy.routes import RouteTable
+
+
+def snapshot_state(dp: DataPlane) -> dict[str, Any]:
+    routes = dp.routes
+    return {
+        "pools": {
+            name: {
+                "endpoints": [ep.address for ep in pool.endpoints],
+                "balancer": pool.balancer,
+                "health": {ep.address: int(ep.checked) for ep in pool.endpoints},
+            }
+            for name, pool in dp.pools.items()
+        },
+        "routes": {
+            "active": routes.active.name,
+            "preview": routes.preview.name if routes.preview else None,
+            "generation": routes.generation,
+        },
+    }
+
+
+def apply_state(dp: DataPlane, state: dict[str, Any]) -> int:
+    """Make `dp` serve `state`; returns the generation now served."""
+    wanted = state["pools"]
+    for name, spec in wanted.items():
+        addresses = [parse_address(a) for a in spec["endpoints"]]
+        pool = dp.pools.get(name)
+        if pool is None:
+            pool = dp.pools[name] = dp.make_pool(name, addresses, balancer=spec.get("balancer", "round_robin"))
+        elif [(ep.host, ep.port) for ep in pool.endpoints] != addresses:
+            pool.replace_endpoints(addresses)
+        verdicts = spec.get("health", {})
+        for ep in pool.endpoints:
+            verdict = Health(verdicts.get(ep.address, 0))
+            if ep.checked is not verdict:
+                ep.set_checked(verdict)
+    for name in [n for n in dp.pools if n not in wanted]:
+        pool = dp.pools.pop(name)
+        pool.removed = True
+        dp.unroute(pool)
+    routes = state["routes"]
+    if routes["generation"] != dp.routes.generation:
+        preview = routes.get("preview")
+        dp.apply_routes(
+            RouteTable(dp.pools[routes["active"]], dp.pools[preview] if preview else None, routes["generation"])
+        )
+    return dp.routes.generation
+
+
+def collect_stats(dp: DataPlane) -> dict[str, Any]:
+    pools: list[Pool] = list(dp.pools.values()) + [p for p in dp.draining if p.name not in dp.pools]
+    return {
+        "clients": len(dp.clients),
+        "generation": dp.routes.generation,
+        "pools": {
+            p.name: {
+                "in_flight": p.in_flight,
+                "counts": p.counts,
+                "latency_buckets": p.latency_buckets,
+                "latency_sum": p.latency_sum,
+                "endpoints": {ep.address: [ep.in_flight, ep.up] for ep in p.endpoints},
+            }
+            for p in pools
+        },
+    }
+
+
+def merge_stats(dp: DataPlane, reports: list[dict[str, Any]]) -> None:
+    """Write the sum of the workers' counters into the supervisor's shadow pools (for status and metrics)."""
+    for pool in list(dp.pools.values()) + [dp.null_pool]:
+        parts = [r["pools"][pool.name] for r in reports if pool.name in r["pools"]]
+        pool.in_flight = sum(p["in_flight"] for p in parts)
+        pool.counts = [sum(p["counts"][i] for p in parts) for i in range(len(pool.counts))]
+        pool.latency_buckets = [sum(p["latency_buckets"][i] for p in parts) for i in range(len(pool.latency_buckets))]
+        pool.latency_sum = sum(p["latency_sum"] for p in parts)
+        for ep in pool.endpoints:
+            seen = [p["endpoints"][ep.address] for p in parts if ep.address in p["endpoints"]]
+            ep.in_flight = sum(s[0] for s in seen)
+            ep.passive_ok = ep.passive_ok or any(s[1] for s in seen)
+    dp.remote_clients = sum(r["clients"] for r in reports)

@@ -1,0 +1,181 @@
+"""The supervisor of `bluegreen proxy --workers N`: one control plane, N data-plane processes.
+
+The admin API, the Switch and the health checks live here, on a loop that carries no client
+traffic, so a flip never queues behind the data plane. Workers share the listeners with
+SO_REUSEPORT. A change is pushed to every worker and answered only when each has acknowledged the
+generation it applied; a worker that dies is restarted, and it starts on the current state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from proxy.admin import make_admin_app
+from proxy.channel import Channel
+from proxy.config import Config
+from proxy.control.api import ProxyStatus
+from proxy.control.local import LocalControl
+from proxy.dataplane import DataPlane
+from proxy.health import HealthChecker
+from proxy.metrics import make_registry
+from proxy.state import merge_stats, snapshot_state
+from proxy.switch import Switch
+
+log = logging.getLogger("bluegreen.supervisor")
+ACK_TIMEOUT = 5.0
+
+
+class Worker:
+    def __init__(self, index: int, proc: asyncio.subprocess.Process, channel: Channel) -> None:
+        self.index, self.proc, self.channel = index, proc, channel
+        self.generation = 0
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None
+
+
+class SupervisedControl(LocalControl):
+    def __init__(self, switch: Switch, supervisor: Supervisor) -> None:
+        super().__init__(switch)
+        self._supervisor = supervisor
+
+    async def status(self) -> ProxyStatus:
+        await self._supervisor.refresh_stats()
+        return await super().status()
+
+
+class Supervisor:
+    def __init__(self, config: Config, workers: int) -> None:
+        if any(lc.port == 0 for lc in config.listeners.values()):
+            raise ValueError("listeners need fixed ports with --workers (port 0 would differ per worker)")
+        self.config = config
+        self.n = workers
+        self.workers: dict[int, Worker] = {}
+        self.dp = DataPlane(config)  # a shadow: desired state and health, no listeners
+        self.health = HealthChecker()
+        self.health.on_change = self._health_changed
+        self.switch = Switch(self.dp, self.health, publish=self.publish)
+        self.ports: dict[str, int] = {}
+        self._runner: web.AppRunner | None = None
+        self._stopping = False
+        self._monitors: list[asyncio.Task[None]] = []
+        self._health_push: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        for pool in self.dp.pools.values():
+            self.health.watch(pool)
+        async with self.switch.lock:
+            for i in range(self.n):
+                await self._spawn(i)
+        app = make_admin_app(
+            SupervisedControl(self.switch, self),
+            make_registry(self.switch),
+            token=self.config.admin.token,
+            serving=lambda: not self._stopping,
+            before_metrics=self.refresh_stats,
+        )
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.admin.host, self.config.admin.port)
+        await site.start()
+        self.ports = {role: lc.port for role, lc in self.config.listeners.items()}
+        self.ports["admin"] = self.config.admin.port
+
+    async def _spawn(self, index: int) -> None:
+        """Start worker `index` on the current state (called with the switch lock held)."""
+        parent, child = socket.socketpair()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "proxy.worker",
+            "--config",
+            self.config.source,
+            "--fd",
+            str(child.fileno()),
+            pass_fds=(child.fileno(),),
+        )
+        child.close()
+        worker = Worker(index, proc, await Channel.open(parent))
+        await worker.channel.send({"op": "state", "state": snapshot_state(self.dp)})
+        async with asyncio.timeout(15):
+            reply = await worker.channel.receive()
+        if reply is None:
+            raise RuntimeError(f"worker {index} exited during start (exit status {await proc.wait()})")
+        worker.generation = reply["generation"]
+        self.workers[index] = worker
+        self._monitors.append(asyncio.get_running_loop().create_task(self._monitor(worker)))
+
+    async def _monitor(self, worker: Worker) -> None:
+        code = await worker.proc.wait()
+        worker.channel.close()
+        if self._stopping or self.workers.get(worker.index) is not worker:
+            return
+        log.warning("worker %d exited with %s; restarting it", worker.index, code)
+        async with self.switch.lock:
+            if not self._stopping:
+                await self._spawn(worker.index)
+
+    async def publish(self) -> None:
+        """Push the state to every live worker; return when each serves it (a hung worker is killed)."""
+        message: dict[str, Any] = {"op": "state", "state": snapshot_state(self.dp)}
+        generation = self.dp.routes.generation
+        live = [w for w in self.workers.values() if w.alive]
+        results = await asyncio.gather(*(self._call(w, message) for w in live), return_exceptions=True)
+        for worker, result in zip(live, results, strict=True):
+            if isinstance(result, BaseException):
+                # It cannot have applied the change; it is restarted on the current state instead.
+                if worker.alive:
+                    worker.proc.kill()
+            else:
+                worker.generation = result["generation"]
+                assert worker.generation == generation
+
+    async def _call(self, worker: Worker, message: dict[str, Any]) -> dict[str, Any]:
+        async with asyncio.timeout(ACK_TIMEOUT):
+            return await worker.channel.call(message)
+
+    def _health_changed(self) -> None:
+        if self._health_push is None or self._health_push.done():
+            self._health_push = asyncio.get_running_loop().create_task(self._push_health())
+
+    async def _push_health(self) -> None:
+        async with self.switch.lock:
+            await self.publish()
+
+    async def refresh_stats(self) -> None:
+        live = [w for w in self.workers.values() if w.alive]
+        results = await asyncio.gather(*(self._call(w, {"op": "stats"}) for w in live), return_exceptions=True)
+        reports = [r["stats"] for r in results if isinstance(r, dict)]
+        merge_stats(self.dp, reports)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for worker in self.workers.values():
+            if worker.alive:
+                worker.proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.shutdown_timeout + 5):
+                await asyncio.gather(*(w.proc.wait() for w in self.workers.values()))
+        for worker in self.workers.values():
+            if worker.alive:
+                worker.proc.kill()
+                await worker.proc.wait()
+        for task in self._monitors:
+            task.cancel()
+        await self.health.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+def worker_pids(supervisor: Supervisor) -> Sequence[int]:
+    return [w.proc.pid for w in supervisor.workers.values() if w.alive]
