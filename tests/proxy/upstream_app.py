@@ -60,10 +60,33 @@ def make_app(name: str) -> web.Application:
                 await sock.send_str(f"{name}:{msg.data}")
         return sock
 
+    async def firehose(request: web.Request) -> web.StreamResponse:
+        # Streams `mb` MiB as fast as the connection takes it, recording progress for /progress.
+        total = int(request.query.get("mb", "50")) * 1024 * 1024
+        resp = web.StreamResponse(headers={"X-Upstream": name})
+        resp.content_length = total
+        await resp.prepare(request)
+        block = b"f" * 65536
+        sent = 0
+        while sent < total:
+            await resp.write(block)
+            sent += len(block)
+            progress["firehose"] = sent
+        return resp
+
+    async def sink(request: web.Request) -> web.Response:
+        # Never reads the body: the proxy must stop reading the client rather than buffer it.
+        await asyncio.sleep(float(request.query.get("ms", "3000")) / 1000)
+        return web.Response(text="late")
+
+    async def get_progress(request: web.Request) -> web.Response:
+        return web.json_response(progress)
+
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
-    app = web.Application()
+    progress: dict[str, int] = {}
+    app = web.Application(client_max_size=1024**3)
     app.router.add_get("/", color)
     app.router.add_get("/color", color)
     app.router.add_route("*", "/echo", echo)
@@ -73,4 +96,7 @@ def make_app(name: str) -> web.Application:
     app.router.add_route("*", "/status/{code}", status)
     app.router.add_get("/ws", ws)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/firehose", firehose)
+    app.router.add_post("/sink", sink)
+    app.router.add_get("/progress", get_progress)
     return app

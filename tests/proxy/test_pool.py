@@ -1,0 +1,60 @@
+"""Balancing and endpoint state, without sockets."""
+
+from __future__ import annotations
+
+from proxy.config import OutlierConfig
+from proxy.pool import Health, Pool
+
+ADDRS = [("127.0.0.1", 9001), ("127.0.0.1", 9002), ("127.0.0.1", 9003)]
+
+
+def test_round_robin_skips_unroutable_and_excluded() -> None:
+    pool = Pool("blue", ADDRS)
+    assert [pool.pick().port for _ in range(4)] == [9001, 9002, 9003, 9001]  # type: ignore[union-attr]
+    pool.endpoints[1].set_checked(Health.UNHEALTHY)
+    assert [pool.pick().port for _ in range(3)] == [9003, 9001, 9003]  # type: ignore[union-attr]
+    assert pool.pick(exclude=pool.endpoints[0]).port == 9003  # type: ignore[union-attr]
+
+
+def test_least_in_flight_and_shedding() -> None:
+    pool = Pool("blue", ADDRS, balancer="least_in_flight", max_in_flight=2)
+    pool.endpoints[0].in_flight = 2
+    pool.endpoints[1].in_flight = 1
+    assert pool.pick().port == 9003  # type: ignore[union-attr]
+    pool.endpoints[2].in_flight = 2
+    assert pool.pick().port == 9002  # type: ignore[union-attr]
+    pool.endpoints[1].in_flight = 2
+    assert pool.pick() is None  # every endpoint at its limit: the caller sheds with 503
+
+
+def test_passive_ejection_and_expiry() -> None:
+    pool = Pool("blue", ADDRS[:1])
+    ep = pool.endpoints[0]
+    outlier = OutlierConfig(consecutive_failures=2, ejection_time=5)
+    ep.connect_failed(100.0, outlier)
+    assert ep.up
+    ep.connect_failed(100.0, outlier)
+    assert not ep.up and ep.health is Health.UNHEALTHY and pool.pick() is None
+    ep.expire_ejection(104.0)
+    assert not ep.up
+    ep.expire_ejection(105.0)
+    assert ep.up and ep.health is Health.UNKNOWN
+    ep.responded()
+    assert ep.health is Health.HEALTHY
+
+
+def test_replace_endpoints_keeps_state_and_retires_the_rest() -> None:
+    pool = Pool("blue", ADDRS)
+    kept, dropped = pool.endpoints[0], pool.endpoints[2]
+    kept.in_flight = 3
+    pool.replace_endpoints([ADDRS[0], ("127.0.0.1", 9100)])
+    assert pool.endpoints[0] is kept and kept.in_flight == 3 and not kept.retired
+    assert dropped.retired and [ep.port for ep in pool.endpoints] == [9001, 9100]
+
+
+def test_observe_counts_by_class_and_latency_bucket() -> None:
+    pool = Pool("blue", ADDRS)
+    pool.observe(200, 0.0007)
+    pool.observe(503, 0.2)
+    assert pool.counts[2] == 1 and pool.counts[5] == 1
+    assert sum(pool.latency_buckets) == 2 and pool.latency_buckets[1] == 1
