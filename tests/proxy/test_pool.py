@@ -28,7 +28,11 @@ def test_least_in_flight_and_shedding() -> None:
 
 
 def routable(ep: Endpoint) -> bool:
-    return ep.up  # a call, so the checker does not narrow `ep.up` across state changes
+    return ep.up  # calls, so the checker does not narrow endpoint state across changes
+
+
+def health(ep: Endpoint) -> Health:
+    return ep.health
 
 
 def test_passive_ejection_and_expiry() -> None:
@@ -38,13 +42,13 @@ def test_passive_ejection_and_expiry() -> None:
     ep.connect_failed(100.0, outlier)
     assert routable(ep)
     ep.connect_failed(100.0, outlier)
-    assert not routable(ep) and ep.health is Health.UNHEALTHY and pool.pick() is None
+    assert not routable(ep) and health(ep) is Health.UNHEALTHY and pool.pick() is None
     ep.expire_ejection(104.0)
     assert not routable(ep)
     ep.expire_ejection(105.0)
-    assert routable(ep) and ep.health is Health.UNKNOWN
+    assert routable(ep) and health(ep) is Health.UNKNOWN
     ep.responded()
-    assert ep.health is Health.HEALTHY
+    assert health(ep) is Health.HEALTHY
 
 
 def test_replace_endpoints_keeps_state_and_retires_the_rest() -> None:
