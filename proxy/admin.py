@@ -83,6 +83,7 @@ def make_admin_app(
     token: str | None,
     serving: Callable[[], bool],
     before_metrics: Callable[[], Awaitable[None]] | None = None,
+    reload: Callable[[], Awaitable[dict[str, Any]]] | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[make_auth_middleware(token)], client_max_size=MAX_BODY)
     app[CONTROL] = control
@@ -134,7 +135,13 @@ def make_admin_app(
         await control.delete_pool(name)
         return web.json_response({"deleted": name})
 
+    async def post_reload(request: web.Request) -> web.Response:
+        if reload is None:
+            raise InvalidRequestError("this proxy was not started from a config file")
+        return web.json_response(await reload())
+
     app.router.add_get("/healthz", healthz)
+    app.router.add_post("/api/v1/reload", post_reload)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/v1/routes", get_routes)
     app.router.add_post("/api/v1/switch", post_switch)

@@ -134,6 +134,25 @@ def run_proxy(config: Config, workers: int = 1) -> int:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        reloads: set[asyncio.Task[None]] = set()
+
+        async def reload() -> None:
+            try:
+                result = await server.reload()
+            except ControlError as exc:
+                print(f"bluegreen proxy: reload refused: {exc.message}", file=sys.stderr, flush=True)
+                return
+            changed = ", ".join(result["changed"]) or "nothing"
+            print(f"bluegreen proxy: reloaded ({changed} changed)", flush=True)
+            if result["needs_restart"]:
+                print(f"bluegreen proxy: restart to apply {', '.join(result['needs_restart'])}", flush=True)
+
+        def on_hup() -> None:
+            task = loop.create_task(reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
         ports = server.ports
         listeners = ", ".join(f"{role} http://{config.listeners[role].host}:{ports[role]}" for role in config.listeners)
         mode = f"{workers} workers" if workers > 1 else "single process"

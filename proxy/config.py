@@ -137,6 +137,7 @@ class Config:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     workers: int = 1
     state: StateConfig = field(default_factory=StateConfig)
+    health_check: HealthCheckConfig = HealthCheckConfig()  # the default of pools created at run time
 
     def pool(self, name: str) -> PoolConfig | None:
         for p in self.pools:
@@ -311,6 +312,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         trusted_proxies=tuple(trusted),
         workers=m["workers"].integer(minimum=1, maximum=64) if "workers" in m else 1,
         state=state,
+        health_check=default_hc,
     )
 
 

@@ -23,13 +23,8 @@ from proxy.upstream import UpstreamConnection
 class DataPlane:
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.loop = loop or asyncio.get_running_loop()
-        self.config = config
-        self.timeouts = config.timeouts
-        self.limits = config.limits
-        self.outlier = config.outlier
-        self.retries = config.retries
+        self.apply_settings(config)
         self.idempotent = IDEMPOTENT
-        self.trusted = config.trusted_proxies
         self.overloaded_response = error_response(503, "Service Unavailable: too many connections", close=True)
         self.now = self.loop.time()
         self.clients: set[ClientConnection] = set()
@@ -49,13 +44,23 @@ class DataPlane:
         self.servers: dict[str, asyncio.Server] = {}
         self.ports: dict[str, int] = {}
         self._tick_task: asyncio.Task[None] | None = None
-        shortest = min(
-            config.timeouts.client_header,
-            config.timeouts.upstream_keepalive,
-            config.timeouts.idle,
-            config.drain_timeout or 1,
-        )
+
+    def apply_settings(self, config: Config) -> None:
+        """Timeouts, limits and policies; read per use, so a reload takes effect for the next request."""
+        self.config = config
+        self.timeouts = config.timeouts
+        self.limits = config.limits
+        self.outlier = config.outlier
+        self.retries = config.retries
+        self.trusted = config.trusted_proxies
+        t = config.timeouts
+        shortest = min(t.client_header, t.upstream_keepalive, t.idle, t.keepalive, config.drain_timeout or 1)
         self.tick = max(0.01, min(0.5, shortest / 5))
+        for pool in getattr(self, "pools", {}).values():
+            pc = config.pool(pool.name)
+            pool.health_check = pc.health_check if pc else config.health_check
+            pool.max_in_flight = config.limits.max_in_flight_per_endpoint
+            pool.max_idle = config.limits.max_idle_per_endpoint
 
     def make_pool(self, name: str, endpoints: Iterable[tuple[str, int]], *, balancer: str = "round_robin") -> Pool:
         pc = self.config.pool(name)
@@ -63,7 +68,7 @@ class DataPlane:
             name,
             endpoints,
             balancer=balancer,
-            health_check=pc.health_check if pc else None,
+            health_check=pc.health_check if pc else self.config.health_check,
             max_in_flight=self.limits.max_in_flight_per_endpoint,
             max_idle=self.limits.max_idle_per_endpoint,
         )

@@ -7,11 +7,13 @@ Lifecycle in explicit phases (uvicorn's server): `start` binds listeners and the
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
 from proxy.admin import make_admin_app
-from proxy.config import Config
+from proxy.config import Config, ConfigError, load_config
+from proxy.control.api import InvalidRequestError
 from proxy.control.local import LocalControl
 from proxy.dataplane import DataPlane
 from proxy.health import HealthChecker
@@ -48,6 +50,7 @@ class ProxyServer:
             make_registry(self.switch),
             token=self.config.admin.token,
             serving=lambda: not self._stopping,
+            reload=self.reload,
         )
         if self._admin_setup is not None:
             self._admin_setup(app)
@@ -60,6 +63,14 @@ class ProxyServer:
         assert server is not None and server.sockets  # type: ignore[attr-defined]
         self.ports["admin"] = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
 
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the config file; an invalid one is refused (InvalidRequestError) and nothing changes."""
+        assert self.switch is not None
+        config = read_config_for_reload(self.config)
+        result = await self.switch.reload(config)
+        self.config = config
+        return result
+
     async def stop(self, grace: float | None = None) -> None:
         self._stopping = True
         if self.dataplane is not None:
@@ -68,3 +79,12 @@ class ProxyServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+def read_config_for_reload(current: Config) -> Config:
+    if current.source.startswith("<"):
+        raise InvalidRequestError("this proxy was not started from a config file")
+    try:
+        return load_config(current.source)
+    except ConfigError as exc:
+        raise InvalidRequestError(f"config error, nothing changed: {exc}") from None

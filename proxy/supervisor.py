@@ -27,6 +27,7 @@ from proxy.control.local import LocalControl
 from proxy.dataplane import DataPlane
 from proxy.health import HealthChecker
 from proxy.metrics import make_registry
+from proxy.server import read_config_for_reload
 from proxy.state import merge_stats, snapshot_state
 from proxy.switch import Switch
 
@@ -70,6 +71,7 @@ class Supervisor:
         self._stopping = False
         self._monitors: list[asyncio.Task[None]] = []
         self._health_push: asyncio.Task[None] | None = None
+        self.settings_epoch = 0  # bumped by a reload: workers re-read the config file's settings
 
     async def start(self) -> None:
         for pool in self.dp.pools.values():
@@ -83,6 +85,7 @@ class Supervisor:
             token=self.config.admin.token,
             serving=lambda: not self._stopping,
             before_metrics=self.refresh_stats,
+            reload=self.reload,
         )
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -106,7 +109,7 @@ class Supervisor:
         )
         child.close()
         worker = Worker(index, proc, await Channel.open(parent))
-        await worker.channel.send({"op": "state", "state": snapshot_state(self.dp)})
+        await worker.channel.send(self._state())
         async with asyncio.timeout(15):
             reply = await worker.channel.receive()
         if reply is None:
@@ -125,9 +128,19 @@ class Supervisor:
             if not self._stopping:
                 await self._spawn(worker.index)
 
+    async def reload(self) -> dict[str, Any]:
+        config = read_config_for_reload(self.config)
+        self.settings_epoch += 1
+        result = await self.switch.reload(config)
+        self.config = config
+        return result
+
+    def _state(self) -> dict[str, Any]:
+        return {"op": "state", "state": snapshot_state(self.dp), "settings_epoch": self.settings_epoch}
+
     async def publish(self) -> None:
         """Push the state to every live worker; return when each serves it (a hung worker is killed)."""
-        message: dict[str, Any] = {"op": "state", "state": snapshot_state(self.dp)}
+        message = self._state()
         generation = self.dp.routes.generation
         live = [w for w in self.workers.values() if w.alive]
         results = await asyncio.gather(*(self._call(w, message) for w in live), return_exceptions=True)

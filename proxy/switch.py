@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
-from proxy.config import parse_address
+from proxy.config import Config, parse_address
 from proxy.control.api import (
     ConflictError,
     EndpointStatus,
@@ -119,6 +120,52 @@ class Switch:
             dp.unroute(pool)
             if self.publish is not None:
                 await self.publish()
+
+    async def reload(self, config: Config) -> dict[str, Any]:
+        """Apply a new, already validated config: pools, routes and settings, in one step.
+
+        Listener and admin addresses cannot move without a restart; a change to them is reported,
+        not applied. Everything else changes atomically for the next request.
+        """
+        async with self.lock:
+            dp = self.dp
+            restart = [f"listeners.{r}" for r in config.listeners if config.listeners[r] != dp.config.listeners.get(r)]
+            restart += (
+                ["listeners.preview"] if "preview" in dp.config.listeners and "preview" not in config.listeners else []
+            )
+            if config.admin != dp.config.admin:
+                restart.append("admin")
+            changed: list[str] = []
+            dp.apply_settings(config)
+            for pc in config.pools:
+                pool = dp.pools.get(pc.name)
+                if pool is None:
+                    pool = dp.pools[pc.name] = dp.make_pool(pc.name, pc.endpoints, balancer=pc.balancer)
+                    changed.append(f"pools.{pc.name} (new)")
+                elif [(ep.host, ep.port) for ep in pool.endpoints] != list(
+                    pc.endpoints
+                ) or pool.balancer != pc.balancer:
+                    pool.replace_endpoints(pc.endpoints)
+                    pool.balancer = pc.balancer
+                    changed.append(f"pools.{pc.name}")
+                self.health.watch(pool)
+            current = dp.routes
+            active = dp.pools[config.active]
+            preview = dp.pools[config.preview] if config.preview else None
+            if active is not current.active or preview is not current.preview:
+                dp.apply_routes(RouteTable(active, preview, current.generation + 1))
+                self.switches += 1
+                changed.append("routes")
+            wanted = {pc.name for pc in config.pools}
+            for name in [n for n in dp.pools if n not in wanted]:
+                pool = dp.pools.pop(name)
+                pool.removed = True
+                self.health.unwatch(name)
+                dp.unroute(pool)
+                changed.append(f"pools.{name} (removed, draining)")
+            if self.publish is not None:
+                await self.publish()
+            return {"routes": self.routes().to_json(), "changed": changed, "needs_restart": restart}
 
     def _pool(self, name: str) -> Pool:
         if not isinstance(name, str):

@@ -26,6 +26,7 @@ async def serve(config_path: str, fd: int) -> int:
     if first is None:
         return 1
     generation = apply_state(dp, first["state"])
+    epoch = [first.get("settings_epoch", 0)]
     await dp.start(reuse_port=True)
     await channel.send({"op": "ack", "generation": generation})
 
@@ -38,6 +39,9 @@ async def serve(config_path: str, fd: int) -> int:
         while (message := await channel.receive()) is not None:
             op = message.get("op")
             if op == "state":
+                if message.get("settings_epoch", 0) != epoch[0]:
+                    epoch[0] = message["settings_epoch"]
+                    dp.apply_settings(load_config(config_path))  # the supervisor validated it already
                 await channel.send({"op": "ack", "generation": apply_state(dp, message["state"])})
             elif op == "stats":
                 await channel.send({"op": "stats", "stats": collect_stats(dp)})

@@ -1,0 +1,90 @@
+"""SIGHUP and POST /api/v1/reload: a valid config applies atomically under load; an invalid one changes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+import yaml
+
+from tests.proxy.conftest import StartUpstream
+from tests.proxy.support import ProxyProcess, RawClient
+
+
+async def keep_requesting(port: int, stop: float, failures: list[str], colors: list[str]) -> None:
+    client = RawClient(port)
+    try:
+        while time.monotonic() < stop:
+            try:
+                resp = await client.request()
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                failures.append(repr(exc))
+                await client.close()
+                continue
+            if resp.status != 200:
+                failures.append(f"status {resp.status}")
+            colors.append(resp.headers[b"x-served-by-color"].decode())
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_reload_applies_atomically_and_refuses_bad_config(
+    upstream: StartUpstream, tmp_path: Path, workers: str
+) -> None:
+    pools = {"blue": [await upstream("blue")], "green": [await upstream("green")]}
+    proxy = ProxyProcess(tmp_path, pools, "blue", "green").start("--workers", workers)
+    admin = f"http://127.0.0.1:{proxy.ports['admin']}"
+    good = yaml.safe_load(proxy.path.read_text())
+    try:
+        async with aiohttp.ClientSession() as session:
+            failures: list[str] = []
+            colors: list[str] = []
+            stop = time.monotonic() + 1.5
+            load = asyncio.gather(*(keep_requesting(proxy.ports["active"], stop, failures, colors) for _ in range(8)))
+            await asyncio.sleep(0.3)
+            # 1. A valid new config over the admin API: routes and a new pool, in one step.
+            new = dict(good, routes={"active": "green", "preview": "yellow"})
+            new["pools"] = dict(good["pools"], yellow={"endpoints": [await upstream("yellow")]})
+            proxy.path.write_text(yaml.safe_dump(new))
+            async with session.post(f"{admin}/api/v1/reload") as resp:
+                assert resp.status == 200
+                body = await resp.json()
+            assert body["routes"] == {"active": "green", "preview": "yellow", "generation": 2}
+            assert "routes" in body["changed"] and "pools.yellow (new)" in body["changed"]
+            # 2. An invalid config is refused and nothing changes.
+            bad = dict(new, listeners=dict(new["listeners"], active={"host": "127.0.0.1", "port": "nope"}))
+            proxy.path.write_text(yaml.safe_dump(bad))
+            async with session.post(f"{admin}/api/v1/reload") as resp:
+                assert resp.status == 400
+                assert "listeners.active.port" in (await resp.json())["error"]
+            proxy.path.write_text("routes: [unclosed\n")
+            assert proxy.proc is not None
+            proxy.proc.send_signal(signal.SIGHUP)
+            await load
+            async with session.get(f"{admin}/api/v1/routes") as resp:
+                assert (await resp.json())["generation"] == 2
+            # 3. SIGHUP with a valid file flips back.
+            proxy.path.write_text(yaml.safe_dump(dict(new, routes={"active": "blue", "preview": "green"})))
+            proxy.proc.send_signal(signal.SIGHUP)
+            for _ in range(100):
+                async with session.get(f"{admin}/api/v1/routes") as resp:
+                    if (await resp.json())["generation"] == 3:
+                        break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("SIGHUP did not reload")
+            client = RawClient(proxy.ports["active"])
+            assert (await client.request()).headers[b"x-served-by-color"] == b"blue"
+            await client.close()
+        assert failures == []
+        assert "blue" in colors and "green" in colors
+        assert colors.index("green") > colors.index("blue")
+    finally:
+        code, out = proxy.stop()
+    assert code == 0, out
+    assert "reload refused" in out and "Traceback" not in out
