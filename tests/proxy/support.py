@@ -140,3 +140,30 @@ class RawClient:
             except OSError:
                 pass
             self.writer = self.reader = None
+
+
+class UpstreamProcess:
+    """The test upstream app in its own process, so a test can kill it mid-request."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.proxy.upstream_app", name, str(self.port)],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("upstream did not start")
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()

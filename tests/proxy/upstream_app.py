@@ -90,7 +90,7 @@ def make_app(name: str) -> web.Application:
     app.router.add_get("/", color)
     app.router.add_get("/color", color)
     app.router.add_route("*", "/echo", echo)
-    app.router.add_get("/slow", slow)
+    app.router.add_route("*", "/slow", slow)
     app.router.add_get("/stream", stream)
     app.router.add_get("/big", big)
     app.router.add_route("*", "/status/{code}", status)
@@ -100,3 +100,15 @@ def make_app(name: str) -> web.Application:
     app.router.add_post("/sink", sink)
     app.router.add_get("/progress", get_progress)
     return app
+
+
+def main() -> None:
+    """`python -m tests.proxy.upstream_app NAME PORT`: the app in its own process (for kill tests)."""
+    import sys
+
+    name, port = sys.argv[1], int(sys.argv[2])
+    web.run_app(make_app(name), host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Upstream faults with real processes: killed mid-request, mid-stream and mid-WebSocket; hung; garbage.
+
+The proxy answers 502/504 where a response cannot be completed, cuts the client where part of it was
+already sent, retries only what is safe, ejects the endpoint and keeps serving with the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import aiohttp
+import pytest
+
+from tests.proxy.conftest import StartProxy, StartUpstream
+from tests.proxy.support import RawClient, UpstreamProcess
+
+
+@pytest.fixture
+def victim() -> Iterator[UpstreamProcess]:
+    up = UpstreamProcess("blue")
+    yield up
+    up.kill()
+
+
+async def test_killed_mid_request_get_retried_on_the_rest(
+    victim: UpstreamProcess, upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    survivor = await upstream("blue")
+    proxy = await start_proxy({"blue": [victim.address, survivor]}, preview=None)
+    port = proxy.ports["active"]
+    get_client = RawClient(port)
+    try:
+        # Round robin: the first request goes to the victim, which dies before answering.
+        slow_get = asyncio.ensure_future(get_client.request("/slow?ms=2000"))
+        await asyncio.sleep(0.3)
+        victim.kill()
+        get_resp = await asyncio.wait_for(slow_get, 10)
+        assert get_resp.status == 200  # idempotent, no response byte yet: retried on the survivor
+        assert get_resp.headers[b"x-served-by-color"] == b"blue"
+        for _ in range(10):  # the dead endpoint is ejected; the pool keeps serving
+            assert (await get_client.request("/color")).status == 200
+    finally:
+        await get_client.close()
+    pool = (await proxy.control.status()).pool("blue")
+    assert pool is not None and [ep.healthy for ep in pool.endpoints] == [False, True]
+
+
+async def test_post_on_killed_upstream_is_502_not_replayed(victim: UpstreamProcess, start_proxy: StartProxy) -> None:
+    proxy = await start_proxy({"blue": [victim.address]}, preview=None)
+    client = RawClient(proxy.ports["active"])
+    try:
+        post = asyncio.ensure_future(client.request("/slow?ms=3000", method="POST", body=b"x"))
+        await asyncio.sleep(0.3)
+        victim.kill()
+        assert (await asyncio.wait_for(post, 10)).status == 502
+    finally:
+        await client.close()
+
+
+async def test_killed_mid_stream_cuts_the_client(victim: UpstreamProcess, start_proxy: StartProxy) -> None:
+    proxy = await start_proxy({"blue": [victim.address]}, preview=None)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.ports["active"])
+    writer.write(b"GET /stream?chunks=100&ms=50 HTTP/1.1\r\nHost: a\r\n\r\n")
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head
+    await reader.readuntil(b"chunk 1\n")
+    victim.kill()
+    rest = await asyncio.wait_for(reader.read(), 5)  # the proxy closes: no terminating 0-chunk
+    assert not rest.endswith(b"0\r\n\r\n")
+    writer.close()
+
+
+async def test_killed_mid_websocket_closes_the_client(victim: UpstreamProcess, start_proxy: StartProxy) -> None:
+    proxy = await start_proxy({"blue": [victim.address]}, preview=None)
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"http://127.0.0.1:{proxy.ports['active']}/ws") as ws:
+            await ws.send_str("a")
+            assert await ws.receive_str() == "blue:a"
+            victim.kill()
+            msg = await asyncio.wait_for(ws.receive(), 5)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+    status = await proxy.control.status()
+    assert status.pool("blue").in_flight == 0  # type: ignore[union-attr]
+
+
+class RawUpstream:
+    """An upstream that answers every request head with fixed bytes, then does `then`."""
+
+    def __init__(self, answer: bytes, then: str) -> None:
+        self.answer, self.then = answer, then
+        self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> str:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.writers.append(writer)
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            writer.write(self.answer)
+            if self.then == "close":
+                writer.close()
+            else:
+                await asyncio.sleep(30)  # hang
+
+        self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            for w in self.writers:
+                w.transport.abort()
+
+
+@pytest.fixture
+async def raw_upstreams() -> AsyncIterator[list[RawUpstream]]:
+    made: list[RawUpstream] = []
+    yield made
+    for up in made:
+        await up.close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "then", "expected"),
+    [
+        (b"garbage, not HTTP\r\n\r\n", "close", 502),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc", "close", 502),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", "close", 502),
+        (b"", "hang", 504),
+    ],
+    ids=["garbage", "duplicate-length", "length-and-chunked", "hangs-before-head"],
+)
+async def test_bad_upstream_answers(
+    answer: bytes, then: str, expected: int, start_proxy: StartProxy, raw_upstreams: list[RawUpstream]
+) -> None:
+    up = RawUpstream(answer, then)
+    raw_upstreams.append(up)
+    proxy = await start_proxy(
+        {"blue": [await up.start()]}, preview=None, timeouts={"upstream_header": "300ms"}, retries=0
+    )
+    client = RawClient(proxy.ports["active"])
+    try:
+        assert (await asyncio.wait_for(client.request(), 5)).status == expected
+    finally:
+        await client.close()
+
+
+async def test_hangs_after_headers_is_cut_at_idle_timeout(
+    start_proxy: StartProxy, raw_upstreams: list[RawUpstream]
+) -> None:
+    up = RawUpstream(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial", "hang")
+    raw_upstreams.append(up)
+    proxy = await start_proxy({"blue": [await up.start()]}, preview=None, timeouts={"idle": "300ms"})
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.ports["active"])
+    writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    data = await asyncio.wait_for(reader.read(), 5)  # closed by the proxy after 300 ms of silence
+    assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"partial")
+    writer.close()
