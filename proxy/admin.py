@@ -22,6 +22,10 @@ CONTROL: web.AppKey[ProxyControl] = web.AppKey("control", ProxyControl)
 MAX_BODY = 64 * 1024
 
 
+class BodyTooLargeError(ControlError):
+    status = 413
+
+
 def json_error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
@@ -51,7 +55,7 @@ async def read_json(request: web.Request, allowed: set[str]) -> dict[str, Any]:
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise InvalidRequestError(f"body larger than {MAX_BODY} bytes") from None
+        raise BodyTooLargeError(f"body larger than {MAX_BODY} bytes") from None
     try:
         body = json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError) as exc:
