@@ -1,0 +1,93 @@
+"""Slow clients are bounded by timeouts and never block others; limits shed with clear answers."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.proxy.conftest import StartProxy, StartUpstream, raw_request
+from tests.proxy.support import RawClient
+
+
+async def test_slowloris_gets_408_and_others_are_served(upstream: StartUpstream, start_proxy: StartProxy) -> None:
+    proxy = await start_proxy({"blue": [await upstream("blue")]}, preview=None, timeouts={"client_header": "400ms"})
+    port = proxy.ports["active"]
+    slow = []
+    for _ in range(20):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+        slow.append((reader, writer))
+    client = RawClient(port)
+    try:
+        for _ in range(5):
+            assert (await client.request()).status == 200  # served while 20 heads trickle
+        for reader, writer in slow:
+            writer.write(b"a")
+        answers = await asyncio.gather(*(asyncio.wait_for(r.read(), 3) for r, _ in slow))
+        assert all(a.startswith(b"HTTP/1.1 408") for a in answers)
+    finally:
+        await client.close()
+        for _, writer in slow:
+            writer.close()
+
+
+async def test_slow_upload_is_cut_at_idle_timeout(upstream: StartUpstream, start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(
+        {"blue": [await upstream("blue")]}, preview=None, timeouts={"idle": "300ms", "upstream_header": "300ms"}
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.ports["active"])
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\nabc")
+    data = await asyncio.wait_for(reader.read(), 5)
+    assert data == b"" or data.startswith(b"HTTP/1.1 504")
+    writer.close()
+
+
+async def test_idle_keepalive_connections_are_closed(upstream: StartUpstream, start_proxy: StartProxy) -> None:
+    proxy = await start_proxy({"blue": [await upstream("blue")]}, preview=None, timeouts={"keepalive": "300ms"})
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.ports["active"])
+    writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    await reader.readuntil(b'"blue"')
+    assert await asyncio.wait_for(reader.read(), 3) == b""  # closed quietly after 300 ms idle
+    writer.close()
+
+
+async def test_body_limit_413(upstream: StartUpstream, start_proxy: StartProxy) -> None:
+    proxy = await start_proxy({"blue": [await upstream("blue")]}, preview=None, limits={"max_body_bytes": 1000})
+    port = proxy.ports["active"]
+    data = await raw_request(port, b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 1001\r\n\r\n" + b"x" * 1001)
+    assert data.startswith(b"HTTP/1.1 413")
+    chunked = (
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + b"200\r\n" + b"y" * 512 + b"\r\n"
+    )
+    data = await raw_request(port, chunked * 1 + b"400\r\n" + b"z" * 1024 + b"\r\n0\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 413") or data == b""
+    ok = await raw_request(port, b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc")
+    assert ok.startswith(b"HTTP/1.1 200")
+
+
+async def test_connection_limit_sheds_with_503(upstream: StartUpstream, start_proxy: StartProxy) -> None:
+    proxy = await start_proxy({"blue": [await upstream("blue")]}, preview=None, limits={"max_connections": 3})
+    port = proxy.ports["active"]
+    held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    data = await raw_request(port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 503")
+    for _, writer in held:
+        writer.close()
+    await asyncio.sleep(0.05)
+    assert (await raw_request(port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")).startswith(
+        b"HTTP/1.1 200"
+    )
+
+
+async def test_per_endpoint_concurrency_limit_sheds(upstream: StartUpstream, start_proxy: StartProxy) -> None:
+    proxy = await start_proxy(
+        {"blue": [await upstream("blue")]}, preview=None, limits={"max_in_flight_per_endpoint": 2}
+    )
+    clients = [RawClient(proxy.ports["active"]) for _ in range(4)]
+    try:
+        results = await asyncio.gather(*(c.request("/slow?ms=300") for c in clients))
+        statuses = sorted(r.status for r in results)
+        assert statuses == [200, 200, 503, 503]
+    finally:
+        for c in clients:
+            await c.close()
