@@ -20,7 +20,7 @@ async def test_slowloris_gets_408_and_others_are_served(upstream: StartUpstream,
     try:
         for _ in range(5):
             assert (await client.request()).status == 200  # served while 20 heads trickle
-        for reader, writer in slow:
+        for _, writer in slow:
             writer.write(b"a")
         answers = await asyncio.gather(*(asyncio.wait_for(r.read(), 3) for r, _ in slow))
         assert all(a.startswith(b"HTTP/1.1 408") for a in answers)
