@@ -34,7 +34,33 @@ from proxy.http import (
 if TYPE_CHECKING:
     from proxy.dataplane import DataPlane
 
-_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"via", b"forwarded"})
+# Request fields the proxy acts on, by kind; every other field is copied as it came.
+_COPY, _DROP, _HOST, _LENGTH, _TE, _CONNECTION, _UPGRADE, _EXPECT = range(8)
+_XFF, _XFH, _XFP, _VIA, _FORWARDED_FIELD = range(8, 13)
+_REQ_FIELDS = {name: _DROP for name in HOP_BY_HOP} | {
+    b"host": _HOST,
+    b"content-length": _LENGTH,
+    b"transfer-encoding": _TE,
+    b"connection": _CONNECTION,
+    b"upgrade": _UPGRADE,
+    b"expect": _EXPECT,
+    b"x-forwarded-for": _XFF,
+    b"x-forwarded-host": _XFH,
+    b"x-forwarded-proto": _XFP,
+    b"via": _VIA,
+    b"forwarded": _FORWARDED_FIELD,
+}
+_REQ_FIRST = frozenset(name[0] for name in _REQ_FIELDS)
+_PROTO_VIA = b"x-forwarded-proto: http\r\nvia: " + VIA + b"\r\n"
+
+
+def _drop_fields(parts: list[bytes], names: set[bytes]) -> list[bytes]:
+    """Remove the fields named in `Connection` (rare): parts is [request line x4, then name, sep, value, CRLF...]."""
+    kept = parts[:4]
+    for i in range(4, len(parts), 4):
+        if parts[i].lower() not in names:
+            kept.extend(parts[i : i + 4])
+    return kept
 
 
 class _Reject(Exception):
@@ -75,6 +101,7 @@ class ClientConnection(asyncio.Protocol):
         "tunnel",
         "url",
         "write_paused",
+        "xff_line",
     )
 
     def __init__(self, dp: DataPlane, role: str) -> None:
@@ -85,6 +112,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.peer = b""
+        self.xff_line = b""
         self.trusted = False
         self.queue: deque[Exchange] = deque()
         self.paused = 0
@@ -112,6 +140,7 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         ip = peer[0] if peer else ""
         self.peer = ip.encode()
+        self.xff_line = b"x-forwarded-for: " + self.peer + b"\r\n"
         self.trusted = dp.is_trusted(ip)
         self.deadline = dp.now + dp.timeouts.client_header
         dp.clients.add(self)
@@ -230,6 +259,10 @@ class ClientConnection(asyncio.Protocol):
         if method == b"CONNECT":
             raise _Reject(RESPONSE_405_CONNECT)
 
+        # One pass over the fields: most names are copied as they are; only names whose first letter
+        # could start a field we act on are lowercased and looked up (Server, Date, Accept... are not).
+        parts = [method, b" ", self.url, b" HTTP/1.1\r\n"]
+        extend = parts.extend
         host: bytes | None = None
         hosts = 0
         content_length = -1
@@ -237,37 +270,45 @@ class ClientConnection(asyncio.Protocol):
         expect_continue = False
         connection_tokens: set[bytes] | None = None
         upgrade_value = b""
-        xff = xfh = xfp = b""
-        via = b""
+        xff = xfh = xfp = via = b""
+        trusted = self.trusted
         for name, value in self.headers:
-            lname = name.lower()
-            if lname == b"host":
-                hosts += 1
-                host = value
-            elif lname == b"content-length":
-                content_length = int(value)  # llhttp accepted it: digits only, not repeated
-            elif lname == b"transfer-encoding":
-                chunked = True  # llhttp accepts only a final `chunked` in requests
-            elif lname == b"connection":
-                for token in value.lower().split(b","):
-                    token = token.strip()
-                    if token not in (b"", b"close", b"keep-alive", b"upgrade"):
-                        connection_tokens = connection_tokens or set()
-                        connection_tokens.add(token)
-            elif lname == b"upgrade":
-                upgrade_value = value
-            elif lname == b"expect":
-                if value.lower() == b"100-continue":
-                    expect_continue = True
-            elif lname in _FORWARDED and self.trusted:
-                if lname == b"x-forwarded-for":
-                    xff = xff + b", " + value if xff else value
-                elif lname == b"x-forwarded-host":
-                    xfh = value
-                elif lname == b"x-forwarded-proto":
-                    xfp = value
-                elif lname == b"via":
-                    via = via + b", " + value if via else value
+            if (name[0] | 32) in _REQ_FIRST:
+                kind = _REQ_FIELDS.get(name.lower(), _COPY)
+                if kind != _COPY:
+                    if kind == _HOST:
+                        hosts += 1
+                        host = value
+                        extend((name, b": ", value, b"\r\n"))
+                    elif kind == _LENGTH:
+                        content_length = int(value)  # llhttp accepted it: digits only, not repeated
+                        extend((name, b": ", value, b"\r\n"))
+                    elif kind == _TE:
+                        chunked = True  # llhttp accepts only a final, exact `chunked` in requests
+                    elif kind == _CONNECTION:
+                        for token in value.lower().split(b","):
+                            token = token.strip()
+                            if token not in (b"", b"close", b"keep-alive", b"upgrade"):
+                                connection_tokens = connection_tokens or set()
+                                connection_tokens.add(token)
+                    elif kind == _UPGRADE:
+                        upgrade_value = value
+                    elif kind == _EXPECT:
+                        expect_continue = value.lower() == b"100-continue"
+                        extend((name, b": ", value, b"\r\n"))
+                    elif trusted:  # forwarding fields: extended from a trusted peer, else replaced
+                        if kind == _XFF:
+                            xff = xff + b", " + value if xff else value
+                        elif kind == _XFH:
+                            xfh = value
+                        elif kind == _XFP:
+                            xfp = value
+                        elif kind == _VIA:
+                            via = via + b", " + value if via else value
+                        elif kind == _FORWARDED_FIELD:
+                            extend((name, b": ", value, b"\r\n"))
+                    continue
+            extend((name, b": ", value, b"\r\n"))
         if hosts > 1 or (hosts == 0 and self.http11):
             raise _Reject(RESPONSE_400)  # RFC 9112 §3.2
         if chunked and not self.http11:
@@ -275,33 +316,28 @@ class ClientConnection(asyncio.Protocol):
         limit = dp.limits.max_body_bytes
         if limit and content_length > limit:
             raise _Reject(RESPONSE_413)
-        upgrade = parser.should_upgrade() and bool(upgrade_value)
+        upgrade = bool(upgrade_value) and parser.should_upgrade()
+        if connection_tokens is not None:
+            parts = _drop_fields(parts, connection_tokens)
+            extend = parts.extend
 
-        parts = [method, b" ", self.url, b" HTTP/1.1\r\n"]
-        append = parts.append
-        for name, value in self.headers:
-            lname = name.lower()
-            if lname in HOP_BY_HOP or lname in _FORWARDED:
-                continue
-            if connection_tokens is not None and lname in connection_tokens:
-                continue
-            append(name + b": " + value + b"\r\n")
         if host is None:
             # HTTP/1.0 without Host: name the authority the client reached, as the upstream needs one.
             sock = self.transport.get_extra_info("sockname") if self.transport is not None else None
             host = f"{sock[0]}:{sock[1]}".encode() if sock else b"localhost"
-            append(b"host: " + host + b"\r\n")
-        peer = self.peer
-        append(b"x-forwarded-for: " + (xff + b", " + peer if xff else peer) + b"\r\n")
-        append(b"x-forwarded-proto: " + (xfp or b"http") + b"\r\n")
+            extend((b"host: ", host, b"\r\n"))
+        if xff or xfp or via:
+            extend((b"x-forwarded-for: ", xff + b", " + self.peer if xff else self.peer, b"\r\n"))
+            extend((b"x-forwarded-proto: ", xfp or b"http", b"\r\nvia: ", via + b", " + VIA if via else VIA, b"\r\n"))
+        else:
+            extend((self.xff_line, _PROTO_VIA))  # built once per connection / once per process
         if xfh or host:
-            append(b"x-forwarded-host: " + (xfh or host) + b"\r\n")
-        append(b"via: " + (via + b", " + VIA if via else VIA) + b"\r\n")
+            extend((b"x-forwarded-host: ", xfh or host, b"\r\n"))
         if chunked:
-            append(b"transfer-encoding: chunked\r\n")
+            extend((b"transfer-encoding: chunked\r\n",))
         if upgrade:
-            append(b"connection: upgrade\r\nupgrade: " + upgrade_value + b"\r\n")
-        append(b"\r\n")
+            extend((b"connection: upgrade\r\nupgrade: ", upgrade_value, b"\r\n"))
+        extend((b"\r\n",))
 
         routes = dp.routes  # the one read of the snapshot for this request
         pool = routes.active if self.role == "active" else routes.preview
@@ -312,12 +348,12 @@ class ClientConnection(asyncio.Protocol):
             self,
             pool if pool is not None else dp.null_pool,
             b"".join(parts),
-            method=method,
-            has_body=chunked or content_length > 0,
-            chunked_request=chunked,
-            expect_continue=expect_continue,
-            upgrade=upgrade,
-            keep_alive=keep_alive,
+            method,
+            chunked or content_length > 0,  # has a body
+            chunked,
+            expect_continue,
+            upgrade,
+            keep_alive,
         )
 
     # -- flow and lifecycle ------------------------------------------------------------------
@@ -412,7 +448,8 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
         else:
             self.deadline = self.dp.now + self.dp.timeouts.keepalive
-            self.resume_reading(self.P_PIPELINE)
+            if self.paused:
+                self.resume_reading(self.P_PIPELINE)
 
     def on_timeout(self) -> None:
         if self.closed or self.transport is None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from proxy.http import CONTINUE_100, HOP_BY_HOP, VIA, error_response, status_line
+from proxy.http import CONTINUE_100, HOP_BY_HOP, STATUS_LINE, VIA, error_response, status_line
 from proxy.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -41,6 +41,17 @@ _ERRORS = {
     503: (RESPONSE_503, RESPONSE_503_CLOSE),
     504: (RESPONSE_504, RESPONSE_504_CLOSE),
 }
+
+# Response fields the proxy acts on, by kind; every other field is copied as it came.
+_COPY, _DROP, _LENGTH, _TE, _CONNECTION, _UPGRADE = range(6)
+_RESP_FIELDS = {name: _DROP for name in HOP_BY_HOP} | {
+    b"content-length": _LENGTH,
+    b"transfer-encoding": _TE,
+    b"connection": _CONNECTION,
+    b"upgrade": _UPGRADE,
+}
+_RESP_FIRST = frozenset(name[0] for name in _RESP_FIELDS)
+_VIA_LINE = b"via: " + VIA + b"\r\n"
 
 # Response-side states.
 WAITING, HEAD_SENT, DONE = 0, 1, 2
@@ -88,7 +99,6 @@ class Exchange:
         client: ClientConnection,
         pool: Pool,
         head: bytes,
-        *,
         method: bytes,
         has_body: bool,
         chunked_request: bool,
@@ -146,11 +156,14 @@ class Exchange:
         self.attempts += 1
         self.endpoint = ep
         ep.in_flight += 1
-        conn = ep.take_idle()
-        if conn is not None:
-            self._attach(conn)
-        else:
-            self.connect_task = self.dp.loop.create_task(self._connect(ep))
+        idle = ep.idle
+        while idle:
+            conn = idle.pop()  # LIFO: the warmest connection, the least likely to be closed by the upstream
+            if not conn.closed:
+                self._attach(conn)
+                return
+            conn.close()
+        self.connect_task = self.dp.loop.create_task(self._connect(ep))
 
     async def _connect(self, ep: Endpoint) -> None:
         dp = self.dp
@@ -184,7 +197,9 @@ class Exchange:
 
     def _attach(self, conn: UpstreamConnection) -> None:
         self.upstream = conn
-        conn.bind(self)
+        conn.exchange = self
+        if conn.must_renew_parser:
+            conn.renew_parser()
         transport = conn.transport
         assert transport is not None
         if self.client.write_paused:
@@ -255,7 +270,10 @@ class Exchange:
             self.upstream_failed("101 without an upgrade request")
             return
         self.status = status
-        self.endpoint.responded()  # type: ignore[union-attr]
+        ep = self.endpoint
+        assert ep is not None
+        ep.failures = 0  # Endpoint.responded(), inlined: this runs for every response
+        ep.passive_ok = True
         self.pool.observe(status, self.dp.loop.time() - self.sent_at)
         self.upstream_reusable = parser.should_keep_alive()
         self.resp_no_body = self.is_head or status in (204, 304) or status == 101
@@ -271,56 +289,63 @@ class Exchange:
             self.response_complete()
 
     def _build_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], *, interim: bool) -> bytes:
+        # One pass, as for requests: only names that could be hop-by-hop or framing are lowercased.
+        line = STATUS_LINE.get(status)
+        parts = [line if line is not None else status_line(status, reason)]
+        extend = parts.extend
         drop: set[bytes] | None = None
-        content_length = False
-        chunked = False
+        content_length = chunked = False
         upgrade_value = b""
         for name, value in headers:
-            lname = name.lower()
-            if lname == b"connection":
-                for token in value.lower().split(b","):
-                    token = token.strip()
-                    if token and token not in (b"close", b"keep-alive", b"upgrade"):
-                        drop = drop or set()
-                        drop.add(token)
-            elif lname == b"transfer-encoding":
-                chunked = True
-            elif lname == b"content-length":
-                content_length = True
-            elif lname == b"upgrade":
-                upgrade_value = value
-        parts = [status_line(status, reason)]
-        for name, value in headers:
-            lname = name.lower()
-            if lname in HOP_BY_HOP or (drop is not None and lname in drop):
-                continue
-            if lname == b"content-length" and chunked:
-                continue  # RFC 9112 §6.1: never both
-            parts.append(name + b": " + value + b"\r\n")
+            if (name[0] | 32) in _RESP_FIRST:
+                kind = _RESP_FIELDS.get(name.lower(), _COPY)
+                if kind != _COPY:
+                    if kind == _LENGTH:
+                        content_length = True  # llhttp refuses a response with both length and chunked
+                        extend((name, b": ", value, b"\r\n"))
+                    elif kind == _TE:
+                        chunked = True
+                    elif kind == _CONNECTION:
+                        for token in value.lower().split(b","):
+                            token = token.strip()
+                            if token and token not in (b"close", b"keep-alive", b"upgrade"):
+                                drop = drop or set()
+                                drop.add(token)
+                    elif kind == _UPGRADE:
+                        upgrade_value = value
+                    continue
+            extend((name, b": ", value, b"\r\n"))
+        if drop is not None:
+            kept = parts[:1]
+            for i in range(1, len(parts), 4):
+                if parts[i].lower() not in drop:
+                    kept.extend(parts[i : i + 4])
+            parts = kept
+            extend = parts.extend
         if interim:
-            parts.append(b"\r\n")
+            extend((b"\r\n",))
             return b"".join(parts)
-        parts.append(b"via: " + VIA + b"\r\n")
-        parts.append(self.pool.color_header)
+        client = self.client
+        extend((_VIA_LINE, self.pool.color_header))
         if status == 101:
-            parts.append(b"connection: upgrade\r\nupgrade: " + upgrade_value + b"\r\n\r\n")
+            extend((b"connection: upgrade\r\nupgrade: ", upgrade_value, b"\r\n\r\n"))
             return b"".join(parts)
-        if not (self.is_head or status in (204, 304)) and (chunked or not content_length):
+        if (chunked or not content_length) and not (self.is_head or status == 204 or status == 304):
             self.resp_eof = not chunked
             # Chunked or close-delimited upstream body: re-frame as chunked for HTTP/1.1 clients; an
             # HTTP/1.0 client gets a close-delimited body.
-            if self.client.http11:
+            if client.http11:
                 self.resp_chunked = True
-                parts.append(b"transfer-encoding: chunked\r\n")
+                extend((b"transfer-encoding: chunked\r\n",))
             else:
                 self.client_close = True
-        if self.client_close or self.client.closing:
+        if self.client_close or client.closing:
             self.client_close = True
-            parts.append(b"connection: close\r\n\r\n")
-        elif not self.client.http11:
-            parts.append(b"connection: keep-alive\r\n\r\n")
+            extend((b"connection: close\r\n\r\n",))
+        elif not client.http11:
+            extend((b"connection: keep-alive\r\n\r\n",))
         else:
-            parts.append(b"\r\n")
+            extend((b"\r\n",))
         return b"".join(parts)
 
     def response_body(self, data: bytes) -> None:
@@ -345,9 +370,12 @@ class Exchange:
     def response_complete(self) -> None:
         if self.state != HEAD_SENT or self.tunnel or self.status == 101:
             return  # a 101 completes as a tunnel, in upstream_upgraded
+        out = self.out
         if self.resp_chunked:
-            self.out.append(b"0\r\n\r\n")
-        self.flush()
+            out.append(b"0\r\n\r\n")
+        if out:  # one write for head and body when both came in one read (the common small response)
+            self.client.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
         conn = self.upstream
         self.upstream = None
         if conn is not None:

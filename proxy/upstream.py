@@ -67,10 +67,11 @@ class UpstreamConnection(asyncio.Protocol):
             else:
                 self.close()
             return
-        if self.exchange is ex:
+        if ex.out:
             ex.flush()
 
     def eof_received(self) -> bool | None:
+        self.closed = True  # at once: an idle connection must not be taken between EOF and connection_lost
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -118,11 +119,9 @@ class UpstreamConnection(asyncio.Protocol):
     def reusable(self) -> bool:
         return not self.closed and self.transport is not None and not self.transport.is_closing()
 
-    def bind(self, ex: Exchange) -> None:
-        self.exchange = ex
-        if self.must_renew_parser:
-            self.parser = httptools.HttpResponseParser(self)
-            self.must_renew_parser = False
+    def renew_parser(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.must_renew_parser = False
 
     def close(self) -> None:
         self.closed = True
