@@ -123,12 +123,13 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 def run_proxy(config: Config, workers: int = 1) -> int:
-    from proxy.server import ProxyServer
     from proxy.supervisor import Supervisor
 
     async def main() -> int:
-        # One process serves and controls; with workers, a supervisor controls and N processes serve.
-        server: ProxyServer | Supervisor = ProxyServer(config) if workers == 1 else Supervisor(config, workers)
+        # The control plane (admin API, Switch, health checks) runs in this process and the data plane in
+        # N worker processes, so a flip never waits behind client traffic. (ProxyServer is the embedded,
+        # single-loop variant used in-process by the simulator and the tests.)
+        server = Supervisor(config, workers)
         await server.start()
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -155,7 +156,7 @@ def run_proxy(config: Config, workers: int = 1) -> int:
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         ports = server.ports
         listeners = ", ".join(f"{role} http://{config.listeners[role].host}:{ports[role]}" for role in config.listeners)
-        mode = f"{workers} workers" if workers > 1 else "single process"
+        mode = f"{workers} workers" if workers > 1 else "1 worker"
         print(f"bluegreen proxy ({mode}): {listeners}; admin http://{config.admin.host}:{ports['admin']}", flush=True)
         await stop.wait()
         print("bluegreen proxy: stopping, draining in-flight requests", flush=True)

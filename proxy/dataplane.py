@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import threading
 from collections.abc import Callable, Iterable
 
 from proxy.config import Config
@@ -23,6 +24,7 @@ from proxy.upstream import UpstreamConnection
 class DataPlane:
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.loop = loop or asyncio.get_running_loop()
+        self._thread = threading.get_ident()
         self.apply_settings(config)
         self.idempotent = IDEMPOTENT
         self.overloaded_response = error_response(503, "Service Unavailable: too many connections", close=True)
@@ -125,24 +127,47 @@ class DataPlane:
 
     # -- routing state (applied by the Switch) -------------------------------------------------
 
+    # Thread model: the data plane runs on its loop's thread. A worker's control thread may call
+    # `apply_routes` and `unroute`: the snapshot swap is one reference write (atomic under the GIL)
+    # and takes effect for the next request at once; everything that touches transports or the
+    # drain set is handed to the loop with `in_loop`.
+
+    def in_loop(self, fn: Callable[..., object], *args: object) -> None:
+        """Run `fn(*args)` on the data-plane loop: now when called on it, else soon (thread-safe)."""
+        if threading.get_ident() == self._thread:
+            fn(*args)
+        else:
+            self.loop.call_soon_threadsafe(fn, *args)
+
     def apply_routes(self, routes: RouteTable) -> None:
-        """Swap the snapshot (one reference write), then start or cancel drains."""
+        """Swap the snapshot (one reference write), then start or cancel drains on the loop."""
         self.routes = routes
+        self.in_loop(self._reconcile_routed)
+
+    def _reconcile_routed(self) -> None:
+        routes = self.routes  # the latest: reconciling is idempotent, whatever order swaps came in
         named = {id(routes.active), id(routes.preview)}
         for pool in list(self.pools.values()) + list(self.draining):
-            routed = id(pool) in named
+            routed = id(pool) in named and not pool.removed
             if routed and not pool.routed:
                 pool.routed = True
                 self.draining.discard(pool)
             elif not routed and pool.routed:
-                self.unroute(pool)
+                self._unroute(pool)
 
     def unroute(self, pool: Pool) -> None:
+        self.in_loop(self._unroute, pool)
+
+    def _unroute(self, pool: Pool) -> None:
         pool.routed = False
         pool.drain_deadline = self.loop.time() + self.config.drain_timeout
         pool.close_idle()
         if pool.in_flight:
             self.draining.add(pool)
+
+    def replace_endpoints(self, pool: Pool, addresses: Iterable[tuple[str, int]]) -> None:
+        for ep in pool.replace_endpoints(addresses):
+            self.in_loop(ep.close_idle)
 
     def release(self, conn: UpstreamConnection) -> None:
         """Return an upstream connection to its endpoint's idle set, or close it."""
@@ -176,7 +201,7 @@ class DataPlane:
         for conn in [c for c in self.clients if c.deadline <= now]:
             conn.on_timeout()
         idle_before = now - self.timeouts.upstream_keepalive
-        for pool in self.pools.values():
+        for pool in list(self.pools.values()):  # a copy: a control thread may add pools meanwhile
             for ep in pool.endpoints:
                 if ep.idle:
                     ep.close_idle(older_than=idle_before)

@@ -29,7 +29,7 @@ class ProxyCollector(Collector):
 
     def _pools(self) -> list[Pool]:
         dp = self.switch.dp
-        return list(dp.pools.values()) + [p for p in dp.draining if p.name not in dp.pools] + [dp.null_pool]
+        return list(dp.pools.values()) + [p for p in list(dp.draining) if p.name not in dp.pools] + [dp.null_pool]
 
     def collect(self) -> Iterator[Metric]:
         dp = self.switch.dp

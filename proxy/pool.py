@@ -192,8 +192,11 @@ class Pool:
             self.latency_buckets[bisect_left(LATENCY_BOUNDS, latency)] += 1
             self.latency_sum += latency
 
-    def replace_endpoints(self, addresses: Iterable[tuple[str, int]]) -> None:
-        """New endpoint list; kept addresses keep their state, dropped ones finish in-flight work and retire."""
+    def replace_endpoints(self, addresses: Iterable[tuple[str, int]]) -> list[Endpoint]:
+        """New endpoint list; kept addresses keep their state, dropped ones finish in-flight work and retire.
+
+        Returns the retired endpoints, whose idle connections the caller closes on the data-plane loop.
+        """
         current = {(ep.host, ep.port): ep for ep in self.endpoints}
         new = []
         for host, port in addresses:
@@ -201,9 +204,9 @@ class Pool:
             new.append(ep if ep is not None else Endpoint(self, host, port))
         for ep in current.values():
             ep.retired = True
-            ep.close_idle()
         self.endpoints = tuple(new)
         self.rr = 0
+        return list(current.values())
 
     def close_idle(self) -> None:
         for ep in self.endpoints:

@@ -42,7 +42,7 @@ def apply_state(dp: DataPlane, state: dict[str, Any]) -> int:
         if pool is None:
             pool = dp.pools[name] = dp.make_pool(name, addresses, balancer=spec.get("balancer", "round_robin"))
         elif [(ep.host, ep.port) for ep in pool.endpoints] != addresses:
-            pool.replace_endpoints(addresses)
+            dp.replace_endpoints(pool, addresses)
         verdicts = spec.get("health", {})
         for ep in pool.endpoints:
             verdict = Health(verdicts.get(ep.address, 0))
@@ -62,7 +62,7 @@ def apply_state(dp: DataPlane, state: dict[str, Any]) -> int:
 
 
 def collect_stats(dp: DataPlane) -> dict[str, Any]:
-    pools: list[Pool] = list(dp.pools.values()) + [p for p in dp.draining if p.name not in dp.pools]
+    pools: list[Pool] = list(dp.pools.values()) + [p for p in list(dp.draining) if p.name not in dp.pools]
     return {
         "clients": len(dp.clients),
         "generation": dp.routes.generation,

@@ -45,7 +45,7 @@ class Switch:
 
     def status(self) -> ProxyStatus:
         dp = self.dp
-        pools = list(dp.pools.values()) + [p for p in dp.draining if p.name not in dp.pools]
+        pools = list(dp.pools.values()) + [p for p in list(dp.draining) if p.name not in dp.pools]
         return ProxyStatus(self.routes(), tuple(pool_status(p) for p in pools))
 
     async def switch(
@@ -99,7 +99,7 @@ class Switch:
                 self.health.watch(pool)
                 created = True
             elif [(ep.host, ep.port) for ep in pool.endpoints] != addresses:
-                pool.replace_endpoints(addresses)
+                dp.replace_endpoints(pool, addresses)
                 self.health.watch(pool)
                 created = False
             else:
@@ -145,7 +145,7 @@ class Switch:
                 elif [(ep.host, ep.port) for ep in pool.endpoints] != list(
                     pc.endpoints
                 ) or pool.balancer != pc.balancer:
-                    pool.replace_endpoints(pc.endpoints)
+                    dp.replace_endpoints(pool, pc.endpoints)
                     pool.balancer = pc.balancer
                     changed.append(f"pools.{pc.name}")
                 self.health.watch(pool)

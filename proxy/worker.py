@@ -1,59 +1,93 @@
 """A worker process: one DataPlane on SO_REUSEPORT listeners, driven by the supervisor's channel.
 
 It applies the state it is sent before binding, so a (re)started worker serves the current
-generation from its first request; every later state is acknowledged once applied.
+generation from its first request. Later states arrive on a control *thread*, not on the event
+loop: a saturated loop would make a flip wait for a whole round of ready connections (9+ ms
+measured). The thread swaps the RouteTable reference (atomic under the GIL, effective for the next
+request) and acknowledges at once; drains and socket work follow on the loop (`DataPlane.in_loop`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import resource
 import signal
 import socket
 import sys
+import threading
+from typing import Any, BinaryIO, cast
 
-from proxy.channel import Channel
 from proxy.config import ConfigError, load_config
 from proxy.dataplane import DataPlane
 from proxy.state import apply_state, collect_stats
 
+# A control message waits for the GIL at most this long while the data plane runs Python code.
+SWITCH_INTERVAL = 0.0005
+
+
+def raise_nofile_limit() -> None:
+    """Use the hard limit for open files: each client connection and upstream connection is one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def send(stream: BinaryIO, message: dict[str, Any]) -> None:
+    stream.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+    stream.flush()
+
+
+def control_loop(stream: BinaryIO, dp: DataPlane, config_path: str, epoch: int, stop: asyncio.Event) -> None:
+    """The control thread: apply each state and acknowledge it; stop the worker when the supervisor goes."""
+    loop = dp.loop
+    try:
+        for line in stream:
+            message = json.loads(line)
+            op = message.get("op")
+            if op == "state":
+                if message.get("settings_epoch", 0) != epoch:
+                    epoch = message["settings_epoch"]
+                    loop.call_soon_threadsafe(dp.apply_settings, load_config(config_path))
+                send(stream, {"op": "ack", "generation": apply_state(dp, message["state"])})
+            elif op == "stats":
+                send(stream, {"op": "stats", "stats": collect_stats(dp)})
+            else:
+                send(stream, {"op": "error", "error": f"unknown op {op!r}"})
+    except (OSError, ValueError):
+        pass
+    # The supervisor is gone: stop gracefully rather than serve routes nobody can change.
+    loop.call_soon_threadsafe(stop.set)
+
 
 async def serve(config_path: str, fd: int) -> int:
     config = load_config(config_path)
-    channel = await Channel.open(socket.socket(fileno=fd))
+    sock = socket.socket(fileno=fd)
+    stream = cast(BinaryIO, sock.makefile("rwb"))
     dp = DataPlane(config)
-    first = await channel.receive()
-    if first is None:
+    first = stream.readline()  # blocking is fine: nothing else runs before the first state
+    if not first:
         return 1
-    generation = apply_state(dp, first["state"])
-    epoch = [first.get("settings_epoch", 0)]
+    message = json.loads(first)
+    generation = apply_state(dp, message["state"])
     await dp.start(reuse_port=True)
-    await channel.send({"op": "ack", "generation": generation})
+    send(stream, {"op": "ack", "generation": generation})
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-
-    async def control() -> None:
-        while (message := await channel.receive()) is not None:
-            op = message.get("op")
-            if op == "state":
-                if message.get("settings_epoch", 0) != epoch[0]:
-                    epoch[0] = message["settings_epoch"]
-                    dp.apply_settings(load_config(config_path))  # the supervisor validated it already
-                await channel.send({"op": "ack", "generation": apply_state(dp, message["state"])})
-            elif op == "stats":
-                await channel.send({"op": "stats", "stats": collect_stats(dp)})
-            else:
-                await channel.send({"op": "error", "error": f"unknown op {op!r}"})
-        stop.set()  # the supervisor is gone: stop gracefully rather than serve stale routes forever
-
-    task = loop.create_task(control())
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    thread = threading.Thread(
+        target=control_loop,
+        args=(stream, dp, config_path, message.get("settings_epoch", 0), stop),
+        name="bluegreen-control",
+        daemon=True,
+    )
+    thread.start()
     await stop.wait()
-    task.cancel()
-    await dp.stop(config.shutdown_timeout)
-    channel.close()
+    await dp.stop(dp.config.shutdown_timeout)
     return 0
 
 
@@ -64,6 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     from proxy.cli import new_event_loop
 
+    raise_nofile_limit()
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
             sys.exit(runner.run(serve(args.config, args.fd)))
