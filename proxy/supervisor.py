@@ -30,6 +30,7 @@ from proxy.metrics import make_registry
 from proxy.server import read_config_for_reload
 from proxy.state import merge_stats, snapshot_state
 from proxy.switch import Switch
+from proxy.worker import raise_priority
 
 log = logging.getLogger("bluegreen.supervisor")
 ACK_TIMEOUT = 5.0
@@ -74,6 +75,7 @@ class Supervisor:
         self.settings_epoch = 0  # bumped by a reload: workers re-read the config file's settings
 
     async def start(self) -> None:
+        raise_priority()
         for pool in self.dp.pools.values():
             self.health.watch(pool)
         async with self.switch.lock:
