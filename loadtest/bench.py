@@ -1,0 +1,966 @@
+"""Benchmark the proxy with wrk against the same upstream reached directly, HAProxy and nginx.
+
+    python -m loadtest.bench [--rounds N --duration S --connections C] [--cases ...] [--targets ...]
+                             [--flips N] [--bluegreen CMD] [--markdown FILE] [--json FILE] [--smoke]
+
+One nginx upstream (one worker) serves every target. In front of it: HAProxy 2.6 (one thread),
+nginx as a reverse proxy (one worker), and `bluegreen proxy` with one and with two workers, its
+blue and green pools both pointing at that upstream. Every (case, target) pair runs once per round
+and the rounds interleave the targets (A B C D A B C D ...), so drift on a shared machine hits them
+alike; the report gives medians over rounds and ratios to HAProxy measured in the same run.
+
+CPU per request is the utime+stime delta of the target's whole process tree (workers included)
+over the wrk run, divided by the requests wrk completed; for `direct` it is the upstream's own CPU.
+The flip phase saturates a target with wrk while a loop flips blue/green and times each flip from
+request to answer: `POST /api/v1/switch` for ours, HAProxy's runtime socket for HAProxy. Each run
+also records the CPU that processes the bench did not start used meanwhile: the noise on a shared
+machine.
+
+Everything binds 127.0.0.1 on free ports, runs in a temporary directory, is bounded in time, and
+every process started here is stopped here (process groups, SIGTERM then SIGKILL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import http.client
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+HOST = "127.0.0.1"
+BODY_SIZE = 64 * 1024
+READY_TIMEOUT = 15.0
+STOP_TIMEOUT = 5.0
+TARGETS = ("direct", "haproxy", "nginx", "ours", "ours-2w")
+FLIP_TARGETS = ("haproxy", "ours", "ours-2w")
+MARK_BEGIN = "<!-- bench:begin -->"
+MARK_END = "<!-- bench:end -->"
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    name: str
+    title: str
+    path: str
+    upload: bool = False
+    one_client: bool = False
+
+
+CASES = {
+    c.name: c
+    for c in (
+        Case("small", "GET, small body", "/small"),
+        Case("64k-response", "GET, 64 KiB response", "/64k"),
+        Case("64k-upload", "POST, 64 KiB request body, small response", "/upload", upload=True),
+        Case("latency-1c", "GET, small body, one client", "/small", one_client=True),
+    )
+}
+
+# The upstream. `return` is the cheapest small answer nginx has. The upload location must read the
+# whole body before answering, as an application would: `return` would answer first and discard the
+# body afterwards, so `mirror_request_body` reads it, then the static handler's 405 for POST is
+# turned into a small 200 by error_page. sendfile and open_file_cache keep the 64 KiB file cheap.
+UPSTREAM_CONF = """\
+daemon off;
+worker_processes 1;
+pid {tmp}/upstream.pid;
+error_log {tmp}/upstream-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  {temp_paths}
+  keepalive_requests 1000000000;
+  keepalive_timeout 300s;
+  default_type application/octet-stream;
+  sendfile on;
+  open_file_cache max=16 inactive=600s;
+  open_file_cache_valid 600s;
+  server {{
+    listen {host}:{port};
+    root {tmp}/www;
+    location = /small {{ return 200 "hello from upstream\\n"; }}
+    location = /64k {{ }}
+    location = /upload {{
+      client_body_buffer_size 128k;
+      mirror /_read_body;
+      mirror_request_body on;
+      error_page 405 =200 @uploaded;
+    }}
+    location @uploaded {{ return 200 "uploaded\\n"; }}
+    location = /_read_body {{ internal; return 204; }}
+    location / {{ return 200 "ok\\n"; }}
+  }}
+}}
+"""
+
+# nginx as a reverse proxy: upstream keep-alive, and buffers big enough that neither a 64 KiB
+# response nor a 64 KiB upload spills to a temporary file (Debian's defaults would, which is disk
+# I/O, not proxying).
+NGINX_PROXY_CONF = """\
+daemon off;
+worker_processes 1;
+pid {tmp}/nginx-proxy.pid;
+error_log {tmp}/nginx-proxy-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  {temp_paths}
+  keepalive_requests 1000000000;
+  keepalive_timeout 300s;
+  client_body_buffer_size 128k;
+  proxy_buffer_size 16k;
+  proxy_buffers 8 16k;
+  proxy_busy_buffers_size 32k;
+  upstream up {{
+    server {host}:{upstream};
+    keepalive 128;
+    keepalive_requests 1000000000;
+  }}
+  server {{
+    listen {host}:{port};
+    location / {{
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
+
+# HAProxy, one thread, upstream connections reused. Blue and green are two servers on the same
+# upstream so that a flip through the runtime socket is the same operation as ours.
+HAPROXY_CONF = """\
+global
+    nbthread 1
+    maxconn 4096
+    stats socket {tmp}/haproxy.sock mode 600 level admin
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+frontend fe
+    bind {host}:{port}
+    default_backend be
+backend be
+    server blue {host}:{upstream}
+    server green {host}:{upstream} disabled
+"""
+
+OURS_CONF = """\
+listeners:
+  active: {{host: {host}, port: {port}}}
+  preview: {{host: {host}, port: {preview}}}
+admin: {{host: {host}, port: {admin}}}
+pools:
+  blue: {{endpoints: ["{host}:{upstream}"]}}
+  green: {{endpoints: ["{host}:{upstream}"]}}
+routes: {{active: blue, preview: green}}
+"""
+
+WRK_SCRIPT = """\
+{request}
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("WRK-RESULT requests=%d duration_us=%d p50_us=%.0f p99_us=%.0f errors=%d\\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.timeout + e.status))
+end
+"""
+WRK_UPLOAD = f"""\
+wrk.method = "POST"
+wrk.body = string.rep("x", {BODY_SIZE})
+wrk.headers["Content-Type"] = "application/octet-stream"
+"""
+WRK_RESULT = re.compile(
+    r"WRK-RESULT requests=(\d+) duration_us=(\d+) p50_us=(\d+) p99_us=(\d+) errors=(\d+)",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    name: str
+    port: int
+    cpu_root: int  # the pid whose process tree is charged for the target's CPU
+    flip: Callable[[], float] | None = None  # one flip; returns its latency in seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    rps: float
+    cpu_us_per_req: float | None
+    p50_us: float
+    p99_us: float
+    errors: int
+    requests: int
+    other_cores: float  # CPU used meanwhile by processes the bench did not start, in cores
+
+
+@dataclass(slots=True)
+class FlipStats:
+    latencies: list[float] = field(default_factory=list)
+    failed: int = 0
+    runs: list[Run] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    rounds: int
+    duration: int
+    warmup: int
+    connections: int
+    cases: tuple[str, ...]
+    targets: tuple[str, ...]
+    flips: int
+    flip_interval: float
+    bluegreen: tuple[str, ...]
+
+
+# --- processes -------------------------------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+def _die_with_parent() -> None:
+    # Runs in the child before exec: if the bench is SIGKILLed (a CI timeout), the kernel sends
+    # SIGTERM to its children, so no nginx or HAProxy outlives it.
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Processes:
+    """Every long-running process the bench starts, each in its own process group."""
+
+    def __init__(self, logdir: Path) -> None:
+        self._logdir = logdir
+        self._procs: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
+
+    def start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = (self._logdir / f"{name}.log").open("wb")
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        self._procs.append((name, proc, log))
+        return proc
+
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        path = self._logdir / f"{name}.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop_all(self) -> None:
+        for _name, proc, log in reversed(self._procs):
+            _stop(proc)
+            log.close()
+        self._procs.clear()
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    # The whole group: nginx workers, our proxy's workers.
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=STOP_TIMEOUT)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # stragglers whose leader has exited
+
+
+def free_ports(count: int) -> list[int]:
+    # Hold all sockets until every port is picked, so the same port is never handed out twice.
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in socks:
+            s.bind((HOST, 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+def _http_status(port: int, path: str, timeout: float = 1.0) -> int:
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def wait_ready(procs: Processes, name: str, proc: subprocess.Popen[bytes], port: int, path: str, hits: int = 1) -> None:
+    """Wait until `hits` consecutive fresh connections get a 200 (several: each worker must be up)."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    ok = 0
+    while ok < hits:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{procs.log_tail(name)}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} not ready on port {port} after {READY_TIMEOUT:.0f} s:\n{procs.log_tail(name)}")
+        try:
+            ok = ok + 1 if _http_status(port, path) == 200 else 0
+        except OSError:
+            ok = 0
+        if ok < hits:
+            time.sleep(0.05)
+
+
+# --- CPU accounting ------------------------------------------------------------------------------------
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: str) -> tuple[int, int] | None:
+    """(ppid, utime+stime+cutime+cstime in ticks), or None if the process is gone."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # comm may contain spaces and parentheses: split after the last ')'.
+    fields = data[data.rindex(")") + 2 :].split()
+    return int(fields[1]), sum(int(f) for f in fields[11:15])
+
+
+Snapshot = dict[int, tuple[int, int]]  # pid -> (ppid, CPU ticks)
+
+
+def snapshot() -> Snapshot:
+    """CPU ticks of every process on the machine."""
+    return {int(e): s for e in os.listdir("/proc") if e.isdigit() and (s := _stat(e)) is not None}
+
+
+def tree(snap: Snapshot, root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _ticks) in snap.items():
+        children.setdefault(ppid, []).append(pid)
+    out: set[int] = set()
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        if pid in snap:
+            out.add(pid)
+            todo.extend(children.get(pid, ()))
+    return out
+
+
+def cpu_seconds(before: Snapshot, after: Snapshot, pids: set[int]) -> float:
+    # A process born during the run is charged from zero; one that died was reaped into its parent's
+    # cutime, so its CPU is still counted.
+    zero = (0, 0)
+    return sum(after[p][1] - before.get(p, zero)[1] for p in pids) / _CLK_TCK
+
+
+def busy_seconds() -> float:
+    """CPU time the whole machine has spent busy (all cores), from /proc/stat."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (
+        int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    )
+    return (user + nice + system + irq + softirq + steal) / _CLK_TCK
+
+
+def measure(root: int, duration: int, fn: Callable[[], tuple[str, str]]) -> Run:
+    """Run wrk through `fn`; charge `root`'s process tree with its CPU, and note what the rest of
+    the machine used meanwhile (on a shared machine that is the noise in the figures)."""
+    busy, before = busy_seconds(), snapshot()
+    stdout, stderr = fn()
+    after, busy = snapshot(), busy_seconds() - busy
+    requests, seconds, p50, p99, errors = parse_wrk(stdout, stderr)
+    cpu = cpu_seconds(before, after, tree(after, root)) / requests * 1e6 if requests else None
+    # Everything we started descends from this process (wrk is reaped into its cutime). The others are
+    # the machine's busy time minus ours: summing their own ticks would overcount, since a child reaped
+    # during the run brings its whole lifetime's CPU into its parent's cutime.
+    mine = cpu_seconds(before, after, tree(after, os.getpid()))
+    other_cores = max(0.0, busy - mine) / duration
+    return Run(requests / seconds if seconds else 0.0, cpu, p50, p99, errors, requests, other_cores)
+
+
+# --- wrk --------------------------------------------------------------------------------------------------
+
+
+def write_wrk_scripts(tmp: Path) -> dict[bool, Path]:
+    scripts = {}
+    for upload in (False, True):
+        path = tmp / ("wrk-upload.lua" if upload else "wrk-get.lua")
+        path.write_text(WRK_SCRIPT.format(request=WRK_UPLOAD if upload else ""))
+        scripts[upload] = path
+    return scripts
+
+
+def wrk_argv(script: Path, port: int, path: str, connections: int, duration: int) -> list[str]:
+    return ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-s", str(script), f"http://{HOST}:{port}{path}"]
+
+
+def parse_wrk(stdout: str, stderr: str) -> tuple[int, float, float, float, int]:
+    match = WRK_RESULT.search(stdout)
+    if match is None:
+        raise RuntimeError(f"wrk printed no result:\n{stdout}\n{stderr}")
+    requests, duration_us, p50, p99, errors = (int(g) for g in match.groups())
+    return requests, duration_us / 1e6, float(p50), float(p99), errors
+
+
+def run_wrk(target: Target, case: Case, scripts: dict[bool, Path], connections: int, duration: int) -> Run:
+    argv = wrk_argv(scripts[case.upload], target.port, case.path, 1 if case.one_client else connections, duration)
+
+    def wrk() -> tuple[str, str]:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=duration + 30, preexec_fn=_die_with_parent, check=False
+        )
+        return done.stdout, done.stderr
+
+    return measure(target.cpu_root, duration, wrk)
+
+
+def run_flips(target: Target, scripts: dict[bool, Path], settings: Settings, stats: FlipStats) -> None:
+    """Saturate the target with wrk (small body) and flip it in a loop meanwhile."""
+    argv = wrk_argv(scripts[False], target.port, "/small", settings.connections, settings.duration)
+
+    def wrk_with_flips() -> tuple[str, str]:
+        wrk = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_die_with_parent
+        )
+        try:
+            flip_while(target, settings, stats, start=time.monotonic())
+            return wrk.communicate(timeout=settings.duration + 30)
+        finally:
+            if wrk.poll() is None:
+                wrk.kill()
+                wrk.wait()
+
+    stats.runs.append(measure(target.cpu_root, settings.duration, wrk_with_flips))
+
+
+def flip_while(target: Target, settings: Settings, stats: FlipStats, start: float) -> None:
+    assert target.flip is not None
+    # Leave wrk a moment to open its connections, and stop before it winds down: flips count only
+    # while the data plane is saturated.
+    margin = min(0.25, settings.duration / 5)
+    time.sleep(margin)
+    end = start + settings.duration - margin
+    flips = 0
+    while flips < settings.flips and time.monotonic() < end:
+        try:
+            stats.latencies.append(target.flip())
+        except (OSError, RuntimeError) as exc:
+            stats.failed += 1
+            print(f"  {target.name}: flip failed: {exc}", file=sys.stderr)
+        flips += 1
+        time.sleep(settings.flip_interval)
+
+
+def ours_flipper(admin_port: int) -> Callable[[], float]:
+    """A flip through the admin API, as a client would do it: a fresh connection per call."""
+    state = {"active": json.loads(_admin_call(admin_port, "GET", "/api/v1/routes")[1])["active"]}
+
+    def flip() -> float:
+        body = json.dumps({"active": "green" if state["active"] == "blue" else "blue"})
+        t0 = time.perf_counter()
+        status, text = _admin_call(admin_port, "POST", "/api/v1/switch", body)
+        elapsed = time.perf_counter() - t0
+        if status != 200:
+            raise RuntimeError(f"switch answered {status}: {text.strip()}")
+        state["active"] = json.loads(text)["active"]
+        return elapsed
+
+    return flip
+
+
+def _admin_call(port: int, method: str, path: str, body: str | None = None) -> tuple[int, str]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=10)
+    try:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request(method, path, body, headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode()
+    finally:
+        conn.close()
+
+
+def haproxy_flipper(sock_path: Path) -> Callable[[], float]:
+    """The same flip on HAProxy: one runtime-socket call that swaps which server takes traffic."""
+    state = {"active": "blue"}
+
+    def flip() -> float:
+        new, old = ("green", "blue") if state["active"] == "blue" else ("blue", "green")
+        command = f"set server be/{new} state ready; set server be/{old} state maint\n".encode()
+        t0 = time.perf_counter()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(str(sock_path))
+            s.sendall(command)
+            answer = b""
+            while chunk := s.recv(4096):  # HAProxy closes after answering a non-interactive command
+                answer += chunk
+        elapsed = time.perf_counter() - t0
+        if answer.strip():
+            raise RuntimeError(f"HAProxy answered {answer.decode(errors='replace').strip()!r}")
+        state["active"] = new
+        return elapsed
+
+    return flip
+
+
+# --- starting the targets -----------------------------------------------------------------------------
+
+
+def _temp_paths(tmp: Path) -> str:
+    names = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    return " ".join(f"{n}_temp_path {tmp}/{n};" for n in names)
+
+
+def default_bluegreen() -> list[str]:
+    # Prefer the console script installed next to this interpreter; fall back to the module.
+    exe = shutil.which("bluegreen", path=str(Path(sys.executable).parent)) or shutil.which("bluegreen")
+    return [exe] if exe else [sys.executable, "-m", "simulator.cli"]
+
+
+def start_targets(procs: Processes, tmp: Path, names: Sequence[str], bluegreen: Sequence[str]) -> dict[str, Target]:
+    tmp.chmod(0o755)  # nginx workers run as an unprivileged user and must read www/ and the temp paths
+    (tmp / "www").mkdir()
+    (tmp / "www" / "64k").write_bytes(os.urandom(BODY_SIZE))
+    (tmp / "www" / "upload").write_text("the static handler must find a file to answer POST with 405\n")
+    upstream_port, haproxy_port, nginx_port, *ours_ports = free_ports(9)
+    fmt: dict[str, Any] = {"host": HOST, "upstream": upstream_port, "temp_paths": _temp_paths(tmp)}
+
+    conf = tmp / "upstream.conf"
+    conf.write_text(UPSTREAM_CONF.format(tmp=tmp, port=upstream_port, **fmt))
+    proc = procs.start("upstream", ["nginx", "-p", str(tmp), "-c", str(conf)])
+    wait_ready(procs, "upstream", proc, upstream_port, "/small")
+    targets = {"direct": Target("direct", upstream_port, proc.pid)} if "direct" in names else {}
+
+    if "haproxy" in names:
+        conf = tmp / "haproxy.cfg"
+        conf.write_text(HAPROXY_CONF.format(tmp=tmp, port=haproxy_port, **fmt))
+        proc = procs.start("haproxy", ["haproxy", "-db", "-f", str(conf)])
+        wait_ready(procs, "haproxy", proc, haproxy_port, "/small")
+        targets["haproxy"] = Target("haproxy", haproxy_port, proc.pid, haproxy_flipper(tmp / "haproxy.sock"))
+
+    if "nginx" in names:
+        conf = tmp / "nginx-proxy.conf"
+        conf.write_text(NGINX_PROXY_CONF.format(tmp=tmp, port=nginx_port, **fmt))
+        proc = procs.start("nginx", ["nginx", "-p", str(tmp), "-c", str(conf)])
+        wait_ready(procs, "nginx", proc, nginx_port, "/small")
+        targets["nginx"] = Target("nginx", nginx_port, proc.pid)
+
+    # No admin token: the admin listener is on loopback, which the contract allows without one.
+    env = {k: v for k, v in os.environ.items() if k != "BLUEGREEN_ADMIN_TOKEN"}
+    for name, workers, (port, preview, admin) in (("ours", 1, ours_ports[:3]), ("ours-2w", 2, ours_ports[3:])):
+        if name not in names:
+            continue
+        conf = tmp / f"{name}.yaml"
+        conf.write_text(OURS_CONF.format(port=port, preview=preview, admin=admin, **fmt))
+        argv = [*bluegreen, "proxy", "--config", str(conf), "--workers", str(workers)]
+        proc = procs.start(name, argv, env)
+        wait_ready(procs, name, proc, admin, "/healthz")
+        wait_ready(procs, name, proc, port, "/small", hits=10 * workers)
+        targets[name] = Target(name, port, proc.pid, ours_flipper(admin))
+    for target in targets.values():
+        check_answers(target)
+    return {n: targets[n] for n in names}
+
+
+def check_answers(target: Target) -> None:
+    """Each case answers 200 with the right body size, so no case benchmarks an error page."""
+    upload = b"x" * BODY_SIZE
+    for method, path, body, size in (
+        ("GET", "/small", None, None),
+        ("GET", "/64k", None, BODY_SIZE),
+        ("POST", "/upload", upload, None),
+    ):
+        conn = http.client.HTTPConnection(HOST, target.port, timeout=10)
+        try:
+            conn.request(method, path, body)
+            resp = conn.getresponse()
+            got = resp.read()
+        finally:
+            conn.close()
+        if resp.status != 200 or (size is not None and len(got) != size):
+            raise RuntimeError(f"{target.name}: {method} {path} answered {resp.status} with {len(got)} bytes")
+
+
+# --- the benchmark ---------------------------------------------------------------------------------
+
+
+def bench(settings: Settings, tmp: Path) -> tuple[dict[str, dict[str, list[Run]]], dict[str, FlipStats]]:
+    procs = Processes(tmp)
+    try:
+        targets = start_targets(procs, tmp, settings.targets, settings.bluegreen)
+        scripts = write_wrk_scripts(tmp)
+        if settings.warmup:
+            for target in targets.values():
+                run_wrk(target, CASES["small"], scripts, settings.connections, settings.warmup)
+        runs: dict[str, dict[str, list[Run]]] = {c: {t: [] for t in targets} for c in settings.cases}
+        flips = {t.name: FlipStats() for t in targets.values() if t.flip is not None and settings.flips}
+        for rnd in range(1, settings.rounds + 1):
+            for case_name in settings.cases:
+                for target in targets.values():
+                    run = run_wrk(target, CASES[case_name], scripts, settings.connections, settings.duration)
+                    runs[case_name][target.name].append(run)
+                    _progress(rnd, settings.rounds, case_name, target.name, run)
+            for name, stats in flips.items():
+                run_flips(targets[name], scripts, settings, stats)
+                print(
+                    f"[{rnd}/{settings.rounds}] flips {name:8} {len(stats.latencies)} so far, {stats.failed} failed",
+                    file=sys.stderr,
+                )
+        return runs, flips
+    finally:
+        procs.stop_all()
+
+
+def _progress(rnd: int, rounds: int, case: str, target: str, run: Run) -> None:
+    cpu = f"{run.cpu_us_per_req:.1f}" if run.cpu_us_per_req is not None else "-"
+    print(
+        f"[{rnd}/{rounds}] {case:13} {target:8} {run.rps:9.0f} req/s  {cpu:>6} µs CPU/req  "
+        f"p50 {run.p50_us / 1000:.3f} ms  p99 {run.p99_us / 1000:.3f} ms  errors {run.errors}  "
+        f"other load {run.other_cores:.2f} cores",
+        file=sys.stderr,
+    )
+
+
+# --- the report -----------------------------------------------------------------------------------------
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
+    # Nearest rank: with a few hundred flips, p99 is one of the slowest few, not an interpolation.
+    return sorted_values[max(0, math.ceil(q / 100 * len(sorted_values)) - 1)]
+
+
+def summarize(runs: dict[str, dict[str, list[Run]]], flips: dict[str, FlipStats]) -> dict[str, Any]:
+    cases: dict[str, dict[str, dict[str, Any]]] = {}
+    for case, by_target in runs.items():
+        cases[case] = {}
+        for target, rs in by_target.items():
+            cases[case][target] = {
+                "rps": _median([r.rps for r in rs]),
+                "cpu_us_per_req": _median([r.cpu_us_per_req for r in rs]),
+                "p50_us": _median([r.p50_us for r in rs]),
+                "p99_us": _median([r.p99_us for r in rs]),
+                "errors": sum(r.errors for r in rs),
+                "requests": sum(r.requests for r in rs),
+                "rounds": len(rs),
+            }
+    flip_out: dict[str, dict[str, Any]] = {}
+    for target, stats in flips.items():
+        lat = sorted(stats.latencies)
+        flip_out[target] = {
+            "count": len(lat),
+            "failed": stats.failed,
+            "p50_ms": _percentile(lat, 50) * 1000 if lat else None,
+            "p99_ms": _percentile(lat, 99) * 1000 if lat else None,
+            "max_ms": lat[-1] * 1000 if lat else None,
+            "rps": _median([r.rps for r in stats.runs]),
+            "errors": sum(r.errors for r in stats.runs),
+        }
+    every_run = [r for by_target in runs.values() for rs in by_target.values() for r in rs]
+    every_run += [r for stats in flips.values() for r in stats.runs]
+    other = sorted(r.other_cores for r in every_run)
+    noise = {"median_cores": statistics.median(other), "max_cores": other[-1]} if other else {}
+    return {"cases": cases, "flips": flip_out, "other_load": noise}
+
+
+def _ratio(value: float | None, base: float | None) -> str:
+    return f"{value / base:.2f}×" if value is not None and base else "-"
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return format(value, fmt) if value is not None else "-"
+
+
+CASE_HEADER = (
+    "target",
+    "req/s",
+    "× HAProxy",
+    "CPU µs/req",
+    "× HAProxy",
+    "p50 ms",
+    "p99 ms",
+    "× HAProxy",
+    "p50 added µs",
+    "× HAProxy",
+    "errors",
+)
+FLIP_HEADER = (
+    "target",
+    "flips",
+    "p50 ms",
+    "× HAProxy",
+    "p99 ms",
+    "× HAProxy",
+    "max ms",
+    "failed flips",
+    "req/s meanwhile",
+    "request errors",
+)
+
+
+def case_rows(rows: dict[str, dict[str, Any]]) -> list[list[str]]:
+    hap = rows.get("haproxy", {})
+    direct_p50 = rows.get("direct", {}).get("p50_us")
+
+    def added(row: dict[str, Any]) -> float | None:
+        return row["p50_us"] - direct_p50 if direct_p50 is not None and row["p50_us"] is not None else None
+
+    hap_added = added(hap) if hap else None
+    out = []
+    for target, row in rows.items():
+        add = added(row) if target != "direct" else None
+        out.append(
+            [
+                target,
+                _num(row["rps"], ".0f"),
+                _ratio(row["rps"], hap.get("rps")),
+                _num(row["cpu_us_per_req"], ".1f"),
+                _ratio(row["cpu_us_per_req"], hap.get("cpu_us_per_req")),
+                _num(row["p50_us"] / 1000, ".3f"),
+                _num(row["p99_us"] / 1000, ".3f"),
+                _ratio(row["p99_us"], hap.get("p99_us")),
+                _num(add, ".0f"),
+                _ratio(add, hap_added) if hap_added and hap_added > 0 else "-",
+                str(row["errors"]),
+            ]
+        )
+    return out
+
+
+def flip_rows(flips: dict[str, dict[str, Any]]) -> list[list[str]]:
+    hap = flips.get("haproxy", {})
+    return [
+        [
+            target,
+            str(f["count"]),
+            _num(f["p50_ms"], ".2f"),
+            _ratio(f["p50_ms"], hap.get("p50_ms")),
+            _num(f["p99_ms"], ".2f"),
+            _ratio(f["p99_ms"], hap.get("p99_ms")),
+            _num(f["max_ms"], ".2f"),
+            str(f["failed"]),
+            _num(f["rps"], ".0f"),
+            str(f["errors"]),
+        ]
+        for target, f in flips.items()
+    ]
+
+
+def noise_line(summary: dict[str, Any]) -> str:
+    noise = summary["other_load"]
+    if not noise:
+        return ""
+    return (
+        f"Processes the bench did not start used a median {noise['median_cores']:.2f} and at most "
+        f"{noise['max_cores']:.2f} cores during the runs."
+    )
+
+
+def text_table(header: Sequence[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [list(header), *rows]) for i in range(len(header))]
+    lines = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths, strict=True)))]
+    for row in rows:
+        lines.append(
+            "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        )
+    return "\n".join(lines)
+
+
+def md_table(header: Sequence[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def case_title(name: str, connections: int) -> str:
+    case = CASES[name]
+    return f"{name}: {case.title} (wrk -t1 -c{1 if case.one_client else connections})"
+
+
+def report_text(summary: dict[str, Any], settings: Settings) -> str:
+    parts = []
+    for name, rows in summary["cases"].items():
+        parts += [case_title(name, settings.connections), text_table(CASE_HEADER, case_rows(rows)), ""]
+    if summary["flips"]:
+        parts += [
+            f"flip acknowledgement under full load (wrk -t1 -c{settings.connections}, small body)",
+            text_table(FLIP_HEADER, flip_rows(summary["flips"])),
+            "",
+        ]
+    parts.append(noise_line(summary))
+    return "\n".join(parts)
+
+
+def report_markdown(summary: dict[str, Any], settings: Settings, env: dict[str, str]) -> str:
+    parts = [
+        MARK_BEGIN,
+        f"Run {env['date']} on {env['cpu']} ({env['cores']} cores), Linux {env['kernel']}; "
+        f"{env['wrk']}, {env['nginx']}, {env['haproxy']}, Python {env['python']}.",
+        "",
+        f"Command: `{env['command']}` — medians of {settings.rounds} interleaved rounds of "
+        f"{settings.duration} s per target and case. {noise_line(summary)}",
+        "",
+    ]
+    for name, rows in summary["cases"].items():
+        parts += [f"### {case_title(name, settings.connections)}", "", md_table(CASE_HEADER, case_rows(rows)), ""]
+    if summary["flips"]:
+        parts += [
+            f"### Flip acknowledgement under full load (wrk -t1 -c{settings.connections}, small body)",
+            "",
+            md_table(FLIP_HEADER, flip_rows(summary["flips"])),
+            "",
+        ]
+    parts.append(MARK_END)
+    return "\n".join(parts) + "\n"
+
+
+def write_markdown(path: Path, block: str) -> None:
+    """Replace the block between the markers when the file has them (so prose around it stays)."""
+    text = path.read_text() if path.exists() else ""
+    begin, end = text.find(MARK_BEGIN), text.find(MARK_END)
+    if begin != -1 and end > begin:
+        text = text[:begin] + block.rstrip("\n") + text[end + len(MARK_END) :]
+    else:
+        text = (text.rstrip("\n") + "\n\n" if text else "") + block
+    path.write_text(text)
+
+
+def _first_line(argv: Sequence[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return "?"
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return lines[0] if lines else "?"
+
+
+def environment(argv: Sequence[str]) -> dict[str, str]:
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    wrk = _first_line(["wrk", "-v"])
+    nginx = _first_line(["nginx", "-v"]).removeprefix("nginx version: ")
+    haproxy = _first_line(["haproxy", "-v"])
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "kernel": os.uname().release,
+        "wrk": " ".join(wrk.split()[:2]),
+        "nginx": nginx,
+        "haproxy": "HAProxy " + (haproxy.split() + ["?"] * 3)[2],
+        "python": sys.version.split()[0],
+        "command": shlex.join(["python", "-m", "loadtest.bench", *argv]),
+    }
+
+
+# --- command line -------------------------------------------------------------------------------------
+
+
+def _names(text: str, allowed: Sequence[str]) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in allowed]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"choose from {','.join(allowed)} (got {text!r})")
+    return names
+
+
+def parse_args(argv: Sequence[str]) -> tuple[Settings, argparse.Namespace]:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run (default 5)")
+    parser.add_argument("--warmup", type=int, default=1, help="seconds of warm-up per target, not recorded")
+    parser.add_argument("--connections", type=int, default=64, help="wrk -c for all but latency-1c (default 64)")
+    parser.add_argument("--cases", type=lambda s: _names(s, tuple(CASES)), default=tuple(CASES))
+    parser.add_argument("--targets", type=lambda s: _names(s, TARGETS), default=TARGETS)
+    parser.add_argument("--flips", type=int, default=200, help="flips per flip run, 0 to skip (default 200)")
+    parser.add_argument("--flip-interval", type=float, default=0.01, help="seconds between flips (default 0.01)")
+    parser.add_argument(
+        "--bluegreen", type=shlex.split, help="command that runs bluegreen (default: the installed `bluegreen`)"
+    )
+    parser.add_argument("--markdown", type=Path, help="write the tables to FILE (between bench markers)")
+    parser.add_argument("--json", type=Path, help="write the medians to FILE as JSON")
+    parser.add_argument("--smoke", action="store_true", help="everything once for 1 s: checks the bench runs")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.rounds, args.duration, args.warmup, args.flips = 1, 1, 0, min(args.flips, 50)
+    if args.rounds < 1 or args.duration < 1 or args.connections < 1 or args.warmup < 0 or args.flips < 0:
+        parser.error("--rounds, --duration and --connections must be >= 1; --warmup and --flips >= 0")
+    settings = Settings(
+        rounds=args.rounds,
+        duration=args.duration,
+        warmup=args.warmup,
+        connections=args.connections,
+        cases=args.cases,
+        targets=args.targets,
+        flips=args.flips,
+        flip_interval=args.flip_interval,
+        bluegreen=tuple(args.bluegreen or default_bluegreen()),
+    )
+    return settings, args
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    # Turn SIGTERM into an exception so the finally blocks stop every process we started.
+    raise SystemExit(128 + signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    settings, args = parse_args(argv)
+    missing = [tool for tool in ("wrk", "nginx", "haproxy") if shutil.which(tool) is None]
+    if missing:
+        print(f"bench: not installed: {', '.join(missing)} (apt-get install wrk nginx haproxy)", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _terminate)
+    with tempfile.TemporaryDirectory(prefix="bluegreen-bench-") as tmp:
+        try:
+            runs, flips = bench(settings, Path(tmp))
+        except RuntimeError as exc:
+            print(f"bench: {exc}", file=sys.stderr)
+            return 1
+    summary = summarize(runs, flips)
+    env = environment(argv)
+    print(report_text(summary, settings))
+    if args.markdown:
+        write_markdown(args.markdown, report_markdown(summary, settings, env))
+    if args.json:
+        args.json.write_text(json.dumps({"env": env, **summary}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
