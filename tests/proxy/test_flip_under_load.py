@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +38,7 @@ class Record:
 class Load:
     records: list[Record] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    uploads: int = 0
 
 
 async def client_loop(port: int, load: Load, stop: float, *, fresh: bool) -> None:
@@ -44,8 +48,12 @@ async def client_loop(port: int, load: Load, stop: float, *, fresh: bool) -> Non
         while time.monotonic() < stop and n < 20_000:
             n += 1
             sent = time.monotonic()
+            body = random.randbytes(random.randint(1, 16384)) if n % 4 == 0 else b""
             try:
-                resp = await asyncio.wait_for(client.request("/color", close=fresh), 5)
+                if body:  # every 4th request uploads a body, verified by digest at the upstream
+                    resp = await asyncio.wait_for(client.request("/echo", method="POST", body=body, close=fresh), 5)
+                else:
+                    resp = await asyncio.wait_for(client.request("/color", close=fresh), 5)
             except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
                 load.failures.append(f"{type(exc).__name__}: {exc}")
                 await client.close()
@@ -54,7 +62,12 @@ async def client_loop(port: int, load: Load, stop: float, *, fresh: bool) -> Non
                 load.failures.append(f"status {resp.status}: {resp.body[:80]!r}")
                 continue
             color = resp.headers[b"x-served-by-color"].decode()
-            assert resp.body == f'"{color}"'.encode()  # the body comes from the pool the header names
+            if body:
+                echo = json.loads(resp.body)
+                assert echo["upstream"] == color and echo["sha256"] == hashlib.sha256(body).hexdigest()
+                load.uploads += 1
+            else:
+                assert resp.body == f'"{color}"'.encode()  # the body comes from the pool the header names
             load.records.append(Record(sent, time.monotonic(), color))
     finally:
         await client.close()
@@ -105,7 +118,7 @@ async def test_flip_under_load_zero_failures_zero_stale(upstream: StartUpstream,
     assert code == 0, out
     assert load.failures == [], load.failures[:5]
     assert len(flips) >= 20
-    assert len(load.records) > 1000
+    assert len(load.records) > 1000 and load.uploads > 100
     assert {r.color for r in load.records} == {"blue", "green"}
     bad = stale(load.records, flips)
     assert bad == [], bad[:5]
