@@ -88,6 +88,8 @@ def make_admin_app(
     serving: Callable[[], bool],
     before_metrics: Callable[[], Awaitable[None]] | None = None,
     reload: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+    fleet_status: Callable[[], dict[str, Any]] | None = None,
+    switch_report: Callable[[], dict[str, Any] | None] | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[make_auth_middleware(token)], client_max_size=MAX_BODY)
     app[CONTROL] = control
@@ -112,7 +114,10 @@ def make_admin_app(
         force = _field(body, "force", bool) or False
         generation = _field(body, "generation", int)
         routes = await control.switch(active, preview, force=force, generation=generation)
-        return web.json_response(routes.to_json())
+        body = routes.to_json()
+        if switch_report is not None and (report := switch_report()) is not None:
+            body["fleet"] = report  # which proxies acknowledged, which dropped out (lease expired)
+        return web.json_response(body)
 
     async def get_pools(request: web.Request) -> web.Response:
         status = await control.status()
@@ -144,6 +149,12 @@ def make_admin_app(
             raise InvalidRequestError("this proxy was not started from a config file")
         return web.json_response(await reload())
 
+    async def get_fleet(request: web.Request) -> web.Response:
+        if fleet_status is None:
+            return json_error(404, "this proxy is not part of a fleet (no state: {backend: etcd} in its config)")
+        return web.json_response(fleet_status())
+
+    app.router.add_get("/api/v1/fleet", get_fleet)
     app.router.add_get("/healthz", healthz)
     app.router.add_post("/api/v1/reload", post_reload)
     app.router.add_get("/metrics", metrics)

@@ -86,6 +86,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                 print(f"  {ep.address:<24} {'healthy' if ep.healthy else 'UNHEALTHY':<10} in flight {ep.in_flight}")
             if not pool.endpoints:
                 print("  (no endpoints)")
+        fleet = await control.fleet()
+        if fleet is not None:
+            print(f"fleet: store {fleet['store']}, this proxy {fleet['self']}, on partition: {fleet['fence']}")
+            for member in fleet["members"]:
+                print(f"  {member['id']:<28} generation {member.get('generation')}  admin {member.get('admin', '?')}")
         return 0
 
     return run_client(go, args)

@@ -114,10 +114,15 @@ class LimitsConfig:
 
 @dataclass(frozen=True, slots=True)
 class StateConfig:
+    """Where routes and pools live: in the process (`memory`) or in etcd, shared by a fleet."""
+
     backend: str = "memory"
     endpoints: tuple[str, ...] = ()
     prefix: str = "/bluegreen/"
     lease_ttl: float = 5.0
+    on_partition: str = "fence"  # lease not renewed in time: `fence` (answer 503) or `serve` (stale routes)
+    ack_timeout: float = 0.0  # how long a flip waits for every live proxy; 0: twice the lease TTL
+    name: str = ""  # this proxy's id in the fleet; default host-pid
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,11 +295,32 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
 
     state = StateConfig()
     if "state" in m:
-        sm = m["state"].mapping(required=("backend",), optional=("endpoints", "prefix", "lease_ttl"))
+        sm = m["state"].mapping(
+            required=("backend",), optional=("endpoints", "prefix", "lease_ttl", "on_partition", "ack_timeout", "name")
+        )
         backend = sm["backend"].choice(("memory", "etcd"))
-        if backend == "etcd":
-            raise ConfigError(source, "state.backend", "etcd is not supported by this build yet (use memory)")
-        state = StateConfig(backend=backend)
+        endpoints: tuple[str, ...] = ()
+        if "endpoints" in sm:
+            endpoints = tuple(
+                f"{h}:{p}" for h, p in (n.convert(parse_address, n.string()) for n in sm["endpoints"].sequence())
+            )
+        if backend == "etcd" and not endpoints:
+            raise ConfigError(source, "state.endpoints", "etcd needs at least one endpoint (host:port)")
+        prefix = sm["prefix"].string() if "prefix" in sm else "/bluegreen/"
+        if not prefix.endswith("/"):
+            raise sm["prefix"].fail("must end with '/'")
+        ttl = sm["lease_ttl"].duration(positive=True) if "lease_ttl" in sm else 5.0
+        if ttl < 1 or ttl != int(ttl):
+            raise sm["lease_ttl"].fail("etcd leases are whole seconds, at least 1s")
+        state = StateConfig(
+            backend=backend,
+            endpoints=endpoints,
+            prefix=prefix,
+            lease_ttl=ttl,
+            on_partition=sm["on_partition"].choice(("fence", "serve")) if "on_partition" in sm else "fence",
+            ack_timeout=sm["ack_timeout"].duration() if "ack_timeout" in sm else 0.0,
+            name=sm["name"].string() if "name" in sm else "",
+        )
 
     return Config(
         source=source,

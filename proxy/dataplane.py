@@ -32,6 +32,7 @@ class DataPlane:
         self.clients: set[ClientConnection] = set()
         self.remote_clients = 0  # a supervisor's shadow: client connections held by its workers
         self.shutting_down = False
+        self.fence_until = 0.0  # in a fleet: past this loop time the lease may be gone, so serve nothing
         self.all_closed = asyncio.Event()  # set when the last client leaves during shutdown
         self.pools: dict[str, Pool] = {}
         for pc in config.pools:

@@ -341,6 +341,8 @@ class ClientConnection(asyncio.Protocol):
 
         routes = dp.routes  # the one read of the snapshot for this request
         pool = routes.active if self.role == "active" else routes.preview
+        if dp.fence_until and dp.loop.time() > dp.fence_until:
+            pool = None  # fenced: this proxy cannot vouch that its routes are still the fleet's (503)
         keep_alive = parser.should_keep_alive() and not self.closing
         self.served += 1
         return Exchange(

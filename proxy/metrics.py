@@ -6,7 +6,7 @@ touches prometheus_client (whose `inc()` takes a lock and whose `labels()` is a 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -24,8 +24,9 @@ _CLASSES = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 
 class ProxyCollector(Collector):
-    def __init__(self, switch: Switch) -> None:
+    def __init__(self, switch: Switch, store_up: Callable[[], bool] | None = None) -> None:
         self.switch = switch
+        self.store_up = store_up
 
     def _pools(self) -> list[Pool]:
         dp = self.switch.dp
@@ -81,7 +82,7 @@ class ProxyCollector(Collector):
         )
 
 
-def make_registry(switch: Switch) -> CollectorRegistry:
+def make_registry(switch: Switch, store_up: Callable[[], bool] | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ProxyCollector(switch))
+    registry.register(ProxyCollector(switch, store_up))
     return registry

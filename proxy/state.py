@@ -43,11 +43,12 @@ def apply_state(dp: DataPlane, state: dict[str, Any]) -> int:
             pool = dp.pools[name] = dp.make_pool(name, addresses, balancer=spec.get("balancer", "round_robin"))
         elif [(ep.host, ep.port) for ep in pool.endpoints] != addresses:
             dp.replace_endpoints(pool, addresses)
-        verdicts = spec.get("health", {})
-        for ep in pool.endpoints:
-            verdict = Health(verdicts.get(ep.address, 0))
-            if ep.checked is not verdict:
-                ep.set_checked(verdict)
+        verdicts = spec.get("health")
+        if verdicts is not None:  # absent in a fleet's shared state: health stays each proxy's own
+            for ep in pool.endpoints:
+                verdict = Health(verdicts.get(ep.address, 0))
+                if ep.checked is not verdict:
+                    ep.set_checked(verdict)
     for name in [n for n in dp.pools if n not in wanted]:
         pool = dp.pools.pop(name)
         pool.removed = True

@@ -22,14 +22,16 @@ from aiohttp import web
 from proxy.admin import make_admin_app
 from proxy.channel import Channel
 from proxy.config import Config
-from proxy.control.api import ProxyStatus
+from proxy.control.api import ProxyStatus, Routes
 from proxy.control.local import LocalControl
 from proxy.dataplane import DataPlane
+from proxy.etcd import StoreUnavailableError
+from proxy.fleet import Fleet
 from proxy.health import HealthChecker
 from proxy.metrics import make_registry
 from proxy.server import read_config_for_reload
 from proxy.state import merge_stats, snapshot_state
-from proxy.switch import Switch
+from proxy.switch import Switch, normalize_endpoints
 from proxy.worker import raise_priority
 
 log = logging.getLogger("bluegreen.supervisor")
@@ -56,6 +58,25 @@ class SupervisedControl(LocalControl):
         return await super().status()
 
 
+class FleetControl(SupervisedControl):
+    """Changes go through etcd (compare-and-swap) and answer once the whole fleet serves them."""
+
+    def __init__(self, switch: Switch, supervisor: Supervisor, fleet: Fleet) -> None:
+        super().__init__(switch, supervisor)
+        self._fleet = fleet
+
+    async def switch(
+        self, active: str, preview: str | None = None, *, force: bool = False, generation: int | None = None
+    ) -> Routes:
+        return await self._fleet.switch(active, preview, force=force, generation=generation)
+
+    async def set_endpoints(self, pool: str, endpoints: Sequence[str]) -> None:
+        await self._fleet.set_endpoints(pool, normalize_endpoints(endpoints))
+
+    async def delete_pool(self, pool: str) -> None:
+        await self._fleet.delete_pool(pool)
+
+
 class Supervisor:
     def __init__(self, config: Config, workers: int) -> None:
         if any(lc.port == 0 for lc in config.listeners.values()):
@@ -73,21 +94,34 @@ class Supervisor:
         self._monitors: list[asyncio.Task[None]] = []
         self._health_push: asyncio.Task[None] | None = None
         self.settings_epoch = 0  # bumped by a reload: workers re-read the config file's settings
+        self.fleet: Fleet | None = None
 
     async def start(self) -> None:
         raise_priority()
         for pool in self.dp.pools.values():
             self.health.watch(pool)
+        control: SupervisedControl = SupervisedControl(self.switch, self)
+        if self.config.state.backend == "etcd":
+            admin = f"http://{self.config.admin.host}:{self.config.admin.port}"
+            self.fleet = Fleet(self.config, self.switch, self.publish, self._push_fence, admin)
+            try:
+                await self.fleet.start()  # the fleet's state, before any worker serves
+            except StoreUnavailableError as exc:
+                raise OSError(f"cannot join the fleet: {exc}") from None
+            control = FleetControl(self.switch, self, self.fleet)
         async with self.switch.lock:
             for i in range(self.n):
                 await self._spawn(i)
+        fleet = self.fleet
         app = make_admin_app(
-            SupervisedControl(self.switch, self),
-            make_registry(self.switch),
+            control,
+            make_registry(self.switch, store_up=(lambda: fleet.store_up) if fleet else None),
             token=self.config.admin.token,
             serving=lambda: not self._stopping,
             before_metrics=self.refresh_stats,
             reload=self.reload,
+            fleet_status=fleet.status if fleet else None,
+            switch_report=(lambda: fleet.last_report) if fleet else None,
         )
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -133,12 +167,29 @@ class Supervisor:
     async def reload(self) -> dict[str, Any]:
         config = read_config_for_reload(self.config)
         self.settings_epoch += 1
+        if self.fleet is not None:
+            # Pools and routes belong to the fleet (etcd); a reload changes only this proxy's settings.
+            async with self.switch.lock:
+                self.dp.apply_settings(config)
+                await self.publish()
+            self.config = config
+            return {"routes": self.switch.routes().to_json(), "changed": ["settings"], "needs_restart": []}
         result = await self.switch.reload(config)
         self.config = config
         return result
 
     def _state(self) -> dict[str, Any]:
-        return {"op": "state", "state": snapshot_state(self.dp), "settings_epoch": self.settings_epoch}
+        return {
+            "op": "state",
+            "state": snapshot_state(self.dp),
+            "settings_epoch": self.settings_epoch,
+            "fence_until": self.fleet.fence_until() if self.fleet else 0.0,
+        }
+
+    async def _push_fence(self, until: float) -> None:
+        """A renewed lease: workers may serve until `until` (monotonic clock, shared by the processes)."""
+        live = [w for w in self.workers.values() if w.alive]
+        await asyncio.gather(*(self._call(w, {"op": "fence", "until": until}) for w in live), return_exceptions=True)
 
     async def publish(self) -> None:
         """Push the state to every live worker; return when each serves it (a hung worker is killed)."""
@@ -187,6 +238,8 @@ class Supervisor:
                 await worker.proc.wait()
         for task in self._monitors:
             task.cancel()
+        if self.fleet is not None:
+            await self.fleet.stop()
         await self.health.close()
         if self._runner is not None:
             await self._runner.cleanup()

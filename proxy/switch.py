@@ -79,17 +79,7 @@ class Switch:
 
     async def set_endpoints(self, name: str, endpoints: Sequence[str]) -> bool:
         """Create or replace a pool's endpoints; returns True when the pool was created."""
-        addresses = []
-        for i, item in enumerate(endpoints):
-            if not isinstance(item, str):
-                raise InvalidRequestError(f"endpoints[{i}]: expected a 'host:port' string")
-            try:
-                address = parse_address(item)
-            except ValueError as exc:
-                raise InvalidRequestError(f"endpoints[{i}]: {exc}") from None
-            if address in addresses:
-                raise InvalidRequestError(f"endpoints[{i}]: duplicate endpoint {item!r}")
-            addresses.append(address)
+        addresses = parse_endpoints(endpoints)
         async with self.lock:
             dp = self.dp
             pool = dp.pools.get(name)
@@ -174,6 +164,26 @@ class Switch:
         if pool is None:
             raise NotFoundError(f"unknown pool {name!r}")
         return pool
+
+
+def parse_endpoints(endpoints: Sequence[object]) -> list[tuple[str, int]]:
+    addresses: list[tuple[str, int]] = []
+    for i, item in enumerate(endpoints):
+        if not isinstance(item, str):
+            raise InvalidRequestError(f"endpoints[{i}]: expected a 'host:port' string")
+        try:
+            address = parse_address(item)
+        except ValueError as exc:
+            raise InvalidRequestError(f"endpoints[{i}]: {exc}") from None
+        if address in addresses:
+            raise InvalidRequestError(f"endpoints[{i}]: duplicate endpoint {item!r}")
+        addresses.append(address)
+    return addresses
+
+
+def normalize_endpoints(endpoints: Sequence[object]) -> list[str]:
+    """Validated `host:port` strings, as pools print them."""
+    return [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in parse_endpoints(endpoints)]
 
 
 def pool_status(pool: Pool) -> PoolStatus:

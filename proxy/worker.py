@@ -58,7 +58,11 @@ def control_loop(stream: BinaryIO, dp: DataPlane, config_path: str, epoch: int, 
         for line in stream:
             message = json.loads(line)
             op = message.get("op")
-            if op == "state":
+            if op == "fence":
+                dp.fence_until = message["until"]
+                send(stream, {"op": "ack", "generation": dp.routes.generation})
+            elif op == "state":
+                dp.fence_until = message.get("fence_until", 0.0)
                 if message.get("settings_epoch", 0) != epoch:
                     epoch = message["settings_epoch"]
                     loop.call_soon_threadsafe(dp.apply_settings, load_config(config_path))
@@ -83,6 +87,7 @@ async def serve(config_path: str, fd: int) -> int:
         return 1
     message = json.loads(first)
     generation = apply_state(dp, message["state"])
+    dp.fence_until = message.get("fence_until", 0.0)
     await dp.start(reuse_port=True)
     send(stream, {"op": "ack", "generation": generation})
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
+    "AckTimeoutError",
     "ConflictError",
     "ControlError",
     "EndpointStatus",
@@ -22,6 +23,7 @@ __all__ = [
     "ProxyControl",
     "ProxyStatus",
     "Routes",
+    "UnavailableError",
 ]
 
 
@@ -116,6 +118,18 @@ class NotFoundError(ControlError):
 
 class ConflictError(ControlError):
     status = 409
+
+
+class UnavailableError(ControlError):
+    """The shared state store (etcd) cannot be reached: nothing was changed."""
+
+    status = 503
+
+
+class AckTimeoutError(ControlError):
+    """The change was committed but not every live proxy acknowledged it in time (the message says who)."""
+
+    status = 504
 
 
 @runtime_checkable

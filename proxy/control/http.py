@@ -56,6 +56,14 @@ class HttpControl:
         data = await self._call("GET", "/api/v1/pools")
         return ProxyStatus(routes, tuple(PoolStatus.from_json(p) for p in data["pools"]))
 
+    async def fleet(self) -> dict[str, Any] | None:
+        """The fleet view (members, generations, store), or None for a proxy that is not in one."""
+        try:
+            data: dict[str, Any] = await self._call("GET", "/api/v1/fleet")
+        except NotFoundError:
+            return None
+        return data
+
     async def routes(self) -> Routes:
         return Routes.from_json(await self._call("GET", "/api/v1/routes"))
 

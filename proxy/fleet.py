@@ -1,0 +1,314 @@
+"""A fleet of proxies sharing one live color through etcd.
+
+Keys under the configured prefix:
+
+- `state`: the desired routes (active, preview, generation) and pools' endpoints, one JSON value.
+  A change is one compare-and-swap transaction on its mod_revision, which also reads the member
+  set at that revision.
+- `proxies/<id>`: each proxy's acknowledgement `{"generation": N}`, written under its own lease.
+  A proxy is live while its lease is; a frozen or cut-off one drops out when the lease expires.
+
+Every proxy (its supervisor) reads the prefix at start, watches it from the next revision (and
+re-reads after a compaction or any stream error, so no change is missed), applies each state to
+its workers and then acknowledges. A flip answers once every member read in the transaction has
+acknowledged the generation or dropped out, or after `ack_timeout` with the laggards named.
+
+Fencing: a proxy whose lease was not renewed in time (measured from when the last successful
+renewal was *sent*, so never later than etcd's own expiry) stops serving routes it can no longer
+vouch for: its workers answer 503 until it holds a lease again and has applied the latest state.
+With `on_partition: serve` it keeps serving the last routes instead (availability over safety).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from proxy.config import Config
+from proxy.control.api import AckTimeoutError, ConflictError, NotFoundError, Routes, UnavailableError
+from proxy.dataplane import DataPlane
+from proxy.etcd import CompactedError, EtcdClient, Event, KeyValue, StoreUnavailableError
+from proxy.state import apply_state
+from proxy.switch import Switch
+
+log = logging.getLogger("bluegreen.fleet")
+FENCE_MARGIN = 0.9  # fence a little before etcd can expire the lease, whatever the clock skew between them
+
+
+class Fleet:
+    def __init__(
+        self,
+        config: Config,
+        switch: Switch,
+        publish: Callable[[], Awaitable[None]],
+        set_fence: Callable[[float], Awaitable[None]],
+        admin_url: str,
+    ) -> None:
+        sc = config.state
+        self.config = config
+        self.local = switch  # this proxy's Switch: its lock, health checks and shadow state
+        self.dp: DataPlane = switch.dp
+        self._publish = publish
+        self._set_fence = set_fence
+        self.client = EtcdClient(sc.endpoints)
+        self.ttl = int(sc.lease_ttl)
+        self.fence = sc.on_partition == "fence"
+        self.ack_timeout = sc.ack_timeout or 2 * sc.lease_ttl
+        self.id = sc.name or f"{socket.gethostname()}-{os.getpid()}"
+        self.admin_url = admin_url
+        self.state_key = sc.prefix + "state"
+        self.members_prefix = sc.prefix + "proxies/"
+        self.lease = 0
+        self.valid_until = 0.0
+        self.state_rev = 0  # mod_revision of the state this proxy applied
+        self.members: dict[str, dict[str, Any]] = {}  # live proxies' acknowledgements (from the watch)
+        self.store_up = False
+        self._changed = asyncio.Condition()
+        self._write = asyncio.Lock()  # one change at a time from this proxy
+        self._tasks: list[asyncio.Task[None]] = []
+        self.last_report: dict[str, Any] | None = None  # the last change: who acknowledged, who dropped out
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Join the fleet: lease, state (initialised from this config if the fleet has none), ack, watch."""
+        sent = time.monotonic()
+        self.lease = await self.client.grant(self.ttl)
+        self.valid_until = sent + self.ttl * FENCE_MARGIN
+        rev, kvs = await self.client.get(self.state_key)
+        if not kvs:
+            await self.client.compare_and_put(self.state_key, self._encode(self._desired()), mod_revision=0)
+        rev = await self._resync(publish=False)
+        self.store_up = True
+        self._tasks = [
+            asyncio.get_running_loop().create_task(self._watch(rev + 1)),
+            asyncio.get_running_loop().create_task(self._keepalive()),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(StoreUnavailableError):
+            await self.client.revoke(self.lease)  # leave at once rather than after the TTL
+        await self.client.close()
+
+    def fence_until(self) -> float:
+        return self.valid_until if self.fence else 0.0
+
+    # -- applying the shared state ---------------------------------------------------------
+
+    def _desired(self) -> dict[str, Any]:
+        routes = self.dp.routes
+        return {
+            "pools": {name: {"endpoints": [ep.address for ep in p.endpoints]} for name, p in self.dp.pools.items()},
+            "routes": {
+                "active": routes.active.name,
+                "preview": routes.preview.name if routes.preview else None,
+                "generation": routes.generation,
+            },
+        }
+
+    @staticmethod
+    def _encode(state: dict[str, Any]) -> bytes:
+        return json.dumps(state, separators=(",", ":"), sort_keys=True).encode()
+
+    async def _resync(self, *, publish: bool = True) -> int:
+        """Read the whole prefix, apply the state, reset the member set; returns the read revision."""
+        rev, kvs = await self.client.get(self.local.dp.config.state.prefix, prefix=True)
+        members: dict[str, dict[str, Any]] = {}
+        for kv in kvs:
+            if kv.key == self.state_key:
+                await self._apply(kv, publish=publish)
+            elif kv.key.startswith(self.members_prefix):
+                members[kv.key[len(self.members_prefix) :]] = json.loads(kv.value)
+        async with self._changed:
+            self.members = members
+            self._changed.notify_all()
+        return rev
+
+    async def _apply(self, kv: KeyValue, *, publish: bool = True) -> None:
+        if kv.mod_revision <= self.state_rev and self.state_rev:
+            return
+        state = json.loads(kv.value)
+        async with self.local.lock:
+            before = set(self.dp.pools)
+            apply_state(self.dp, state)
+            for name in set(self.dp.pools) - before:
+                self.local.health.watch(self.dp.pools[name])
+            for name in before - set(self.dp.pools):
+                self.local.health.unwatch(name)
+            self.state_rev = kv.mod_revision
+            if publish:
+                await self._publish()  # every worker serves it before this proxy acknowledges
+        await self._ack()
+
+    async def _ack(self) -> None:
+        value = {"generation": self.dp.routes.generation, "admin": self.admin_url, "pid": os.getpid()}
+        await self.client.put(self.members_prefix + self.id, self._encode(value), lease=self.lease)
+
+    async def _on_events(self, events: list[Event]) -> None:
+        for event in events:
+            key = event.kv.key
+            if key == self.state_key and event.kind == "PUT":
+                await self._apply(event.kv)
+            elif key.startswith(self.members_prefix):
+                member = key[len(self.members_prefix) :]
+                async with self._changed:
+                    if event.kind == "DELETE":
+                        self.members.pop(member, None)  # its lease expired or it left
+                    else:
+                        self.members[member] = json.loads(event.kv.value)
+                    self._changed.notify_all()
+
+    async def _watch(self, start: int) -> None:
+        while True:
+            try:
+                async for events in self.client.watch(self.config.state.prefix, start, prefix=True):
+                    await self._on_events(events)
+                    start = max(e.kv.mod_revision for e in events) + 1
+            except CompactedError:
+                pass
+            except StoreUnavailableError as exc:
+                log.warning("etcd watch broke (%s); re-reading", exc)
+            # Re-read everything, then watch from the next revision: nothing is missed either way.
+            while True:
+                try:
+                    start = await self._resync() + 1
+                    break
+                except StoreUnavailableError:
+                    await asyncio.sleep(0.2)
+
+    async def _keepalive(self) -> None:
+        interval = self.ttl / 4
+        while True:
+            await asyncio.sleep(interval if self.store_up else 0.2)
+            sent = time.monotonic()
+            try:
+                alive = await self.client.keepalive(self.lease)
+                if not alive:
+                    # Expired while we were cut off or frozen: rejoin with a new lease, on the latest state.
+                    self.lease = await self.client.grant(self.ttl)
+                    await self._resync()
+                self.valid_until = sent + self.ttl * FENCE_MARGIN
+                self.store_up = True
+                if self.fence:
+                    await self._set_fence(self.valid_until)
+            except StoreUnavailableError:
+                self.store_up = False  # keep serving the last routes; flips are refused meanwhile
+
+    # -- changes (admin calls on this proxy) ----------------------------------------------------
+
+    async def change(self, edit: Callable[[dict[str, Any]], dict[str, Any] | None]) -> dict[str, Any]:
+        """Apply `edit` to the shared state with compare-and-swap; wait for every live proxy to serve it."""
+        async with self._write:
+            if not self.store_up:
+                raise UnavailableError("the state store (etcd) is unreachable: nothing was changed")
+            current = self._desired()
+            new = edit(current)
+            if new is None:
+                return {"changed": False}
+            new["routes"]["generation"] = current["routes"]["generation"] + 1
+            try:
+                ok, rev, members = await self.client.compare_and_put(
+                    self.state_key, self._encode(new), mod_revision=self.state_rev, also_read_prefix=self.members_prefix
+                )
+            except StoreUnavailableError as exc:
+                raise UnavailableError(f"the state store (etcd) failed: {exc}") from None
+            if not ok:
+                raise ConflictError("the fleet's state changed meanwhile (another admin call); retry")
+            return await self._await_acks(
+                new["routes"]["generation"], [kv.key[len(self.members_prefix) :] for kv in members]
+            )
+
+    async def _await_acks(self, generation: int, members: list[str]) -> dict[str, Any]:
+        deadline = asyncio.get_running_loop().time() + self.ack_timeout
+
+        def pending() -> list[str]:
+            return [m for m in members if m in self.members and self.members[m].get("generation", 0) < generation]
+
+        async with self._changed:
+            while pending():
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    raise AckTimeoutError(
+                        f"generation {generation} is committed but not yet served by: {', '.join(pending())}"
+                    )
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await self._changed.wait()
+            acked = [m for m in members if m in self.members]
+            dropped = [m for m in members if m not in self.members]
+        return {"changed": True, "acked": sorted(acked), "dropped": sorted(dropped)}
+
+    async def switch(self, active: str, preview: str | None, *, force: bool, generation: int | None) -> Routes:
+        dp = self.dp
+        current = dp.routes
+        if generation is not None and generation != current.generation:
+            raise ConflictError(f"generation {generation} is not the current one ({current.generation})")
+        if active not in dp.pools:
+            raise NotFoundError(f"unknown pool {active!r}")
+        if preview is not None and preview not in dp.pools:
+            raise NotFoundError(f"unknown pool {preview!r}")
+        target = dp.pools[active]
+        if preview is None:
+            preview = (
+                current.active.name
+                if target is not current.active
+                else (current.preview.name if current.preview else None)
+            )
+        if target is not current.active and not force:
+            if not target.endpoints or await self.local.health.verify(target) == 0:
+                raise ConflictError(f"pool {active!r} has no healthy endpoint (use force to switch anyway)")
+
+        def edit(state: dict[str, Any]) -> dict[str, Any] | None:
+            routes = state["routes"]
+            if routes["active"] == active and routes["preview"] == preview:
+                return None
+            routes["active"], routes["preview"] = active, preview
+            return state
+
+        self.last_report = await self.change(edit)
+        return self.dp.routes.names()
+
+    async def set_endpoints(self, pool: str, endpoints: list[str]) -> None:
+        def edit(state: dict[str, Any]) -> dict[str, Any] | None:
+            spec = state["pools"].get(pool)
+            if spec is not None and spec["endpoints"] == endpoints:
+                return None
+            state["pools"][pool] = {"endpoints": endpoints}
+            return state
+
+        self.last_report = await self.change(edit)
+
+    async def delete_pool(self, pool: str) -> None:
+        routes = self.dp.routes
+        if pool not in self.dp.pools:
+            raise NotFoundError(f"unknown pool {pool!r}")
+        if pool in (routes.active.name, routes.preview.name if routes.preview else None):
+            raise ConflictError(f"pool {pool!r} is named by a route; switch away from it first")
+
+        def edit(state: dict[str, Any]) -> dict[str, Any] | None:
+            state["pools"].pop(pool, None)
+            return state
+
+        self.last_report = await self.change(edit)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "self": self.id,
+            "store": "up" if self.store_up else "down",
+            "lease": self.lease,
+            "fence": "fence" if self.fence else "serve",
+            "fenced": bool(self.fence and time.monotonic() > self.valid_until),
+            "members": [{"id": member, **info} for member, info in sorted(self.members.items())],
+        }
