@@ -23,6 +23,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def child_pids(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
 class ProxyProcess:
     """`bluegreen proxy --config FILE` as a child process, on free loopback ports."""
 
@@ -167,3 +172,53 @@ class UpstreamProcess:
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait()
+
+
+class EtcdProcess:
+    """A real etcd (Debian's etcd-server) on free loopback ports with a temporary data dir.
+
+    Fast election settings (the reference measured 22-107 ms to ready instead of up to a second).
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port, self.peer = free_port(), free_port()
+        self.endpoint = f"127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> EtcdProcess:
+        peer = f"http://127.0.0.1:{self.peer}"
+        client = f"http://{self.endpoint}"
+        self.proc = subprocess.Popen(
+            [
+                "etcd",
+                "--name=test",
+                f"--data-dir={self.data_dir}",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=test={peer}",
+                "--heartbeat-interval=10",
+                "--election-timeout=100",
+                "--log-level=error",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"GET /health HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n")
+                    if b'"health":"true"' in s.recv(4096):
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("etcd did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
