@@ -14,6 +14,7 @@ import logging
 import signal
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,9 +40,11 @@ ACK_TIMEOUT = 5.0
 
 
 class Worker:
-    def __init__(self, index: int, proc: asyncio.subprocess.Process, channel: Channel) -> None:
+    def __init__(self, index: int, proc: asyncio.subprocess.Process, channel: Channel, restarts: int = 0) -> None:
         self.index, self.proc, self.channel = index, proc, channel
         self.generation = 0
+        self.started = time.monotonic()
+        self.restarts = restarts  # consecutive quick deaths: the restart backoff grows with them
 
     @property
     def alive(self) -> bool:
@@ -130,7 +133,7 @@ class Supervisor:
         self.ports = {role: lc.port for role, lc in self.config.listeners.items()}
         self.ports["admin"] = self.config.admin.port
 
-    async def _spawn(self, index: int) -> None:
+    async def _spawn(self, index: int, restarts: int = 0) -> None:
         """Start worker `index` on the current state (called with the switch lock held)."""
         parent, child = socket.socketpair()
         proc = await asyncio.create_subprocess_exec(
@@ -144,7 +147,7 @@ class Supervisor:
             pass_fds=(child.fileno(),),
         )
         child.close()
-        worker = Worker(index, proc, await Channel.open(parent))
+        worker = Worker(index, proc, await Channel.open(parent), restarts)
         await worker.channel.send(self._state())
         async with asyncio.timeout(15):
             reply = await worker.channel.receive()
@@ -159,10 +162,24 @@ class Supervisor:
         worker.channel.close()
         if self._stopping or self.workers.get(worker.index) is not worker:
             return
-        log.warning("worker %d exited with %s; restarting it", worker.index, code)
-        async with self.switch.lock:
-            if not self._stopping:
-                await self._spawn(worker.index)
+        # A worker that dies right after starting (a port taken, a bad environment) is restarted with
+        # a growing delay rather than in a tight loop; one that ran a while is restarted at once.
+        quick = time.monotonic() - worker.started < 5
+        restarts = worker.restarts + 1 if quick else 0
+        delay = min(5.0, 0.1 * 2**restarts) if quick else 0.0
+        log.warning("worker %d exited with %s; restarting it in %.1fs", worker.index, code, delay)
+        while not self._stopping:
+            await asyncio.sleep(delay)
+            async with self.switch.lock:
+                if self._stopping:
+                    return
+                try:
+                    await self._spawn(worker.index, restarts)
+                    return
+                except (OSError, RuntimeError, TimeoutError) as exc:
+                    restarts += 1
+                    delay = min(5.0, 0.1 * 2**restarts)
+                    log.error("worker %d did not restart (%s); next try in %.1fs", worker.index, exc, delay)
 
     async def reload(self) -> dict[str, Any]:
         config = read_config_for_reload(self.config)
