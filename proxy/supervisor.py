@@ -168,7 +168,7 @@ class Supervisor:
         restarts = worker.restarts + 1 if quick else 0
         delay = min(5.0, 0.1 * 2**restarts) if quick else 0.0
         log.warning("worker %d exited with %s; restarting it in %.1fs", worker.index, code, delay)
-        while not self._stopping:
+        while True:
             await asyncio.sleep(delay)
             async with self.switch.lock:
                 if self._stopping:
