@@ -157,6 +157,9 @@ class Supervisor:
         self.workers[index] = worker
         self._monitors.append(asyncio.get_running_loop().create_task(self._monitor(worker)))
 
+    def stopping(self) -> bool:
+        return self._stopping
+
     async def _monitor(self, worker: Worker) -> None:
         code = await worker.proc.wait()
         worker.channel.close()
@@ -171,7 +174,7 @@ class Supervisor:
         while True:
             await asyncio.sleep(delay)
             async with self.switch.lock:
-                if self._stopping:
+                if self.stopping():  # a call: stop() may have run while this task slept
                     return
                 try:
                     await self._spawn(worker.index, restarts)
