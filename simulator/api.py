@@ -1,0 +1,234 @@
+"""The simulator's HTTP API, added to the proxy's admin app in the demo (JSON, prefix `/api/v1`).
+
+| call | does |
+| --- | --- |
+| `POST /api/v1/manifests` (YAML body) | `kubectl apply`; `{"results": [...], "notices": [...]}` |
+| `GET /api/v1/rollouts` | name, phase and message of each Rollout |
+| `GET /api/v1/rollouts/{name}` | the Rollout, its ReplicaSets, Pods and AnalysisRuns, and the `get` tree |
+| `POST /api/v1/rollouts/{name}/promote` `{"full": bool}` | `promote [--full]` |
+| `POST /api/v1/rollouts/{name}/abort`, `/retry` | `abort`, `retry` |
+| `POST /api/v1/rollouts/{name}/undo` `{"toRevision": N}` | `undo [--to-revision N]` |
+| `POST /api/v1/rollouts/{name}/image` `{"container": "*", "image": "..."}` | `set image` |
+| `POST /api/v1/pods/{name}/crash` | kill a pod's container (fault injection) |
+| `GET /api/v1/events` | server-sent events: every object change and every cluster event |
+
+Errors are `{"error": "..."}` with 400 (bad input) or 404 (no such object); a bad request never
+reaches the running cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from simulator import operations
+from simulator.cluster import Cluster, ClusterEvent
+from simulator.fields import ManifestError
+from simulator.manifests import load_text
+from simulator.objects import AnalysisRun, Pod, ReplicaSet, Rollout
+from simulator.store import WatchEvent
+from simulator.tree import RolloutView, client_phase, render
+
+__all__ = ["CLUSTER", "rollout_view", "setup_api"]
+
+CLUSTER = web.AppKey("simulator.cluster", Cluster)
+StreamQueue = asyncio.Queue[tuple[str, dict[str, Any]] | None]
+STREAMS = web.AppKey("simulator.streams", set[StreamQueue])  # open event streams, ended on shutdown
+HEARTBEAT = 15.0
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def rollout_view(cluster: Cluster, name: str, namespace: str = "default") -> RolloutView | None:
+    store = cluster.store
+    rollout = store.find(Rollout, name, namespace)
+    if rollout is None:
+        return None
+    owner = f"Rollout/{name}"
+    replica_sets = [r for r in store.list(ReplicaSet, namespace) if r.metadata.owner == owner]
+    owners = {f"ReplicaSet/{r.name}" for r in replica_sets}
+    pods = [p for p in store.list(Pod, namespace) if p.metadata.owner in owners]
+    runs = [a for a in store.list(AnalysisRun, namespace) if a.metadata.owner == owner]
+    return RolloutView(rollout, replica_sets, pods, runs)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        data = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": "body is not valid JSON"}), content_type="application/json"
+        ) from None
+    if not isinstance(data, dict):
+        raise web.HTTPBadRequest(text=json.dumps({"error": "expected a JSON object"}), content_type="application/json")
+    return data
+
+
+def _guard(handler: Handler) -> Handler:
+    """Turn user errors into 400/404 JSON answers; the cluster itself is never touched by a bad call."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except operations.OperationError as exc:
+            status = 404 if "not found" in str(exc) else 400
+            return _error(status, str(exc))
+        except ManifestError as exc:
+            return _error(400, str(exc))
+
+    return wrapped
+
+
+async def apply_manifests(request: web.Request) -> web.Response:
+    cluster = request.app[CLUSTER]
+    text = await request.text()
+    if request.content_type == "application/json":
+        try:
+            text = str(json.loads(text).get("manifests", ""))
+        except (ValueError, AttributeError):
+            return _error(400, 'expected {"manifests": "<YAML>"} or a YAML body')
+    loaded = load_text(text, "<request>")
+    results = operations.apply(cluster.store, loaded.objects)
+    return web.json_response({"results": results, "notices": loaded.notices})
+
+
+async def list_rollouts(request: web.Request) -> web.Response:
+    cluster = request.app[CLUSTER]
+    items = []
+    for rollout in cluster.store.list(Rollout):
+        phase, message = client_phase(rollout)
+        items.append(
+            {"name": rollout.name, "namespace": rollout.metadata.namespace, "phase": phase, "message": message}
+        )
+    return web.json_response({"rollouts": items})
+
+
+async def get_rollout(request: web.Request) -> web.Response:
+    cluster = request.app[CLUSTER]
+    name = request.match_info["name"]
+    view = rollout_view(cluster, name)
+    if view is None:
+        return _error(404, f'rollouts.argoproj.io "{name}" not found')
+    phase, message = client_phase(view.rollout)
+    color = request.query.get("color") in ("1", "true")
+    return web.json_response(
+        {
+            "phase": phase,
+            "message": message,
+            "rollout": view.rollout.to_json(),
+            "replicaSets": [r.to_json() for r in view.replica_sets],
+            "pods": [p.to_json() for p in view.pods],
+            "analysisRuns": [a.to_json() for a in view.runs],
+            "tree": render(view, cluster.clock.now(), color=color),
+        }
+    )
+
+
+async def rollout_action(request: web.Request) -> web.Response:
+    store = request.app[CLUSTER].store
+    name, action = request.match_info["name"], request.match_info["action"]
+    body = await _body(request)
+    if action == "promote":
+        message = operations.promote(store, name, full=bool(body.get("full", False)))
+    elif action == "abort":
+        message = operations.abort(store, name)
+    elif action == "retry":
+        message = operations.retry(store, name)
+    elif action == "undo":
+        revision = body.get("toRevision")
+        if revision is not None and (isinstance(revision, bool) or not isinstance(revision, int)):
+            return _error(400, "toRevision: expected an integer")
+        message = operations.undo(store, name, to_revision=revision)
+    elif action == "image":
+        container, image = body.get("container"), body.get("image")
+        if not isinstance(container, str) or not isinstance(image, str) or not image:
+            return _error(400, 'expected {"container": "NAME" or "*", "image": "IMAGE"}')
+        message = operations.set_image(store, name, container, image)
+    else:
+        return _error(404, f"unknown action {action!r}")
+    return web.json_response({"message": message})
+
+
+async def crash_pod(request: web.Request) -> web.Response:
+    cluster = request.app[CLUSTER]
+    name = request.match_info["name"]
+    try:
+        cluster.kubelet.crash(name)
+    except KeyError:
+        return _error(404, f'pods "{name}" not found')
+    cluster.wake()
+    return web.json_response({"message": f"pod '{name}' crashed"})
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: `change` for every object write, `event` for every cluster event."""
+    cluster = request.app[CLUSTER]
+    queue: StreamQueue = asyncio.Queue(maxsize=1000)
+
+    def on_change(event: WatchEvent) -> None:
+        obj = event.object
+        payload = {
+            "type": str(event.type),
+            "kind": obj.kind,
+            "name": obj.name,
+            "resourceVersion": event.resource_version,
+        }
+        with contextlib.suppress(asyncio.QueueFull):
+            queue.put_nowait(("change", payload))
+
+    def on_event(event: ClusterEvent) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            queue.put_nowait(("event", event.to_json()))
+
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    unsubscribe_changes = cluster.store.subscribe(on_change)
+    unsubscribe_events = cluster.on_event(on_event)
+    request.app[STREAMS].add(queue)
+    try:
+        await response.write(b": connected\n\n")
+        while True:
+            try:
+                item = await asyncio.wait_for(queue.get(), HEARTBEAT)
+            except TimeoutError:
+                await response.write(b": ping\n\n")  # finds clients that went away
+                continue
+            if item is None:
+                break
+            kind, payload = item
+            await response.write(f"event: {kind}\ndata: {json.dumps(payload)}\n\n".encode())
+    except ConnectionResetError:
+        pass  # the client went away
+    finally:
+        request.app[STREAMS].discard(queue)
+        unsubscribe_changes()
+        unsubscribe_events()
+    return response
+
+
+async def _end_streams(app: web.Application) -> None:
+    streams: set[StreamQueue] = app[STREAMS]
+    for queue in list(streams):
+        queue.put_nowait(None)
+
+
+def setup_api(app: web.Application, cluster: Cluster) -> None:
+    app[CLUSTER] = cluster
+    app[STREAMS] = set()
+    app.on_shutdown.append(_end_streams)
+    app.router.add_post("/api/v1/manifests", _guard(apply_manifests))
+    app.router.add_get("/api/v1/rollouts", _guard(list_rollouts))
+    app.router.add_get("/api/v1/rollouts/{name}", _guard(get_rollout))
+    app.router.add_post("/api/v1/rollouts/{name}/{action}", _guard(rollout_action))
+    app.router.add_post("/api/v1/pods/{name}/crash", _guard(crash_pod))
+    app.router.add_get("/api/v1/events", events)

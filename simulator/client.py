@@ -1,0 +1,140 @@
+"""The client side of `bluegreen apply` and `bluegreen rollouts ...`: the simulator's HTTP API.
+
+Outputs and exit codes mirror `kubectl argo rollouts` (spec §3.5), so its tutorials read the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import aiohttp
+
+from simulator.fields import parse_duration
+
+__all__ = ["AdminClient", "ClientError", "apply_files", "get", "rollout_action", "status"]
+
+HEALTHY, DEGRADED = "Healthy", "Degraded"
+
+
+class ClientError(Exception):
+    """A one-line reason for stderr."""
+
+
+class AdminClient:
+    def __init__(self, base: str, token: str | None = None, *, timeout: float = 30.0) -> None:
+        self.base = base.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> AdminClient:
+        self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def call(self, method: str, path: str, *, json_body: Any = None, text: str | None = None) -> dict[str, Any]:
+        assert self._session is not None, "use `async with AdminClient(...)`"
+        headers = {"Content-Type": "application/yaml"} if text is not None else {}
+        try:
+            async with self._session.request(
+                method, self.base + path, json=json_body, data=text, headers=headers
+            ) as response:
+                body = await response.text()
+                try:
+                    data = json.loads(body) if body else {}
+                except ValueError:
+                    data = {"error": body.strip()[:200]}
+                if response.status >= 400:
+                    raise ClientError(str(data.get("error") or f"HTTP {response.status}"))
+                return dict(data)
+        except aiohttp.ClientConnectionError as exc:
+            raise ClientError(f"cannot reach the admin API at {self.base}: {exc}") from None
+        except TimeoutError:
+            raise ClientError(f"the admin API at {self.base} did not answer in time") from None
+
+
+def read_manifests(path: str) -> str:
+    """A file, `-` (stdin), or every YAML file of a directory (in name order), as one multi-document text."""
+    if path == "-":
+        return sys.stdin.read()
+    root = Path(path)
+    if root.is_dir():
+        files = sorted(p for p in root.rglob("*") if p.suffix in (".yaml", ".yml") and p.name != "kustomization.yaml")
+    elif root.exists():
+        files = [root]
+    else:
+        raise ClientError(f"{path}: no such file or directory")
+    return "\n---\n".join(f.read_text(encoding="utf-8") for f in files)
+
+
+async def apply_files(client: AdminClient, path: str, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    result = await client.call("POST", "/api/v1/manifests", text=read_manifests(path))
+    for notice in result.get("notices", []):
+        print(f"Warning: {notice}", file=err)
+    for line in result.get("results", []):
+        print(line, file=out)
+    return 0
+
+
+async def rollout_action(client: AdminClient, name: str, action: str, body: dict[str, Any], out: TextIO) -> int:
+    result = await client.call("POST", f"/api/v1/rollouts/{name}/{action}", json_body=body)
+    print(result.get("message", ""), file=out)
+    return 0
+
+
+async def get(
+    client: AdminClient, name: str, *, output: str, watch: bool, color: bool, out: TextIO, interval: float = 1.0
+) -> int:
+    previous = None
+    while True:
+        data = await client.call("GET", f"/api/v1/rollouts/{name}" + ("?color=true" if color else ""))
+        if output == "json":
+            text = json.dumps({k: data[k] for k in ("rollout", "replicaSets", "pods", "analysisRuns")}, indent=2)
+        else:
+            text = str(data["tree"])
+        if text != previous:
+            if watch and previous is not None and out.isatty():
+                out.write("\x1b[H\x1b[2J")  # redraw in place, like `get --watch`
+            print(text, file=out, flush=True)
+            previous = text
+        if not watch:
+            return 0
+        await asyncio.sleep(interval)
+
+
+async def status(
+    client: AdminClient, name: str, *, give_up_after: str, watch: bool, out: TextIO, err: TextIO, interval: float = 0.5
+) -> int:
+    """Argo's `status`: print each change; exit 0 on Healthy, 1 on Degraded or timeout. Paused waits."""
+    try:
+        limit = parse_duration(give_up_after) if give_up_after else 0.0
+    except ValueError as exc:
+        raise ClientError(f"--timeout: {exc}") from None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit if limit > 0 else None
+    last = None
+    while True:
+        data = await client.call("GET", f"/api/v1/rollouts/{name}")
+        phase, message = str(data["phase"]), str(data["message"])
+        line = phase if not message or phase in (HEALTHY, DEGRADED) else f"{phase} - {message}"
+        if line != last:
+            print(line, file=out, flush=True)
+            last = line
+        if phase == HEALTHY:
+            return 0
+        if phase == DEGRADED:
+            print(f"Error: The rollout is in a degraded state with message: {message}", file=err)
+            return 1
+        if not watch:
+            return 0
+        if deadline is not None and loop.time() >= deadline:
+            print("Error: Rollout status watch exceeded timeout", file=err)
+            return 1
+        await asyncio.sleep(interval)

@@ -1,0 +1,158 @@
+"""`bluegreen demo`: the proxy, the simulator and its API in one process, on real time.
+
+A composition root (like `simulator.cli`): it starts the real `ProxyServer` with the simulator's
+routes on its admin app, and binds the one Rollout of the manifests to the proxy's listeners.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from proxy.config import ConfigError, parse_config
+from proxy.server import ProxyServer
+from simulator import operations
+from simulator.api import setup_api
+from simulator.clock import LoopClock
+from simulator.cluster import Cluster
+from simulator.fields import ManifestError
+from simulator.kubelet import PodTiming
+from simulator.manifests import Loaded, load_path
+from simulator.objects import Rollout
+from simulator.pods import ServerRuntime
+
+__all__ = ["BUNDLED_MANIFESTS", "Demo", "DemoConfig", "main"]
+
+BUNDLED_MANIFESTS = Path(__file__).resolve().parent.parent / "config" / "demo"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    host: str = "127.0.0.1"
+    active_port: int = 8080
+    preview_port: int = 8081
+    admin_port: int = 8090
+    token: str | None = None
+    timing: PodTiming = PodTiming()
+    health_interval: str = "1s"
+
+
+class Demo:
+    def __init__(self, manifests: Loaded, config: DemoConfig = DemoConfig()) -> None:
+        self.manifests = manifests
+        self.config = config
+        self.cluster: Cluster | None = None
+        self.server: ProxyServer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def proxy_config(self) -> dict[str, object]:
+        c = self.config
+        admin: dict[str, object] = {"host": c.host, "port": c.admin_port}
+        if c.token:
+            admin["token"] = c.token
+        return {
+            "listeners": {
+                "active": {"host": c.host, "port": c.active_port},
+                "preview": {"host": c.host, "port": c.preview_port},
+            },
+            "admin": admin,
+            # Pools start empty: the simulator fills them from the Services' ready pods.
+            "pools": {"blue": {"endpoints": []}, "green": {"endpoints": []}},
+            "routes": {"active": "blue", "preview": "green"},
+            "health_check": {"path": "/healthz", "interval": c.health_interval, "timeout": c.health_interval},
+        }
+
+    async def start(self) -> None:
+        cluster = self.cluster = Cluster(LoopClock(), ServerRuntime(self.config.host), timing=self.config.timing)
+        server = self.server = ProxyServer(
+            parse_config(self.proxy_config(), "<demo>"), admin_setup=lambda app: setup_api(app, cluster)
+        )
+        await server.start()
+        rollouts = [o.name for o in self.manifests.objects if isinstance(o, Rollout)]
+        cluster.attach(server.control, bind=rollouts[0] if len(rollouts) == 1 else None)
+        operations.apply(cluster.store, self.manifests.objects)
+        self._task = asyncio.create_task(cluster.run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.server is not None:
+            await self.server.stop(grace=1.0)
+        if self.cluster is not None:
+            await self.cluster.close()
+
+    @property
+    def ports(self) -> dict[str, int]:
+        assert self.server is not None
+        return dict(self.server.ports)
+
+
+def _banner(demo: Demo, source: str) -> str:
+    ports = demo.ports
+    rollouts = [o.name for o in demo.manifests.objects if isinstance(o, Rollout)]
+    name = rollouts[0] if rollouts else "NAME"
+    host = demo.config.host
+    bound = (
+        f"  Rollout {name} drives the proxy: its active Service is the live pool, its preview Service the preview"
+        if len(rollouts) == 1
+        else f"  {len(rollouts)} Rollouts: none is bound to the proxy (load a directory with exactly one)"
+    )
+    return "\n".join(
+        [
+            f"bluegreen demo: {source}",
+            bound,
+            f"  live traffic     http://{host}:{ports['active']}/color",
+            f"  preview          http://{host}:{ports['preview']}/color",
+            f"  admin API        http://{host}:{ports['admin']}/api/v1/rollouts",
+            "",
+            "Try, in another terminal:",
+            f"  bluegreen rollouts get {name} --watch",
+            f"  bluegreen rollouts set image {name} '*=argoproj/rollouts-demo:green'",
+            f"  bluegreen rollouts promote {name}",
+            f"  bluegreen rollouts set image {name} '*=argoproj/rollouts-demo:bad-red'   # the smoke test aborts",
+            f"  bluegreen rollouts abort {name} | retry {name} | undo {name}",
+            "Ctrl-C stops everything.",
+        ]
+    )
+
+
+async def _serve(manifests: Loaded, source: str) -> int:
+    demo = Demo(manifests, DemoConfig(token=os.environ.get("BLUEGREEN_ADMIN_TOKEN") or None))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await demo.start()
+        for notice in manifests.notices:
+            print(f"Warning: {notice}", file=sys.stderr)
+        print(_banner(demo, source), flush=True)
+        await stop.wait()
+        print("\nstopping...", flush=True)
+    finally:
+        await demo.stop()
+    return 0
+
+
+def main(manifests: str | None) -> int:
+    path = Path(manifests) if manifests else BUNDLED_MANIFESTS
+    try:
+        loaded = load_path(path)
+    except ManifestError as exc:
+        print(f"bluegreen: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_serve(loaded, str(path)))
+    except ConfigError as exc:
+        print(f"bluegreen: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"bluegreen: cannot start the demo: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,189 @@
+"""End to end on real time: the demo (real ProxyServer, pods as loopback servers) under live traffic.
+
+Durations are shortened (scale-down delay 2 s, smoke test 3 x 0.2 s) so each test takes seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from simulator.demo import BUNDLED_MANIFESTS, Demo, DemoConfig
+from simulator.kubelet import PodTiming
+from simulator.manifests import load_path
+from simulator.objects import AnalysisTemplate, Rollout
+from simulator.operations import merge_patch
+
+pytestmark = pytest.mark.slow
+NAME = "rollout-bluegreen"
+
+
+def manifests(**blue_green: Any) -> Any:
+    loaded = load_path(BUNDLED_MANIFESTS)
+    for obj in loaded.objects:
+        if isinstance(obj, Rollout):
+            obj.spec = merge_patch(obj.spec, {"strategy": {"blueGreen": {"scaleDownDelaySeconds": 2, **blue_green}}})
+        if isinstance(obj, AnalysisTemplate):
+            obj.spec["metrics"][0].update(count=3, interval="200ms")
+    return loaded
+
+
+@contextlib.asynccontextmanager
+async def running_demo(**blue_green: Any) -> AsyncIterator[tuple[Demo, aiohttp.ClientSession]]:
+    config = DemoConfig(
+        active_port=0,
+        preview_port=0,
+        admin_port=0,
+        timing=PodTiming(startup=0.2, termination_grace=1.0),
+        health_interval="200ms",
+    )
+    demo = Demo(manifests(**blue_green), config)
+    await demo.start()
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            yield demo, http
+    finally:
+        await demo.stop()
+
+
+def url(demo: Demo, listener: str, path: str) -> str:
+    return f"http://127.0.0.1:{demo.ports[listener]}{path}"
+
+
+async def color(http: aiohttp.ClientSession, demo: Demo, listener: str) -> str:
+    async with http.get(url(demo, listener, "/color")) as response:
+        text = await response.text()
+        return str(json.loads(text)) if response.status == 200 else f"HTTP {response.status}"
+
+
+async def api(http: aiohttp.ClientSession, demo: Demo, method: str, path: str, body: Any = None) -> Any:
+    async with http.request(method, url(demo, "admin", path), json=body) as response:
+        data = await response.json()
+        assert response.status == 200, data
+        return data
+
+
+async def eventually(check: Callable[[], Any], within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            if await check():
+                return
+        except (aiohttp.ClientError, ValueError, AssertionError):
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.1)
+
+
+async def phase(http: aiohttp.ClientSession, demo: Demo) -> str:
+    return str((await api(http, demo, "GET", f"/api/v1/rollouts/{NAME}"))["phase"])
+
+
+class Traffic:
+    """Continuous requests to the active listener; every answer is counted."""
+
+    def __init__(self, http: aiohttp.ClientSession, demo: Demo) -> None:
+        self.http, self.demo = http, demo
+        self.answers: Counter[str] = Counter()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                self.answers[await color(self.http, self.demo, "active")] += 1
+            except aiohttp.ClientError as exc:
+                self.answers[f"error {type(exc).__name__}"] += 1
+            await asyncio.sleep(0.005)
+
+    def __enter__(self) -> Traffic:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+    def failures(self) -> dict[str, int]:
+        """Anything but a color is a failed request (5xx, connection errors)."""
+        return {k: v for k, v in self.answers.items() if k.startswith(("HTTP", "error"))}
+
+
+async def test_demo_manual_gate_promote_and_smoke_test_abort() -> None:
+    async with running_demo() as (demo, http):
+        await eventually(lambda: _is(color(http, demo, "active"), "blue"))
+        with Traffic(http, demo) as traffic:
+            await api(
+                http,
+                demo,
+                "POST",
+                f"/api/v1/rollouts/{NAME}/image",
+                {"container": "*", "image": "argoproj/rollouts-demo:green"},
+            )
+            await eventually(lambda: _is(phase(http, demo), "Paused"))  # after the smoke test passed
+            assert await color(http, demo, "preview") == "green"
+            assert await color(http, demo, "active") == "blue"
+            await api(http, demo, "POST", f"/api/v1/rollouts/{NAME}/promote", {})
+            await eventually(lambda: _is(phase(http, demo), "Healthy"))
+            await eventually(lambda: _is(color(http, demo, "active"), "green"))
+            await asyncio.sleep(0.3)
+        assert traffic.answers["blue"] > 0 and traffic.answers["green"] > 0
+        assert traffic.failures() == {}
+
+        async def old_scaled_down() -> bool:
+            view = await api(http, demo, "GET", f"/api/v1/rollouts/{NAME}")
+            sizes = {
+                rs["metadata"]["annotations"]["rollout.argoproj.io/revision"]: rs["spec"]["replicas"]
+                for rs in view["replicaSets"]
+            }
+            return sizes == {"1": 0, "2": 2}
+
+        await eventually(old_scaled_down, within=10)
+
+        # A bad image fails the pre-promotion smoke test: the rollout aborts, live traffic stays green.
+        with Traffic(http, demo) as traffic:
+            await api(
+                http,
+                demo,
+                "POST",
+                f"/api/v1/rollouts/{NAME}/image",
+                {"container": "*", "image": "argoproj/rollouts-demo:bad-red"},
+            )
+            await eventually(lambda: _is(phase(http, demo), "Degraded"))
+            await asyncio.sleep(0.3)
+        view = await api(http, demo, "GET", f"/api/v1/rollouts/{NAME}")
+        assert "pre-promotion analysis phase error/failed" in view["message"]
+        assert traffic.answers["green"] > 0 and traffic.failures() == {} and traffic.answers["red"] == 0
+
+
+async def test_demo_smoke_test_passes_and_auto_promotes() -> None:
+    async with running_demo(autoPromotionEnabled=True) as (demo, http):
+        await eventually(lambda: _is(color(http, demo, "active"), "blue"))
+        with Traffic(http, demo) as traffic:
+            await api(
+                http,
+                demo,
+                "POST",
+                f"/api/v1/rollouts/{NAME}/image",
+                {"container": "*", "image": "argoproj/rollouts-demo:yellow"},
+            )
+            await eventually(lambda: _is(color(http, demo, "active"), "yellow"))
+            await asyncio.sleep(0.3)
+        view = await api(http, demo, "GET", f"/api/v1/rollouts/{NAME}")
+        assert view["phase"] == "Healthy"
+        runs = view["analysisRuns"]
+        assert [r["status"]["phase"] for r in runs] == ["Successful"]
+        assert traffic.failures() == {}
+        assert set(traffic.answers) == {"blue", "yellow"}
+
+
+async def _is(value: Any, expected: str) -> bool:
+    return bool(await value == expected)
