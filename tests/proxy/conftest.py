@@ -64,6 +64,71 @@ async def start_proxy() -> AsyncIterator[StartProxy]:
         await server.stop(grace=1.0)
 
 
+class RawUpstream:
+    """A raw TCP upstream, for what a real server would not do: it records every byte it receives and the
+    method of each request head, and per head writes `answer`, then `then`s: "keep" reading, "close",
+    "hang" (silent, connection open) or "reset" (abort before answering anything)."""
+
+    OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+    def __init__(self, answer: bytes = OK, then: str = "keep") -> None:
+        self.answer, self.then = answer, then
+        self.received = b""
+        self.methods: list[str] = []
+        self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.append(writer)
+        buffer = b""
+        try:
+            while data := await reader.read(65536):
+                self.received += data
+                buffer += data
+                while b"\r\n\r\n" in buffer:
+                    head, _, buffer = buffer.partition(b"\r\n\r\n")
+                    self.methods.append(head.split(b" ", 1)[0].decode(errors="replace"))
+                    if self.then == "reset":
+                        writer.transport.abort()
+                        return
+                    writer.write(self.answer)
+                    if self.then == "close":
+                        writer.close()
+                        return
+                    if self.then == "hang":
+                        await asyncio.sleep(30)
+                        return
+        except ConnectionError:
+            pass
+        writer.close()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            for writer in self.writers:
+                writer.transport.abort()
+            await self.server.wait_closed()
+
+
+@pytest.fixture
+async def raw_upstream() -> AsyncIterator[Callable[..., RawUpstream]]:
+    """Make RawUpstreams (started by the test with `await up.start()`); all are closed afterwards."""
+    made: list[RawUpstream] = []
+
+    def make(answer: bytes = RawUpstream.OK, then: str = "keep") -> RawUpstream:
+        up = RawUpstream(answer, then)
+        made.append(up)
+        return up
+
+    yield make
+    for up in made:
+        await up.close()
+
+
 async def raw_request(port: int, data: bytes, *, wait: float = 5.0) -> bytes:
     """Send raw bytes, read until the proxy closes (or `wait` seconds): for inputs a client library would fix."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)

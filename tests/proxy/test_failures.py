@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 
 import pytest
 
-from tests.proxy.conftest import StartProxy, StartUpstream
+from tests.proxy.conftest import RawUpstream, StartProxy, StartUpstream
 from tests.proxy.support import RawClient
 
 
@@ -71,45 +71,10 @@ async def test_active_health_check_fails_closed(upstream: StartUpstream, start_p
         await client.close()
 
 
-class ResettingUpstream:
-    """Reads a request head, counts it by method, then resets the connection before answering."""
-
-    def __init__(self) -> None:
-        self.methods: list[str] = []
-        self.server: asyncio.Server | None = None
-        self.writers: list[asyncio.StreamWriter] = []
-
-    async def start(self) -> str:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            self.writers.append(writer)
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-            except (asyncio.IncompleteReadError, ConnectionError):
-                return
-            self.methods.append(head.split(b" ", 1)[0].decode())
-            writer.transport.abort()
-
-        self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            for w in self.writers:
-                w.close()
-            await self.server.wait_closed()
-
-
-@pytest.fixture
-async def resetting() -> AsyncIterator[ResettingUpstream]:
-    up = ResettingUpstream()
-    yield up
-    await up.close()
-
-
 async def test_reset_retries_idempotent_never_replays_post(
-    upstream: StartUpstream, start_proxy: StartProxy, resetting: ResettingUpstream
+    upstream: StartUpstream, start_proxy: StartProxy, raw_upstream: Callable[..., RawUpstream]
 ) -> None:
+    resetting = raw_upstream(then="reset")  # reads a request head, counts its method, resets before answering
     proxy = await start_proxy(
         {"blue": [await resetting.start(), await upstream("blue")]}, preview=None, outlier={"consecutive_failures": 50}
     )

@@ -7,12 +7,12 @@ already sent, retries only what is safe, ejects the endpoint and keeps serving w
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Callable, Iterator
 
 import aiohttp
 import pytest
 
-from tests.proxy.conftest import StartProxy, StartUpstream
+from tests.proxy.conftest import RawUpstream, StartProxy, StartUpstream
 from tests.proxy.support import RawClient, UpstreamProcess
 
 
@@ -84,45 +84,6 @@ async def test_killed_mid_websocket_closes_the_client(victim: UpstreamProcess, s
     assert status.pool("blue").in_flight == 0  # type: ignore[union-attr]
 
 
-class RawUpstream:
-    """An upstream that answers every request head with fixed bytes, then does `then`."""
-
-    def __init__(self, answer: bytes, then: str) -> None:
-        self.answer, self.then = answer, then
-        self.server: asyncio.Server | None = None
-        self.writers: list[asyncio.StreamWriter] = []
-
-    async def start(self) -> str:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            self.writers.append(writer)
-            try:
-                await reader.readuntil(b"\r\n\r\n")
-            except (asyncio.IncompleteReadError, ConnectionError):
-                return
-            writer.write(self.answer)
-            if self.then == "close":
-                writer.close()
-            else:
-                await asyncio.sleep(30)  # hang
-
-        self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            for w in self.writers:
-                w.transport.abort()
-
-
-@pytest.fixture
-async def raw_upstreams() -> AsyncIterator[list[RawUpstream]]:
-    made: list[RawUpstream] = []
-    yield made
-    for up in made:
-        await up.close()
-
-
 @pytest.mark.parametrize(
     ("answer", "then", "expected"),
     [
@@ -134,10 +95,9 @@ async def raw_upstreams() -> AsyncIterator[list[RawUpstream]]:
     ids=["garbage", "duplicate-length", "length-and-chunked", "hangs-before-head"],
 )
 async def test_bad_upstream_answers(
-    answer: bytes, then: str, expected: int, start_proxy: StartProxy, raw_upstreams: list[RawUpstream]
+    answer: bytes, then: str, expected: int, start_proxy: StartProxy, raw_upstream: Callable[..., RawUpstream]
 ) -> None:
-    up = RawUpstream(answer, then)
-    raw_upstreams.append(up)
+    up = raw_upstream(answer, then)
     proxy = await start_proxy(
         {"blue": [await up.start()]}, preview=None, timeouts={"upstream_header": "300ms"}, retries=0
     )
@@ -149,10 +109,9 @@ async def test_bad_upstream_answers(
 
 
 async def test_hangs_after_headers_is_cut_at_idle_timeout(
-    start_proxy: StartProxy, raw_upstreams: list[RawUpstream]
+    start_proxy: StartProxy, raw_upstream: Callable[..., RawUpstream]
 ) -> None:
-    up = RawUpstream(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial", "hang")
-    raw_upstreams.append(up)
+    up = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial", "hang")
     proxy = await start_proxy({"blue": [await up.start()]}, preview=None, timeouts={"idle": "300ms"})
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.ports["active"])
     writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")

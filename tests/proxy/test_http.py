@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 
 import aiohttp
 import pytest
 
-from tests.proxy.conftest import StartProxy, StartUpstream, parse_responses, raw_request
+from tests.proxy.conftest import RawUpstream, StartProxy, StartUpstream, parse_responses, raw_request
 
 
 async def test_keep_alive_and_host_preserved(upstream: StartUpstream, start_proxy: StartProxy) -> None:
@@ -157,39 +157,10 @@ async def test_preview_without_pool_is_503_never_live(upstream: StartUpstream, s
     assert status == 503
 
 
-class RecordingUpstream:
-    """A raw TCP upstream that records every byte it receives: nothing malformed may arrive."""
-
-    def __init__(self) -> None:
-        self.received = b""
-        self.server: asyncio.Server | None = None
-        self.writers: list[asyncio.StreamWriter] = []
-
-    async def start(self) -> str:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            self.writers.append(writer)
-            while data := await reader.read(65536):
-                self.received += data
-                if b"\r\n\r\n" in data:
-                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-            writer.close()
-
-        self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            for writer in self.writers:
-                writer.close()
-            await self.server.wait_closed()
-
-
 @pytest.fixture
-async def recorder() -> AsyncIterator[RecordingUpstream]:
-    rec = RecordingUpstream()
-    yield rec
-    await rec.close()
+async def recorder(raw_upstream: Callable[..., RawUpstream]) -> RawUpstream:
+    """An upstream that records every byte it receives: nothing malformed may arrive."""
+    return raw_upstream()
 
 
 MALFORMED = {
@@ -215,7 +186,7 @@ MALFORMED = {
 
 @pytest.mark.parametrize("case", sorted(MALFORMED))
 async def test_malformed_request_400_and_never_forwarded(
-    case: str, start_proxy: StartProxy, recorder: RecordingUpstream
+    case: str, start_proxy: StartProxy, recorder: RawUpstream
 ) -> None:
     rec = recorder
     proxy = await start_proxy({"blue": [await rec.start()]}, preview=None)
@@ -230,7 +201,7 @@ async def test_malformed_request_400_and_never_forwarded(
 
 
 async def test_valid_request_after_pipelined_garbage_is_answered_first(
-    start_proxy: StartProxy, recorder: RecordingUpstream
+    start_proxy: StartProxy, recorder: RawUpstream
 ) -> None:
     rec = recorder
     proxy = await start_proxy({"blue": [await rec.start()]}, preview=None)
@@ -241,7 +212,7 @@ async def test_valid_request_after_pipelined_garbage_is_answered_first(
     assert rec.received.count(b"GET") == 1
 
 
-async def test_connect_method_refused(start_proxy: StartProxy, recorder: RecordingUpstream) -> None:
+async def test_connect_method_refused(start_proxy: StartProxy, recorder: RawUpstream) -> None:
     rec = recorder
     proxy = await start_proxy({"blue": [await rec.start()]}, preview=None)
     data = await raw_request(
