@@ -95,7 +95,6 @@ class ClientConnection(asyncio.Protocol):
         "queue",
         "reject",
         "role",
-        "served",
         "transport",
         "trusted",
         "tunnel",
@@ -122,7 +121,6 @@ class ClientConnection(asyncio.Protocol):
         self.half_closed = False  # the client sent FIN: close once the queue is empty
         self.reject: bytes | None = None
         self.tunnel: Exchange | None = None
-        self.served = 0
         self.deadline = 0.0
         self.http11 = True
         # Per request (the head being parsed).
@@ -344,7 +342,6 @@ class ClientConnection(asyncio.Protocol):
         if dp.fence_until and dp.loop.time() > dp.fence_until:
             pool = None  # fenced: this proxy cannot vouch that its routes are still the fleet's (503)
         keep_alive = parser.should_keep_alive() and not self.closing
-        self.served += 1
         return Exchange(
             dp,
             self,

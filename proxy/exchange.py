@@ -13,9 +13,11 @@ for `100 Continue`, is retried. Nothing is retried once any response byte arrive
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_left
 from typing import TYPE_CHECKING, Any
 
 from proxy.http import CONTINUE_100, HOP_BY_HOP, STATUS_LINE, VIA, error_response, status_line
+from proxy.pool import LATENCY_BOUNDS
 from proxy.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -274,7 +276,11 @@ class Exchange:
         assert ep is not None
         ep.failures = 0  # Endpoint.responded(), inlined: this runs for every response
         ep.passive_ok = True
-        self.pool.observe(status, self.dp.loop.time() - self.sent_at)
+        pool = self.pool  # Pool.observe(), inlined
+        pool.counts[status // 100 if status < 600 else 0] += 1
+        latency = self.dp.loop.time() - self.sent_at
+        pool.latency_buckets[bisect_left(LATENCY_BOUNDS, latency)] += 1
+        pool.latency_sum += latency
         self.upstream_reusable = parser.should_keep_alive()
         self.resp_no_body = self.is_head or status in (204, 304) or status == 101
         if self.upgrade and status != 101:

@@ -27,7 +27,6 @@ class UpstreamConnection(asyncio.Protocol):
         "idle_since",
         "must_renew_parser",
         "parser",
-        "reason",
         "transport",
     )
 
@@ -37,7 +36,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange: Exchange | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.headers: list[tuple[bytes, bytes]] = []
-        self.reason = b""
         self.idle_since = 0.0
         self.closed = False
         self.must_renew_parser = False  # after a HEAD response the parser still expects a body
@@ -94,15 +92,14 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.headers = []
 
-    def on_status(self, reason: bytes) -> None:
-        self.reason = reason
-
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         if self.exchange is not None:
-            self.exchange.response_head(self.parser.get_status_code(), self.reason, self.headers, self.parser)
+            # No on_status callback: one call less per response; the reason phrase is rebuilt from the
+            # code (RFC 9110 §15: clients ignore it), "Unknown" for unregistered codes.
+            self.exchange.response_head(self.parser.get_status_code(), b"", self.headers, self.parser)
 
     def on_body(self, body: bytes) -> None:
         if self.exchange is not None:
