@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from loadtest import cli as loadtest_cli
 from proxy import cli as proxy_cli
 from simulator import client as sim_client
 from simulator.client import AdminClient, ClientError
@@ -129,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     proxy_cli.register(sub)
     register(sub)
+    loadtest_cli.register(sub)
     return parser
 
 
