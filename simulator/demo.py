@@ -14,12 +14,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from aiohttp import web
+
 from proxy.config import ConfigError, parse_config
 from proxy.server import ProxyServer
 from simulator import operations
 from simulator.api import setup_api
 from simulator.clock import LoopClock
 from simulator.cluster import Cluster
+from simulator.dashboard import setup_dashboard
 from simulator.fields import ManifestError
 from simulator.kubelet import PodTiming
 from simulator.manifests import Loaded, load_path
@@ -69,9 +72,12 @@ class Demo:
 
     async def start(self) -> None:
         cluster = self.cluster = Cluster(LoopClock(), ServerRuntime(self.config.host), timing=self.config.timing)
-        server = self.server = ProxyServer(
-            parse_config(self.proxy_config(), "<demo>"), admin_setup=lambda app: setup_api(app, cluster)
-        )
+
+        def admin_setup(app: web.Application) -> None:
+            setup_api(app, cluster)
+            setup_dashboard(app, cluster, lambda: self.ports, host=self.config.host)
+
+        server = self.server = ProxyServer(parse_config(self.proxy_config(), "<demo>"), admin_setup=admin_setup)
         await server.start()
         rollouts = [o.name for o in self.manifests.objects if isinstance(o, Rollout)]
         cluster.attach(server.control, bind=rollouts[0] if len(rollouts) == 1 else None)
@@ -108,6 +114,7 @@ def _banner(demo: Demo, source: str) -> str:
         [
             f"bluegreen demo: {source}",
             bound,
+            f"  dashboard        http://{host}:{ports['admin']}/   (open it in a browser)",
             f"  live traffic     http://{host}:{ports['active']}/color",
             f"  preview          http://{host}:{ports['preview']}/color",
             f"  admin API        http://{host}:{ports['admin']}/api/v1/rollouts",
