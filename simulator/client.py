@@ -60,6 +60,46 @@ class AdminClient:
             raise ClientError(f"the admin API at {self.base} did not answer in time") from None
 
 
+class EventFeed:
+    """The API's server-sent event stream, used as "something changed": `--watch` redraws on events
+    instead of polling. A quiet stream still wakes the caller every `refresh` seconds (countdowns)."""
+
+    def __init__(self, client: AdminClient) -> None:
+        self._client = client
+        self._response: aiohttp.ClientResponse | None = None
+
+    async def __aenter__(self) -> EventFeed:
+        session = self._client._session
+        assert session is not None
+        try:
+            self._response = await session.get(
+                self._client.base + "/api/v1/events", timeout=aiohttp.ClientTimeout(total=None, sock_connect=5)
+            )
+        except aiohttp.ClientConnectionError as exc:
+            raise ClientError(f"cannot reach the admin API at {self._client.base}: {exc}") from None
+        if self._response.status >= 400:
+            raise ClientError(f"event stream: HTTP {self._response.status}")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._response is not None:
+            self._response.release()
+
+    async def wait(self, refresh: float) -> None:
+        """Return at the next event, or after `refresh` seconds without one."""
+        assert self._response is not None
+        try:
+            async with asyncio.timeout(refresh):
+                while True:
+                    line = await self._response.content.readline()
+                    if not line:
+                        raise ClientError("the event stream closed (the demo stopped?)")
+                    if line.startswith(b"data:"):
+                        return
+        except TimeoutError:
+            return
+
+
 def read_manifests(path: str) -> str:
     """A file, `-` (stdin), or every YAML file of a directory (in name order), as one multi-document text."""
     if path == "-":
@@ -92,6 +132,23 @@ async def rollout_action(client: AdminClient, name: str, action: str, body: dict
 async def get(
     client: AdminClient, name: str, *, output: str, watch: bool, color: bool, out: TextIO, interval: float = 1.0
 ) -> int:
+    if watch:
+        async with EventFeed(client) as feed:
+            return await _get(client, name, output=output, feed=feed, color=color, out=out, interval=interval)
+    return await _get(client, name, output=output, feed=None, color=color, out=out, interval=interval)
+
+
+async def _get(
+    client: AdminClient,
+    name: str,
+    *,
+    output: str,
+    feed: EventFeed | None,
+    color: bool,
+    out: TextIO,
+    interval: float,
+) -> int:
+    watch = feed is not None
     previous = None
     while True:
         data = await client.call("GET", f"/api/v1/rollouts/{name}" + ("?color=true" if color else ""))
@@ -104,9 +161,9 @@ async def get(
                 out.write("\x1b[H\x1b[2J")  # redraw in place, like `get --watch`
             print(text, file=out, flush=True)
             previous = text
-        if not watch:
+        if feed is None:
             return 0
-        await asyncio.sleep(interval)
+        await feed.wait(interval)  # redraw at the next change; `interval` refreshes countdowns
 
 
 async def status(

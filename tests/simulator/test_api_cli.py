@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -208,3 +209,45 @@ async def test_event_stream_carries_argo_events(served: tuple[Cluster, str]) -> 
             ("Rollout", "RolloutUpdated"),
             ("Rollout", "NewReplicaSetCreated"),
         ]
+
+
+class Screen(io.StringIO):
+    """Captured output that can be awaited: `until(text)` returns once `text` was written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changed = asyncio.Event()
+
+    def write(self, text: str) -> int:
+        self.changed.set()
+        return super().write(text)
+
+    async def until(self, text: str) -> None:
+        while text not in self.getvalue():
+            self.changed.clear()
+            await self.changed.wait()
+
+
+async def test_get_watch_redraws_on_events_not_on_a_timer(served: tuple[Cluster, str]) -> None:
+    cluster, base = served
+    out, err = io.StringIO(), io.StringIO()
+    async with AdminClient(base) as client:
+        assert await sim_client.apply_files(client, str(CANONICAL), out, err) == 0
+        await cluster.advance(10)
+        watched = Screen()
+        # A 60 s refresh: only the event stream can make it redraw within the test's time.
+        task = asyncio.ensure_future(
+            sim_client.get(client, NAME, output="json", watch=True, color=False, out=watched, interval=60)
+        )
+        try:
+            async with asyncio.timeout(5):
+                await watched.until("Healthy")
+                await sim_client.rollout_action(
+                    client, NAME, "image", {"container": "*", "image": "argoproj/rollouts-demo:green"}, io.StringIO()
+                )
+                await cluster.advance(10)
+                await watched.until('"Paused"')
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
