@@ -83,7 +83,7 @@ class EventFeed:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._response is not None:
-            self._response.release()
+            self._response.close()  # an endless stream: close the connection, never pool it
 
     async def wait(self, refresh: float) -> None:
         """Return at the next event, or after `refresh` seconds without one."""

@@ -12,11 +12,16 @@ class LocalControl:
     def __init__(self, switch: Switch) -> None:
         self._switch = switch
 
+    # Reads wait for a change in progress (the Switch's lock): under a supervisor a change is in the
+    # shadow state a moment before every worker has acknowledged it, and a read must not run ahead.
+
     async def status(self) -> ProxyStatus:
-        return self._switch.status()
+        async with self._switch.lock:
+            return self._switch.status()
 
     async def routes(self) -> Routes:
-        return self._switch.routes()
+        async with self._switch.lock:
+            return self._switch.routes()
 
     async def set_endpoints(self, pool: str, endpoints: Sequence[str]) -> None:
         await self._switch.set_endpoints(pool, endpoints)

@@ -71,7 +71,7 @@ async def api(http: aiohttp.ClientSession, demo: Demo, method: str, path: str, b
         return data
 
 
-async def eventually(check: Callable[[], Any], within: float = 15.0) -> None:
+async def eventually(check: Callable[[], Any], within: float = 15.0, explain: Callable[[], Any] | None = None) -> None:
     deadline = time.monotonic() + within
     while True:
         try:
@@ -80,8 +80,23 @@ async def eventually(check: Callable[[], Any], within: float = 15.0) -> None:
         except (aiohttp.ClientError, ValueError, AssertionError):
             pass
         if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
+            detail = await explain() if explain is not None else ""
+            raise AssertionError(f"condition not reached in time{detail}")
         await asyncio.sleep(0.1)
+
+
+def rollout_view(http: aiohttp.ClientSession, demo: Demo) -> Callable[[], Any]:
+    """On a timeout, say where the rollout was: phase, message, tree and analysis runs."""
+
+    async def explain() -> str:
+        try:
+            view = await api(http, demo, "GET", f"/api/v1/rollouts/{NAME}")
+        except Exception as exc:  # the explanation must not hide the failure
+            return f" (no view: {exc!r})"
+        runs = json.dumps([r.get("status", {}) for r in view.get("analysisRuns", [])])[:3000]
+        return f"\nphase {view['phase']}: {view['message']}\n{view['tree']}\nanalysis runs: {runs}"
+
+    return explain
 
 
 async def phase(http: aiohttp.ClientSession, demo: Demo) -> str:
@@ -128,11 +143,11 @@ async def test_demo_manual_gate_promote_and_smoke_test_abort() -> None:
                 f"/api/v1/rollouts/{NAME}/image",
                 {"container": "*", "image": "argoproj/rollouts-demo:green"},
             )
-            await eventually(lambda: _is(phase(http, demo), "Paused"))  # after the smoke test passed
+            await eventually(lambda: _is(phase(http, demo), "Paused"), explain=rollout_view(http, demo))
             assert await color(http, demo, "preview") == "green"
             assert await color(http, demo, "active") == "blue"
             await api(http, demo, "POST", f"/api/v1/rollouts/{NAME}/promote", {})
-            await eventually(lambda: _is(phase(http, demo), "Healthy"))
+            await eventually(lambda: _is(phase(http, demo), "Healthy"), explain=rollout_view(http, demo))
             await eventually(lambda: _is(color(http, demo, "active"), "green"))
             await asyncio.sleep(0.3)
         assert traffic.answers["blue"] > 0 and traffic.answers["green"] > 0
