@@ -25,6 +25,9 @@ AdminSetup = Callable[[web.Application], None]
 
 class ProxyServer:
     def __init__(self, config: Config, *, admin_setup: AdminSetup | None = None) -> None:
+        if config.state.backend != "memory":
+            # Fleet state needs the supervisor (`bluegreen proxy`); silently ignoring it would split the fleet.
+            raise ValueError("the embedded proxy keeps its state in the process: run `bluegreen proxy` for a fleet")
         self.config = config
         self._admin_setup = admin_setup
         self.dataplane: DataPlane | None = None
