@@ -26,7 +26,9 @@ def etcd(tmp_path: Path) -> Iterator[EtcdProcess]:
     server.kill()
 
 
-async def start_fleet(tmp_path: Path, etcd: EtcdProcess, pools: dict[str, list[str]], n: int = 3) -> list[ProxyProcess]:
+async def start_fleet(
+    tmp_path: Path, etcd: EtcdProcess, pools: dict[str, list[str]], n: int = 3, **state_extra: Any
+) -> list[ProxyProcess]:
     proxies = []
     for i in range(n):
         d = tmp_path / f"p{i}"
@@ -37,6 +39,7 @@ async def start_fleet(tmp_path: Path, etcd: EtcdProcess, pools: dict[str, list[s
             "prefix": "/bg-test/",
             "lease_ttl": f"{TTL}s",
             "name": f"p{i}",
+            **state_extra,
         }
         proxies.append(ProxyProcess(d, pools, "blue", "green", state=state))
     loop = asyncio.get_running_loop()
@@ -196,4 +199,30 @@ async def test_etcd_restart_traffic_never_stops_and_no_flip_is_missed(
             assert (await client.request()).headers[b"x-served-by-color"] == b"green"
             await client.close()
     finally:
+        stop_all(proxies)
+
+
+async def test_flip_names_the_laggards_after_ack_timeout(
+    upstream: StartUpstream, tmp_path: Path, etcd: EtcdProcess
+) -> None:
+    pools = {"blue": [await upstream("blue")], "green": [await upstream("green")]}
+    proxies = await start_fleet(tmp_path, etcd, pools, ack_timeout="500ms")
+    frozen = proxies[1]
+    assert frozen.proc is not None
+    pids = [frozen.proc.pid, *child_pids(frozen.proc.pid)]
+    try:
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        async with aiohttp.ClientSession() as session:
+            status, body = await switch(session, proxies[0], "green")
+            # Committed, but p1 (lease still valid for TTL) has not served it within the 500 ms asked for.
+            assert status == 504 and "p1" in body["error"] and "generation 2" in body["error"]
+            async with session.get(f"http://127.0.0.1:{proxies[2].ports['admin']}/api/v1/routes") as r:
+                assert (await r.json())["active"] == "green"  # the rest of the fleet serves it
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
         stop_all(proxies)
