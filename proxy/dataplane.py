@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 
 from proxy.config import Config
 from proxy.downstream import ClientConnection
-from proxy.http import IDEMPOTENT, error_response
+from proxy.http import error_response
 from proxy.pool import Pool
 from proxy.routes import RouteTable
 from proxy.upstream import UpstreamConnection
@@ -26,7 +26,6 @@ class DataPlane:
         self.loop = loop or asyncio.get_running_loop()
         self._thread = threading.get_ident()
         self.apply_settings(config)
-        self.idempotent = IDEMPOTENT
         self.overloaded_response = error_response(503, "Service Unavailable: too many connections", close=True)
         self.now = self.loop.time()
         self.clients: set[ClientConnection] = set()
@@ -36,7 +35,7 @@ class DataPlane:
         self.all_closed = asyncio.Event()  # set when the last client leaves during shutdown
         self.pools: dict[str, Pool] = {}
         for pc in config.pools:
-            self.pools[pc.name] = self.make_pool(pc.name, pc.endpoints, balancer=pc.balancer)
+            self.set_pool(pc.name, pc.endpoints, pc.balancer)
         self.null_pool = Pool("none", ())
         active = self.pools[config.active]
         preview = self.pools[config.preview] if config.preview else None
@@ -65,16 +64,40 @@ class DataPlane:
             pool.max_in_flight = config.limits.max_in_flight_per_endpoint
             pool.max_idle = config.limits.max_idle_per_endpoint
 
-    def make_pool(self, name: str, endpoints: Iterable[tuple[str, int]], *, balancer: str = "round_robin") -> Pool:
-        pc = self.config.pool(name)
-        return Pool(
-            name,
-            endpoints,
-            balancer=balancer,
-            health_check=pc.health_check if pc else self.config.health_check,
-            max_in_flight=self.limits.max_in_flight_per_endpoint,
-            max_idle=self.limits.max_idle_per_endpoint,
-        )
+    def set_pool(
+        self, name: str, endpoints: Iterable[tuple[str, int]], balancer: str | None = None
+    ) -> tuple[Pool, str]:
+        """Create pool `name` or replace its endpoints (and balancer): the one place pools change shape.
+
+        Returns the pool and what happened: "new", "changed" or "" (the same list again changes nothing).
+        """
+        addresses = list(endpoints)
+        pool = self.pools.get(name)
+        if pool is None:
+            pc = self.config.pool(name)
+            pool = self.pools[name] = Pool(
+                name,
+                addresses,
+                balancer=balancer or "round_robin",
+                health_check=pc.health_check if pc else self.config.health_check,
+                max_in_flight=self.limits.max_in_flight_per_endpoint,
+                max_idle=self.limits.max_idle_per_endpoint,
+            )
+            return pool, "new"
+        if pool.addresses() == addresses and (balancer is None or balancer == pool.balancer):
+            return pool, ""
+        for ep in pool.replace_endpoints(addresses):
+            self.in_loop(ep.close_idle)
+        if balancer is not None:
+            pool.balancer = balancer
+        return pool, "changed"
+
+    def remove_pool(self, name: str) -> Pool:
+        """Take `name` out of the registry; what still runs on it drains (the caller checked no route names it)."""
+        pool = self.pools.pop(name)
+        pool.removed = True
+        self.unroute(pool)
+        return pool
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -165,10 +188,6 @@ class DataPlane:
         pool.close_idle()
         if pool.in_flight:
             self.draining.add(pool)
-
-    def replace_endpoints(self, pool: Pool, addresses: Iterable[tuple[str, int]]) -> None:
-        for ep in pool.replace_endpoints(addresses):
-            self.in_loop(ep.close_idle)
 
     def release(self, conn: UpstreamConnection) -> None:
         """Return an upstream connection to its endpoint's idle set, or close it."""

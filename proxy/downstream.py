@@ -29,6 +29,8 @@ from proxy.http import (
     RESPONSE_431,
     RESPONSE_505,
     VIA,
+    connection_fields,
+    drop_fields,
 )
 
 if TYPE_CHECKING:
@@ -52,15 +54,6 @@ _REQ_FIELDS = {name: _DROP for name in HOP_BY_HOP} | {
 }
 _REQ_FIRST = frozenset(name[0] for name in _REQ_FIELDS)
 _PROTO_VIA = b"x-forwarded-proto: http\r\nvia: " + VIA + b"\r\n"
-
-
-def _drop_fields(parts: list[bytes], names: set[bytes]) -> list[bytes]:
-    """Remove the fields named in `Connection` (rare): parts is [request line x4, then name, sep, value, CRLF...]."""
-    kept = parts[:4]
-    for i in range(4, len(parts), 4):
-        if parts[i].lower() not in names:
-            kept.extend(parts[i : i + 4])
-    return kept
 
 
 class _Reject(Exception):
@@ -284,11 +277,7 @@ class ClientConnection(asyncio.Protocol):
                     elif kind == _TE:
                         chunked = True  # llhttp accepts only a final, exact `chunked` in requests
                     elif kind == _CONNECTION:
-                        for token in value.lower().split(b","):
-                            token = token.strip()
-                            if token not in (b"", b"close", b"keep-alive", b"upgrade"):
-                                connection_tokens = connection_tokens or set()
-                                connection_tokens.add(token)
+                        connection_tokens = connection_fields(value, connection_tokens)
                     elif kind == _UPGRADE:
                         upgrade_value = value
                     elif kind == _EXPECT:
@@ -316,7 +305,7 @@ class ClientConnection(asyncio.Protocol):
             raise _Reject(RESPONSE_413)
         upgrade = bool(upgrade_value) and parser.should_upgrade()
         if connection_tokens is not None:
-            parts = _drop_fields(parts, connection_tokens)
+            parts = drop_fields(parts, connection_tokens, 4)
             extend = parts.extend
 
         if host is None:

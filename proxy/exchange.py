@@ -13,11 +13,18 @@ for `100 Continue`, is retried. Nothing is retried once any response byte arrive
 from __future__ import annotations
 
 import asyncio
-from bisect import bisect_left
 from typing import TYPE_CHECKING, Any
 
-from proxy.http import CONTINUE_100, HOP_BY_HOP, STATUS_LINE, VIA, error_response, status_line
-from proxy.pool import LATENCY_BOUNDS
+from proxy.http import (
+    CONTINUE_100,
+    HOP_BY_HOP,
+    IDEMPOTENT,
+    VIA,
+    connection_fields,
+    drop_fields,
+    error_response,
+    status_line,
+)
 from proxy.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -73,7 +80,7 @@ class Exchange:
         "endpoint",
         "expect_continue",
         "head",
-        "idempotent",
+        "method",
         "is_head",
         "out",
         "pending",
@@ -112,7 +119,7 @@ class Exchange:
         self.client = client
         self.pool = pool
         self.head = head
-        self.idempotent = method in dp.idempotent
+        self.method = method
         self.is_head = method == b"HEAD"
         self.chunked_request = chunked_request
         self.expect_continue = expect_continue
@@ -274,21 +281,16 @@ class Exchange:
         self.status = status
         ep = self.endpoint
         assert ep is not None
-        ep.failures = 0  # Endpoint.responded(), inlined: this runs for every response
-        ep.passive_ok = True
-        pool = self.pool  # Pool.observe(), inlined
-        pool.counts[status // 100 if status < 600 else 0] += 1
-        latency = self.dp.loop.time() - self.sent_at
-        pool.latency_buckets[bisect_left(LATENCY_BOUNDS, latency)] += 1
-        pool.latency_sum += latency
+        ep.responded()
+        self.pool.observe(status, self.dp.loop.time() - self.sent_at)
         self.upstream_reusable = parser.should_keep_alive()
-        self.resp_no_body = self.is_head or status in (204, 304) or status == 101
+        self.resp_no_body = self.is_head or status == 204 or status == 304 or status == 101
         if self.upgrade and status != 101:
             self.client_close = True  # the client's parser is past an upgrade request: start over
         self.out.append(self._build_head(status, reason, headers, interim=False))
         self.state = HEAD_SENT
         self.client.deadline = self.dp.now + self.dp.timeouts.idle
-        if self.is_head or status in (204, 304):
+        if self.resp_no_body and status != 101:
             # The parser cannot be told a HEAD response has no body: finish now, renew it before reuse.
             if self.is_head and self.upstream is not None:
                 self.upstream.must_renew_parser = True
@@ -296,8 +298,7 @@ class Exchange:
 
     def _build_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], *, interim: bool) -> bytes:
         # One pass, as for requests: only names that could be hop-by-hop or framing are lowercased.
-        line = STATUS_LINE.get(status)
-        parts = [line if line is not None else status_line(status, reason)]
+        parts = [status_line(status, reason)]
         extend = parts.extend
         drop: set[bytes] | None = None
         content_length = chunked = False
@@ -312,21 +313,13 @@ class Exchange:
                     elif kind == _TE:
                         chunked = True
                     elif kind == _CONNECTION:
-                        for token in value.lower().split(b","):
-                            token = token.strip()
-                            if token and token not in (b"close", b"keep-alive", b"upgrade"):
-                                drop = drop or set()
-                                drop.add(token)
+                        drop = connection_fields(value, drop)
                     elif kind == _UPGRADE:
                         upgrade_value = value
                     continue
             extend((name, b": ", value, b"\r\n"))
         if drop is not None:
-            kept = parts[:1]
-            for i in range(1, len(parts), 4):
-                if parts[i].lower() not in drop:
-                    kept.extend(parts[i : i + 4])
-            parts = kept
+            parts = drop_fields(parts, drop, 1)
             extend = parts.extend
         if interim:
             extend((b"\r\n",))
@@ -336,7 +329,7 @@ class Exchange:
         if status == 101:
             extend((b"connection: upgrade\r\nupgrade: ", upgrade_value, b"\r\n\r\n"))
             return b"".join(parts)
-        if (chunked or not content_length) and not (self.is_head or status == 204 or status == 304):
+        if (chunked or not content_length) and not self.resp_no_body:
             self.resp_eof = not chunked
             # Chunked or close-delimited upstream body: re-frame as chunked for HTTP/1.1 clients; an
             # HTTP/1.0 client gets a close-delimited body.
@@ -376,12 +369,9 @@ class Exchange:
     def response_complete(self) -> None:
         if self.state != HEAD_SENT or self.tunnel or self.status == 101:
             return  # a 101 completes as a tunnel, in upstream_upgraded
-        out = self.out
         if self.resp_chunked:
-            out.append(b"0\r\n\r\n")
-        if out:  # one write for head and body when both came in one read (the common small response)
-            self.client.write(out[0] if len(out) == 1 else b"".join(out))
-            out.clear()
+            self.out.append(b"0\r\n\r\n")
+        self.flush()  # one write for head and body when both came in one read (the common small response)
         conn = self.upstream
         self.upstream = None
         if conn is not None:
@@ -422,7 +412,7 @@ class Exchange:
     def _retryable(self) -> bool:
         if self.response_started or self.tunnel:
             return False
-        if self.idempotent:
+        if self.method in IDEMPOTENT:  # asked only on a failure, never per request
             return not self.body_sent and not self.pending_size
         return self.expect_continue and not self.continue_sent and not self.body_sent
 

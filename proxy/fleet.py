@@ -32,10 +32,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from proxy.config import Config
-from proxy.control.api import AckTimeoutError, ConflictError, NotFoundError, Routes, UnavailableError
+from proxy.control.api import AckTimeoutError, ConflictError, Routes, UnavailableError
 from proxy.dataplane import DataPlane
 from proxy.etcd import CompactedError, EtcdClient, Event, KeyValue, StoreUnavailableError
-from proxy.state import apply_state
+from proxy.state import apply_state, snapshot_state
 from proxy.switch import Switch
 
 log = logging.getLogger("bluegreen.fleet")
@@ -108,15 +108,10 @@ class Fleet:
     # -- applying the shared state ---------------------------------------------------------
 
     def _desired(self) -> dict[str, Any]:
-        routes = self.dp.routes
-        return {
-            "pools": {name: {"endpoints": [ep.address for ep in p.endpoints]} for name, p in self.dp.pools.items()},
-            "routes": {
-                "active": routes.active.name,
-                "preview": routes.preview.name if routes.preview else None,
-                "generation": routes.generation,
-            },
-        }
+        """The state this proxy serves, as the fleet shares it: without health, each proxy's own view."""
+        state = snapshot_state(self.dp)
+        state["pools"] = {name: {"endpoints": spec["endpoints"]} for name, spec in state["pools"].items()}
+        return state
 
     @staticmethod
     def _encode(state: dict[str, Any]) -> bytes:
@@ -251,30 +246,16 @@ class Fleet:
         return {"changed": True, "acked": sorted(acked), "dropped": sorted(dropped)}
 
     async def switch(self, active: str, preview: str | None, *, force: bool, generation: int | None) -> Routes:
-        dp = self.dp
-        current = dp.routes
-        if generation is not None and generation != current.generation:
-            raise ConflictError(f"generation {generation} is not the current one ({current.generation})")
-        if active not in dp.pools:
-            raise NotFoundError(f"unknown pool {active!r}")
-        if preview is not None and preview not in dp.pools:
-            raise NotFoundError(f"unknown pool {preview!r}")
-        target = dp.pools[active]
-        if preview is None:
-            preview = (
-                current.active.name
-                if target is not current.active
-                else (current.preview.name if current.preview else None)
-            )
-        if target is not current.active and not force:
-            if not target.endpoints or await self.local.health.verify(target) == 0:
-                raise ConflictError(f"pool {active!r} has no healthy endpoint (use force to switch anyway)")
+        plan = await self.local.plan(active, preview, force=force, generation=generation)
+        if plan is None:
+            return self.dp.routes.names()
+        new_active, new_preview = plan[0].name, plan[1].name if plan[1] else None
 
         def edit(state: dict[str, Any]) -> dict[str, Any] | None:
             routes = state["routes"]
-            if routes["active"] == active and routes["preview"] == preview:
+            if routes["active"] == new_active and routes["preview"] == new_preview:
                 return None
-            routes["active"], routes["preview"] = active, preview
+            routes["active"], routes["preview"] = new_active, new_preview
             return state
 
         self.last_report = await self.change(edit)
@@ -291,11 +272,7 @@ class Fleet:
         self.last_report = await self.change(edit)
 
     async def delete_pool(self, pool: str) -> None:
-        routes = self.dp.routes
-        if pool not in self.dp.pools:
-            raise NotFoundError(f"unknown pool {pool!r}")
-        if pool in (routes.active.name, routes.preview.name if routes.preview else None):
-            raise ConflictError(f"pool {pool!r} is named by a route; switch away from it first")
+        self.local.deletable(pool)
 
         def edit(state: dict[str, Any]) -> dict[str, Any] | None:
             state["pools"].pop(pool, None)

@@ -20,6 +20,32 @@ HOP_BY_HOP = frozenset(
     }
 )
 
+_CONNECTION_OPTIONS = frozenset({b"", b"close", b"keep-alive", b"upgrade"})
+
+
+def connection_fields(value: bytes, names: set[bytes] | None) -> set[bytes] | None:
+    """Add the field names a `Connection` value lists (RFC 9110 §7.6.1: they are hop-by-hop too) to `names`.
+
+    Returns None while nothing but the usual options was listed, so the common case allocates nothing.
+    """
+    for token in value.lower().split(b","):
+        token = token.strip()
+        if token not in _CONNECTION_OPTIONS:
+            names = names or set()
+            names.add(token)
+    return names
+
+
+def drop_fields(parts: list[bytes], names: set[bytes], start: int) -> list[bytes]:
+    """Remove the fields in `names` from a head being built: `start` leading pieces (the request or status
+    line), then four pieces per field (name, ": ", value, CRLF). Rare: only when `Connection` names fields."""
+    kept = parts[:start]
+    for i in range(start, len(parts), 4):
+        if parts[i].lower() not in names:
+            kept.extend(parts[i : i + 4])
+    return kept
+
+
 # RFC 9110 §9.2.2: only these may be retried after the upstream may have seen them.
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 

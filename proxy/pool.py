@@ -97,15 +97,6 @@ class Endpoint:
             self.failures = 0
             self._refresh()
 
-    def take_idle(self) -> UpstreamConnection | None:
-        idle = self.idle
-        while idle:
-            conn = idle.pop()  # LIFO: the warmest connection, least likely closed by the upstream
-            if conn.reusable():
-                return conn
-            conn.close()
-        return None
-
     def close_idle(self, older_than: float | None = None) -> None:
         idle = self.idle
         while idle and (older_than is None or idle[0].idle_since < older_than):
@@ -159,6 +150,9 @@ class Pool:
         self.counts = [0, 0, 0, 0, 0, 0]  # responses by status class: index 1..5 (0: no response)
         self.latency_buckets = [0] * (len(LATENCY_BOUNDS) + 1)
         self.latency_sum = 0.0
+
+    def addresses(self) -> list[tuple[str, int]]:
+        return [(ep.host, ep.port) for ep in self.endpoints]
 
     @property
     def draining(self) -> bool:

@@ -37,12 +37,7 @@ def apply_state(dp: DataPlane, state: dict[str, Any]) -> int:
     """Make `dp` serve `state`; returns the generation now served."""
     wanted = state["pools"]
     for name, spec in wanted.items():
-        addresses = [parse_address(a) for a in spec["endpoints"]]
-        pool = dp.pools.get(name)
-        if pool is None:
-            pool = dp.pools[name] = dp.make_pool(name, addresses, balancer=spec.get("balancer", "round_robin"))
-        elif [(ep.host, ep.port) for ep in pool.endpoints] != addresses:
-            dp.replace_endpoints(pool, addresses)
+        pool, _ = dp.set_pool(name, [parse_address(a) for a in spec["endpoints"]], spec.get("balancer"))
         verdicts = spec.get("health")
         if verdicts is not None:  # absent in a fleet's shared state: health stays each proxy's own
             for ep in pool.endpoints:
@@ -50,9 +45,7 @@ def apply_state(dp: DataPlane, state: dict[str, Any]) -> int:
                 if ep.checked is not verdict:
                     ep.set_checked(verdict)
     for name in [n for n in dp.pools if n not in wanted]:
-        pool = dp.pools.pop(name)
-        pool.removed = True
-        dp.unroute(pool)
+        dp.remove_pool(name)
     routes = state["routes"]
     if routes["generation"] != dp.routes.generation:
         preview = routes.get("preview")

@@ -54,60 +54,65 @@ class Switch:
         async with self.lock:
             dp = self.dp
             current = dp.routes
-            if generation is not None and generation != current.generation:
-                raise ConflictError(f"generation {generation} is not the current one ({current.generation})")
-            target = self._pool(active)
-            if preview is None:
-                new_preview = current.active if target is not current.active else current.preview
-            else:
-                new_preview = self._pool(preview)
-            if target is current.active and new_preview is current.preview:
+            plan = await self.plan(active, preview, force=force, generation=generation)
+            if plan is None:
                 return current.names()  # idempotent: nothing to change
-            if target is not current.active and not force:
-                if not target.endpoints:
-                    raise ConflictError(f"pool {active!r} has no endpoints (use force to switch anyway)")
-                if await self.health.verify(target) == 0:
-                    raise ConflictError(f"pool {active!r} has no healthy endpoint (use force to switch anyway)")
-                if dp.routes is not current:
-                    raise ConflictError("routes changed while checking the target; retry")
-            table = RouteTable(target, new_preview, current.generation + 1)
+            if dp.routes is not current:
+                raise ConflictError("routes changed while checking the target; retry")
+            table = RouteTable(plan[0], plan[1], current.generation + 1)
             dp.apply_routes(table)
             if self.publish is not None:
                 await self.publish()
             self.switches += 1
             return table.names()
 
+    async def plan(
+        self, active: str, preview: str | None, *, force: bool, generation: int | None
+    ) -> tuple[Pool, Pool | None] | None:
+        """Check a flip against the routes served now: the (active, preview) pools to serve, or None when
+        they already are. Refuses a stale `generation`, an unknown pool and, unless `force`, a target with
+        no healthy endpoint (never-checked endpoints are probed first). Shared by the local and fleet flips."""
+        current = self.dp.routes
+        if generation is not None and generation != current.generation:
+            raise ConflictError(f"generation {generation} is not the current one ({current.generation})")
+        target = self._pool(active)
+        if preview is None:
+            new_preview = current.active if target is not current.active else current.preview
+        else:
+            new_preview = self._pool(preview)
+        if target is current.active and new_preview is current.preview:
+            return None
+        if target is not current.active and not force:
+            if not target.endpoints:
+                raise ConflictError(f"pool {active!r} has no endpoints (use force to switch anyway)")
+            if await self.health.verify(target) == 0:
+                raise ConflictError(f"pool {active!r} has no healthy endpoint (use force to switch anyway)")
+        return target, new_preview
+
+    def deletable(self, name: str) -> Pool:
+        """The pool `name` if it may be deleted: it exists and no route names it."""
+        pool = self._pool(name)
+        if pool.routed:
+            raise ConflictError(f"pool {name!r} is named by a route; switch away from it first")
+        return pool
+
     async def set_endpoints(self, name: str, endpoints: Sequence[str]) -> bool:
         """Create or replace a pool's endpoints; returns True when the pool was created."""
         addresses = parse_endpoints(endpoints)
         async with self.lock:
-            dp = self.dp
-            pool = dp.pools.get(name)
-            if pool is None:
-                pool = dp.make_pool(name, addresses)
-                dp.pools[name] = pool
-                self.health.watch(pool)
-                created = True
-            elif [(ep.host, ep.port) for ep in pool.endpoints] != addresses:
-                dp.replace_endpoints(pool, addresses)
-                self.health.watch(pool)
-                created = False
-            else:
+            pool, change = self.dp.set_pool(name, addresses)
+            if not change:
                 return False
+            self.health.watch(pool)
             if self.publish is not None:
                 await self.publish()
-            return created
+            return change == "new"
 
     async def delete_pool(self, name: str) -> None:
         async with self.lock:
-            dp = self.dp
-            pool = self._pool(name)
-            if pool.routed:
-                raise ConflictError(f"pool {name!r} is named by a route; switch away from it first")
-            del dp.pools[name]
-            pool.removed = True
+            self.deletable(name)
+            self.dp.remove_pool(name)
             self.health.unwatch(name)
-            dp.unroute(pool)
             if self.publish is not None:
                 await self.publish()
 
@@ -128,17 +133,10 @@ class Switch:
             changed: list[str] = []
             dp.apply_settings(config)
             for pc in config.pools:
-                pool = dp.pools.get(pc.name)
-                if pool is None:
-                    pool = dp.pools[pc.name] = dp.make_pool(pc.name, pc.endpoints, balancer=pc.balancer)
-                    changed.append(f"pools.{pc.name} (new)")
-                elif [(ep.host, ep.port) for ep in pool.endpoints] != list(
-                    pc.endpoints
-                ) or pool.balancer != pc.balancer:
-                    dp.replace_endpoints(pool, pc.endpoints)
-                    pool.balancer = pc.balancer
-                    changed.append(f"pools.{pc.name}")
-                self.health.watch(pool)
+                pool, change = dp.set_pool(pc.name, pc.endpoints, pc.balancer)
+                if change:
+                    changed.append(f"pools.{pc.name}" + (" (new)" if change == "new" else ""))
+                self.health.watch(pool)  # its health-check settings may have changed too
             current = dp.routes
             active = dp.pools[config.active]
             preview = dp.pools[config.preview] if config.preview else None
@@ -148,10 +146,8 @@ class Switch:
                 changed.append("routes")
             wanted = {pc.name for pc in config.pools}
             for name in [n for n in dp.pools if n not in wanted]:
-                pool = dp.pools.pop(name)
-                pool.removed = True
+                dp.remove_pool(name)
                 self.health.unwatch(name)
-                dp.unroute(pool)
                 changed.append(f"pools.{name} (removed, draining)")
             if self.publish is not None:
                 await self.publish()

@@ -26,20 +26,19 @@ from typing import Any
 
 from aiohttp import web
 
-from simulator import operations
+from simulator import operations, sse
 from simulator.cluster import Cluster, ClusterEvent
 from simulator.fields import ManifestError
 from simulator.manifests import load_text
 from simulator.objects import AnalysisRun, Pod, ReplicaSet, Rollout
+from simulator.sse import EventQueue
 from simulator.store import WatchEvent
 from simulator.tree import RolloutView, client_phase, render
 
 __all__ = ["CLUSTER", "rollout_view", "setup_api"]
 
 CLUSTER = web.AppKey("simulator.cluster", Cluster)
-StreamQueue = asyncio.Queue[tuple[str, dict[str, Any]] | None]
-STREAMS = web.AppKey("simulator.streams", set[StreamQueue])  # open event streams, ended on shutdown
-HEARTBEAT = 15.0
+STREAMS = web.AppKey("simulator.streams", set[EventQueue])  # open event streams, ended on shutdown
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -173,7 +172,7 @@ async def crash_pod(request: web.Request) -> web.Response:
 async def events(request: web.Request) -> web.StreamResponse:
     """Server-sent events: `change` for every object write, `event` for every cluster event."""
     cluster = request.app[CLUSTER]
-    queue: StreamQueue = asyncio.Queue(maxsize=1000)
+    queue: EventQueue = asyncio.Queue(maxsize=1000)
 
     def on_change(event: WatchEvent) -> None:
         obj = event.object
@@ -184,31 +183,19 @@ async def events(request: web.Request) -> web.StreamResponse:
             "resourceVersion": event.resource_version,
         }
         with contextlib.suppress(asyncio.QueueFull):
-            queue.put_nowait(("change", payload))
+            queue.put_nowait(("change", json.dumps(payload)))
 
     def on_event(event: ClusterEvent) -> None:
         with contextlib.suppress(asyncio.QueueFull):
-            queue.put_nowait(("event", event.to_json()))
+            queue.put_nowait(("event", json.dumps(event.to_json())))
 
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    response = web.StreamResponse(headers=sse.HEADERS)
     await response.prepare(request)
     unsubscribe_changes = cluster.store.subscribe(on_change)
     unsubscribe_events = cluster.on_event(on_event)
     request.app[STREAMS].add(queue)
     try:
-        await response.write(b": connected\n\n")
-        while True:
-            try:
-                item = await asyncio.wait_for(queue.get(), HEARTBEAT)
-            except TimeoutError:
-                await response.write(b": ping\n\n")  # finds clients that went away
-                continue
-            if item is None:
-                break
-            kind, payload = item
-            await response.write(f"event: {kind}\ndata: {json.dumps(payload)}\n\n".encode())
-    except ConnectionResetError:
-        pass  # the client went away
+        await sse.pump(response, queue)
     finally:
         request.app[STREAMS].discard(queue)
         unsubscribe_changes()
@@ -217,7 +204,7 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 
 async def _end_streams(app: web.Application) -> None:
-    streams: set[StreamQueue] = app[STREAMS]
+    streams: set[EventQueue] = app[STREAMS]
     for queue in list(streams):
         queue.put_nowait(None)
 

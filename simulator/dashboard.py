@@ -35,10 +35,12 @@ from typing import Any, Final
 import aiohttp
 from aiohttp import web
 
+from simulator import sse
 from simulator.api import rollout_view
 from simulator.clock import parse_time
 from simulator.cluster import Cluster
 from simulator.objects import ANNOTATION_COLOR, ANNOTATION_DEADLINE, HASH_LABEL, Pod, Rollout, Service
+from simulator.sse import EventQueue
 from simulator.store import WatchEvent
 from simulator.tree import client_phase
 
@@ -55,11 +57,10 @@ STRIP: Final = 100  # answers kept per listener
 PUBLISH_EVERY: Final = 0.5  # traffic updates per second: 2
 STATE_REFRESH: Final = 1.0  # the picture is rebuilt at least this often while someone watches (proxy health)
 DEBOUNCE: Final = 0.05
-HEARTBEAT: Final = 15.0
 EVENTS_SHOWN: Final = 30
 
 Listeners = Callable[[], Mapping[str, int]]
-StreamQueue = asyncio.Queue[tuple[str, str] | None]
+StreamQueue = EventQueue
 
 
 @dataclass(frozen=True, slots=True)
@@ -509,25 +510,14 @@ class Dashboard:
         """Server-sent events: `state` (the picture, when it changes) and `traffic` (while generating)."""
         self._start()
         queue: StreamQueue = asyncio.Queue(maxsize=200)
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        response = web.StreamResponse(headers=sse.HEADERS)
         await response.prepare(request)
         self._streams.add(queue)
         try:
             data, _ = await self._state_json()
             traffic = json.dumps(self.traffic.snapshot())
-            await response.write(f"event: state\ndata: {data}\n\nevent: traffic\ndata: {traffic}\n\n".encode())
-            while True:
-                try:
-                    item = await asyncio.wait_for(queue.get(), HEARTBEAT)
-                except TimeoutError:
-                    await response.write(b": ping\n\n")
-                    continue
-                if item is None:
-                    break
-                kind, payload = item
-                await response.write(f"event: {kind}\ndata: {payload}\n\n".encode())
-        except ConnectionResetError:
-            pass  # the page went away
+            first = f"event: state\ndata: {data}\n\nevent: traffic\ndata: {traffic}\n\n".encode()
+            await sse.pump(response, queue, first)
         finally:
             self._streams.discard(queue)
         return response

@@ -47,6 +47,20 @@ async def start_fleet(
     return proxies
 
 
+def process_tree(proxy: ProxyProcess) -> list[int]:
+    """The supervisor and its workers: freezing a proxy means freezing all of them."""
+    assert proxy.proc is not None
+    return [proxy.proc.pid, *child_pids(proxy.proc.pid)]
+
+
+def signal_all(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
 def stop_all(proxies: list[ProxyProcess]) -> None:
     for p in proxies:
         p.stop()
@@ -129,13 +143,11 @@ async def test_frozen_proxy_is_reported_and_never_serves_the_old_color(
     pools = {"blue": [await upstream("blue")], "green": [await upstream("green")]}
     proxies = await start_fleet(tmp_path, etcd, pools)
     frozen = proxies[2]
-    assert frozen.proc is not None
-    pids = [frozen.proc.pid, *child_pids(frozen.proc.pid)]  # the supervisor and its worker
+    pids = process_tree(frozen)
     try:
         client = RawClient(frozen.ports["active"])
         assert (await client.request()).headers[b"x-served-by-color"] == b"blue"
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
+        signal_all(pids, signal.SIGSTOP)
         async with aiohttp.ClientSession() as session:
             started = time.monotonic()
             status, body = await switch(session, proxies[0], "green")
@@ -145,8 +157,7 @@ async def test_frozen_proxy_is_reported_and_never_serves_the_old_color(
         assert waited < 3 * TTL  # it waited for p2's lease to expire, not forever
         request = asyncio.ensure_future(client.request())  # queued while frozen: answered on wake
         await asyncio.sleep(0.1)
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
+        signal_all(pids, signal.SIGCONT)
         resp = await asyncio.wait_for(request, 10)
         # Fenced (503) or already updated (green): never the old color after the acknowledged flip.
         assert resp.status == 503 or resp.headers[b"x-served-by-color"] == b"green", resp.status
@@ -161,11 +172,7 @@ async def test_frozen_proxy_is_reported_and_never_serves_the_old_color(
             raise AssertionError("the woken proxy did not rejoin")
         await client.close()
     finally:
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
+        signal_all(pids, signal.SIGCONT)
         stop_all(proxies)
 
 
@@ -207,12 +214,9 @@ async def test_flip_names_the_laggards_after_ack_timeout(
 ) -> None:
     pools = {"blue": [await upstream("blue")], "green": [await upstream("green")]}
     proxies = await start_fleet(tmp_path, etcd, pools, ack_timeout="500ms")
-    frozen = proxies[1]
-    assert frozen.proc is not None
-    pids = [frozen.proc.pid, *child_pids(frozen.proc.pid)]
+    pids = process_tree(proxies[1])
     try:
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
+        signal_all(pids, signal.SIGSTOP)
         async with aiohttp.ClientSession() as session:
             status, body = await switch(session, proxies[0], "green")
             # Committed, but p1 (lease still valid for TTL) has not served it within the 500 ms asked for.
@@ -220,9 +224,5 @@ async def test_flip_names_the_laggards_after_ack_timeout(
             async with session.get(f"http://127.0.0.1:{proxies[2].ports['admin']}/api/v1/routes") as r:
                 assert (await r.json())["active"] == "green"  # the rest of the fleet serves it
     finally:
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
+        signal_all(pids, signal.SIGCONT)
         stop_all(proxies)
