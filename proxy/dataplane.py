@@ -18,6 +18,7 @@ from proxy.downstream import ClientConnection
 from proxy.http import error_response
 from proxy.pool import Pool
 from proxy.routes import RouteTable
+from proxy.routeword import decode, local_word
 from proxy.upstream import UpstreamConnection
 
 
@@ -40,6 +41,10 @@ class DataPlane:
         active = self.pools[config.active]
         preview = self.pools[config.preview] if config.preview else None
         self.routes = RouteTable(active, preview, 1)
+        # Requests compare this with `routes.word`. A process that owns its routes keeps a private zero; a
+        # worker maps the supervisor's shared word and the pool slots it names (`follow_routes`).
+        self.route_word = local_word()
+        self.slots: dict[int, Pool] = {}
         for pool in self.pools.values():
             pool.routed = pool is active or pool is preview
         self.draining: set[Pool] = set()
@@ -179,6 +184,21 @@ class DataPlane:
             elif not routed and pool.routed:
                 self._unroute(pool)
 
+    def follow_routes(self) -> RouteTable:
+        """The shared route word moved (a flip by the supervisor): rebuild the snapshot from it. Loop only."""
+        word = self.route_word[0]
+        generation, a, p = decode(word)
+        slots = self.slots
+        active = slots.get(a)
+        preview = slots.get(p) if p else None
+        if active is None or (p and preview is None):
+            # A slot not acknowledged yet: the supervisor writes a word only after its pools, so this is
+            # a bug, not a race; keep serving the last table rather than guess.
+            return self.routes
+        self.routes = routes = RouteTable(active, preview, generation, word)
+        self._reconcile_routed()
+        return routes
+
     def unroute(self, pool: Pool) -> None:
         self.in_loop(self._unroute, pool)
 
@@ -215,6 +235,8 @@ class DataPlane:
         while True:
             await asyncio.sleep(self.tick)
             self.now = now = loop.time()
+            if self.route_word[0] != self.routes.word:
+                self.follow_routes()  # an idle worker still starts its drains after a flip
             self.sweep(now)
 
     def sweep(self, now: float) -> None:

@@ -327,6 +327,8 @@ class ClientConnection(asyncio.Protocol):
         extend((b"\r\n",))
 
         routes = dp.routes  # the one read of the snapshot for this request
+        if dp.route_word[0] != routes.word:
+            routes = dp.follow_routes()  # a worker whose supervisor flipped: one 8-byte load per request
         pool = routes.active if self.role == "active" else routes.preview
         if dp.fence_until and dp.loop.time() > dp.fence_until:
             pool = None  # fenced: this proxy cannot vouch that its routes are still the fleet's (503)

@@ -34,8 +34,12 @@ def snapshot_state(dp: DataPlane) -> dict[str, Any]:
 
 
 def apply_state(dp: DataPlane, state: dict[str, Any]) -> int:
-    """Make `dp` serve `state`; returns the generation now served."""
+    """Make `dp` serve `state`; returns the generation now served.
+
+    A worker's state has no routes: they come from the shared route word, whose slots the pools carry.
+    """
     wanted = state["pools"]
+    slots: dict[int, Pool] = {}
     for name, spec in wanted.items():
         pool, _ = dp.set_pool(name, [parse_address(a) for a in spec["endpoints"]], spec.get("balancer"))
         verdicts = spec.get("health")
@@ -44,10 +48,14 @@ def apply_state(dp: DataPlane, state: dict[str, Any]) -> int:
                 verdict = Health(verdicts.get(ep.address, 0))
                 if ep.checked is not verdict:
                     ep.set_checked(verdict)
+        if "slot" in spec:
+            slots[spec["slot"]] = pool
     for name in [n for n in dp.pools if n not in wanted]:
         dp.remove_pool(name)
-    routes = state["routes"]
-    if routes["generation"] != dp.routes.generation:
+    if slots:
+        dp.slots = slots  # one reference write: the request path reads it whole
+    routes = state.get("routes")
+    if routes is not None and routes["generation"] != dp.routes.generation:
         preview = routes.get("preview")
         dp.apply_routes(
             RouteTable(dp.pools[routes["active"]], dp.pools[preview] if preview else None, routes["generation"])

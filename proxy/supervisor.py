@@ -2,8 +2,9 @@
 
 The admin API, the Switch and the health checks live here, on a loop that carries no client
 traffic, so a flip never queues behind the data plane. Workers share the listeners with
-SO_REUSEPORT. A change is pushed to every worker and answered only when each has acknowledged the
-generation it applied; a worker that dies is restarted, and it starts on the current state.
+SO_REUSEPORT. Pool changes are pushed to every worker and answered only when each has acknowledged
+them; routes are one shared word (`proxy.routeword`) that every worker's next request reads, written
+only after the pools it names were acknowledged. A worker that dies is restarted on the current state.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from proxy.etcd import StoreUnavailableError
 from proxy.fleet import Fleet
 from proxy.health import HealthChecker
 from proxy.metrics import make_registry
+from proxy.routeword import MAX_SLOT, NO_SLOT, encode, shared_word
 from proxy.server import read_config_for_reload
 from proxy.state import merge_stats, snapshot_state
 from proxy.switch import Switch, normalize_endpoints
@@ -98,6 +100,11 @@ class Supervisor:
         self._health_push: asyncio.Task[None] | None = None
         self.settings_epoch = 0  # bumped by a reload: workers re-read the config file's settings
         self.fleet: Fleet | None = None
+        self.word_fd, self.word = shared_word()
+        self._word_names: set[str] = set()  # the pools the published word names
+        self._pushed: dict[str, Any] = {}  # pool specs (with slots) every live worker acknowledged
+        self._pushed_epoch = 0
+        self._slots: dict[str, int] = {}
 
     async def start(self) -> None:
         raise_priority()
@@ -113,6 +120,7 @@ class Supervisor:
                 raise OSError(f"cannot join the fleet: {exc}") from None
             control = FleetControl(self.switch, self, self.fleet)
         async with self.switch.lock:
+            await self.publish()  # no worker yet: settles the slots and writes the first word
             for i in range(self.n):
                 await self._spawn(i)
         fleet = self.fleet
@@ -144,7 +152,9 @@ class Supervisor:
             self.config.source,
             "--fd",
             str(child.fileno()),
-            pass_fds=(child.fileno(),),
+            "--routes-fd",
+            str(self.word_fd),
+            pass_fds=(child.fileno(), self.word_fd),
         )
         child.close()
         worker = Worker(index, proc, await Channel.open(parent), restarts)
@@ -201,8 +211,8 @@ class Supervisor:
     def _state(self) -> dict[str, Any]:
         return {
             "op": "state",
-            "state": snapshot_state(self.dp),
-            "settings_epoch": self.settings_epoch,
+            "state": {"pools": self._pushed},
+            "settings_epoch": self._pushed_epoch,
             "fence_until": self.fleet.fence_until() if self.fleet else 0.0,
         }
 
@@ -212,9 +222,43 @@ class Supervisor:
         await asyncio.gather(*(self._call(w, {"op": "fence", "until": until}) for w in live), return_exceptions=True)
 
     async def publish(self) -> None:
-        """Push the state to every live worker; return when each serves it (a hung worker is killed)."""
+        """Make every live worker serve the shadow state; return when each does (a hung worker is killed).
+
+        Order matters: pools first, acknowledged; then the route word; then the removal of pools the old
+        word named. So the word never names a pool a worker lacks, and a flip alone sends no message.
+        Health verdicts follow in the background: a flip does not wait for them (workers also eject
+        failing endpoints by themselves).
+        """
+        routes = self.dp.routes
+        pools = snapshot_state(self.dp)["pools"]
+        kept = {name: self._pushed[name] for name in self._word_names if name not in pools and name in self._pushed}
+        await self._push_pools(pools | kept, health=False)
+        slots = self._slots
+        self.word[0] = encode(
+            routes.generation, slots[routes.active.name], slots[routes.preview.name] if routes.preview else NO_SLOT
+        )
+        self._word_names = set(routes.routed())
+        if kept:
+            await self._push_pools(pools, health=False)
+        if self._specs(pools) != self._pushed:
+            self._health_changed()
+
+    def _specs(self, pools: dict[str, Any]) -> dict[str, Any]:
+        for name in pools:
+            if name not in self._slots:
+                self._slots[name] = next(i for i in range(1, MAX_SLOT + 1) if i not in self._slots.values())
+        return {name: {**spec, "slot": self._slots[name]} for name, spec in pools.items()}
+
+    async def _push_pools(self, pools: dict[str, Any], *, health: bool) -> None:
+        """Send the pools to every worker and wait for the acks, unless they have them already (with
+        `health=False`, differences in health verdicts alone do not count)."""
+        specs = self._specs(pools)
+        same = specs == self._pushed or (not health and _without_health(specs) == _without_health(self._pushed))
+        if same and self.settings_epoch == self._pushed_epoch:
+            return
+        self._pushed, self._pushed_epoch = specs, self.settings_epoch
+        self._slots = {name: spec["slot"] for name, spec in specs.items()}
         message = self._state()
-        generation = self.dp.routes.generation
         live = [w for w in self.workers.values() if w.alive]
         results = await asyncio.gather(*(self._call(w, message) for w in live), return_exceptions=True)
         for worker, result in zip(live, results, strict=True):
@@ -224,7 +268,6 @@ class Supervisor:
                     worker.proc.kill()
             else:
                 worker.generation = result["generation"]
-                assert worker.generation == generation
 
     async def _call(self, worker: Worker, message: dict[str, Any]) -> dict[str, Any]:
         async with asyncio.timeout(ACK_TIMEOUT):
@@ -236,7 +279,7 @@ class Supervisor:
 
     async def _push_health(self) -> None:
         async with self.switch.lock:
-            await self.publish()
+            await self._push_pools(snapshot_state(self.dp)["pools"], health=True)
 
     async def refresh_stats(self) -> None:
         live = [w for w in self.workers.values() if w.alive]
@@ -263,6 +306,10 @@ class Supervisor:
         await self.health.close()
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+def _without_health(specs: dict[str, Any]) -> dict[str, Any]:
+    return {name: {k: v for k, v in spec.items() if k != "health"} for name, spec in specs.items()}
 
 
 def worker_pids(supervisor: Supervisor) -> Sequence[int]:

@@ -1,10 +1,11 @@
 """A worker process: one DataPlane on SO_REUSEPORT listeners, driven by the supervisor's channel.
 
-It applies the state it is sent before binding, so a (re)started worker serves the current
-generation from its first request. Later states arrive on a control *thread*, not on the event
-loop: a saturated loop would make a flip wait for a whole round of ready connections (9+ ms
-measured). The thread swaps the RouteTable reference (atomic under the GIL, effective for the next
-request) and acknowledges at once; drains and socket work follow on the loop (`DataPlane.in_loop`).
+Routes come from the supervisor's shared route word (`proxy.routeword`): a flip is a store the
+next request sees, with no message. Pools, health verdicts and settings come as state messages; it
+applies the first before binding, so a (re)started worker serves the current routes from its first
+request. Later states arrive on a control *thread*, not on the event loop: a saturated loop would
+make a change wait for a whole round of ready connections (9+ ms measured). The thread updates the
+pools and acknowledges at once; drains and socket work follow on the loop (`DataPlane.in_loop`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, BinaryIO, cast
 
 from proxy.config import ConfigError, load_config
 from proxy.dataplane import DataPlane
+from proxy.routeword import attach_word, decode
 from proxy.state import apply_state, collect_stats
 
 # A control message waits for the GIL at most this long while the data plane runs Python code.
@@ -60,13 +62,14 @@ def control_loop(stream: BinaryIO, dp: DataPlane, config_path: str, epoch: int, 
             op = message.get("op")
             if op == "fence":
                 dp.fence_until = message["until"]
-                send(stream, {"op": "ack", "generation": dp.routes.generation})
+                send(stream, {"op": "ack", "generation": served(dp)})
             elif op == "state":
                 dp.fence_until = message.get("fence_until", 0.0)
                 if message.get("settings_epoch", 0) != epoch:
                     epoch = message["settings_epoch"]
                     loop.call_soon_threadsafe(dp.apply_settings, load_config(config_path))
-                send(stream, {"op": "ack", "generation": apply_state(dp, message["state"])})
+                apply_state(dp, message["state"])
+                send(stream, {"op": "ack", "generation": served(dp)})
             elif op == "stats":
                 send(stream, {"op": "stats", "stats": collect_stats(dp)})
             else:
@@ -77,19 +80,26 @@ def control_loop(stream: BinaryIO, dp: DataPlane, config_path: str, epoch: int, 
     loop.call_soon_threadsafe(stop.set)
 
 
-async def serve(config_path: str, fd: int) -> int:
+def served(dp: DataPlane) -> int:
+    """The generation this worker routes by: the shared word's (its next request follows it)."""
+    return decode(dp.route_word[0])[0]
+
+
+async def serve(config_path: str, fd: int, word_fd: int) -> int:
     config = load_config(config_path)
     sock = socket.socket(fileno=fd)
     stream = cast(BinaryIO, sock.makefile("rwb"))
     dp = DataPlane(config)
+    dp.route_word = attach_word(word_fd)
     first = stream.readline()  # blocking is fine: nothing else runs before the first state
     if not first:
         return 1
     message = json.loads(first)
-    generation = apply_state(dp, message["state"])
+    apply_state(dp, message["state"])
+    dp.follow_routes()
     dp.fence_until = message.get("fence_until", 0.0)
     await dp.start(reuse_port=True)
-    send(stream, {"op": "ack", "generation": generation})
+    send(stream, {"op": "ack", "generation": served(dp)})
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -112,6 +122,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="bluegreen-worker")
     parser.add_argument("--config", required=True)
     parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--routes-fd", type=int, required=True)
     args = parser.parse_args()
     from proxy.cli import new_event_loop
 
@@ -122,7 +133,7 @@ def main() -> None:
         pass
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            sys.exit(runner.run(serve(args.config, args.fd)))
+            sys.exit(runner.run(serve(args.config, args.fd, args.routes_fd)))
     except ConfigError as exc:
         print(f"bluegreen worker: config error: {exc}", file=sys.stderr)
         sys.exit(2)

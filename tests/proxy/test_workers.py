@@ -1,4 +1,5 @@
-"""`--workers N`: one admin, flips acknowledged by every worker, a dead worker restarted on the current state."""
+"""`--workers N`: one admin, flips through the shared route word, pools acknowledged by every worker, a dead
+worker restarted on the current state."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import yaml
 
 from tests.proxy.conftest import StartUpstream
 from tests.proxy.support import ProxyProcess, RawClient
@@ -64,6 +66,88 @@ async def test_dead_worker_restarts_on_current_generation(upstream: StartUpstrea
             async with session.get(f"{admin}/metrics") as resp:
                 text = await resp.text()
             assert 'bluegreen_requests_total{pool="blue",status_class="2xx"}' in text
+    finally:
+        code, out = proxy.stop()
+    assert code == 0, out
+
+
+async def test_a_flip_needs_no_round_trip_to_the_workers(upstream: StartUpstream, tmp_path: Path) -> None:
+    """With every worker frozen, a flip still answers at once (it is a store to the shared route word, not a
+    message a worker must acknowledge), nobody is killed as a laggard, and each worker's first request after
+    it wakes up is served by the new routes."""
+    pools = {"blue": [await upstream("blue")], "green": [await upstream("green")]}
+    proxy = ProxyProcess(tmp_path, pools, "blue", "green").start("--workers", "2")
+    assert proxy.proc is not None
+    admin = f"http://127.0.0.1:{proxy.ports['admin']}"
+    workers = children(proxy.proc.pid)
+    assert len(workers) == 2
+    try:
+        assert await colors_on_fresh_connections(proxy.ports["active"], 10) == {"blue"}
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            async with aiohttp.ClientSession() as session:
+                # Well under the 5 s after which a worker that does not acknowledge a message is killed.
+                async with asyncio.timeout(3):
+                    async with session.post(f"{admin}/api/v1/switch", json={"active": "green"}) as resp:
+                        assert resp.status == 200 and (await resp.json())["generation"] == 2
+        finally:
+            for pid in workers:
+                os.kill(pid, signal.SIGCONT)
+        assert await colors_on_fresh_connections(proxy.ports["active"], 40) == {"green"}
+        assert children(proxy.proc.pid) == workers
+    finally:
+        code, out = proxy.stop()
+    assert code == 0, out
+
+
+async def test_reload_replacing_the_active_pool_keeps_serving(upstream: StartUpstream, tmp_path: Path) -> None:
+    """A reload that removes the active pool and routes a new one: workers learn the new pool before the route
+    word names it, and drop the old one only after the word moved, so no request meets a missing pool."""
+    pools = {"blue": [await upstream("blue")], "green": [await upstream("green")]}
+    proxy = ProxyProcess(tmp_path, pools, "blue", "green").start("--workers", "2")
+    admin = f"http://127.0.0.1:{proxy.ports['admin']}"
+    config = yaml.safe_load(proxy.path.read_text())
+    failures: list[str] = []
+    colors: list[str] = []
+
+    async def keep_requesting(stop: float) -> None:
+        client = RawClient(proxy.ports["active"])
+        try:
+            while time.monotonic() < stop:
+                try:
+                    resp = await client.request()
+                except (OSError, asyncio.IncompleteReadError) as exc:
+                    failures.append(repr(exc))
+                    await client.close()
+                    continue
+                if resp.status != 200:
+                    failures.append(f"status {resp.status}")
+                colors.append(resp.headers[b"x-served-by-color"].decode())
+        finally:
+            await client.close()
+
+    try:
+        stop = time.monotonic() + 1.5
+        load = asyncio.gather(*(keep_requesting(stop) for _ in range(8)))
+        await asyncio.sleep(0.3)
+        config["pools"] = {"green": config["pools"]["green"], "teal": {"endpoints": [await upstream("teal")]}}
+        config["routes"] = {"active": "teal", "preview": "green"}
+        proxy.path.write_text(yaml.safe_dump(config))
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{admin}/api/v1/reload") as resp:
+                assert resp.status == 200, await resp.text()
+                body = await resp.json()
+            assert body["routes"] == {"active": "teal", "preview": "green", "generation": 2}
+            after = len(colors)
+            assert await colors_on_fresh_connections(proxy.ports["active"], 20) == {"teal"}
+            await load
+            async with session.get(f"{admin}/api/v1/pools") as resp:
+                assert {p["name"] for p in (await resp.json())["pools"]} == {"green", "teal"}
+        assert failures == []
+        assert set(colors[:after]) <= {"blue", "teal"} and "blue" in colors
+        # Requests started after the answer may finish on blue only if their head was read before it.
+        assert set(colors[after + 16 :]) == {"teal"}
     finally:
         code, out = proxy.stop()
     assert code == 0, out

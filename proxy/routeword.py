@@ -1,0 +1,54 @@
+"""The route word: which pools every worker serves, as one 64-bit value in shared memory.
+
+Under `--workers` the supervisor flips by storing one aligned 8-byte word in a memory page that
+every worker maps read-only; each request compares the word with its worker's RouteTable and, on a
+difference, the worker rebuilds the table from the pool slots it was sent. So a flip takes no
+round trip through the workers (a message had to wait for a busy worker's GIL and CPU slice: p99
+10+ ms under load): once the store is done, every worker routes its next request by it, which is
+what the flip's answer promises. Pool changes still travel as acknowledged messages, and a word
+names only pools the workers acknowledged (the supervisor orders the two).
+
+Layout: generation (high 32 bits) | active slot (16) | preview slot (16, 0 = none). The store and
+the loads are single aligned 8-byte moves (memoryview 'Q' items), so no reader sees half a word.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import tempfile
+
+NO_SLOT = 0
+MAX_SLOT = 0xFFFF
+
+
+def encode(generation: int, active: int, preview: int) -> int:
+    return (generation & 0xFFFFFFFF) << 32 | active << 16 | preview
+
+
+def decode(word: int) -> tuple[int, int, int]:
+    """(generation, active slot, preview slot)."""
+    return word >> 32, (word >> 16) & 0xFFFF, word & 0xFFFF
+
+
+def local_word() -> memoryview:
+    """A private word: a single process keeps the same hot path without sharing anything."""
+    return memoryview(bytearray(8)).cast("Q")
+
+
+def shared_word() -> tuple[int, memoryview]:
+    """A new shared word: (file descriptor to hand to workers, writable view)."""
+    try:
+        fd = os.memfd_create("bluegreen-routes", os.MFD_CLOEXEC)
+    except (AttributeError, OSError):  # no memfd (not Linux): an unlinked temporary file maps the same
+        with tempfile.TemporaryFile() as f:
+            fd = os.dup(f.fileno())
+    os.ftruncate(fd, 8)
+    return fd, memoryview(mmap.mmap(fd, 8)).cast("Q")
+
+
+def attach_word(fd: int) -> memoryview:
+    """A worker's read-only view of the supervisor's word."""
+    view = memoryview(mmap.mmap(fd, 8, prot=mmap.PROT_READ)).cast("Q")
+    os.close(fd)  # the mapping outlives the descriptor
+    return view
