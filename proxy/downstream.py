@@ -239,13 +239,6 @@ class ClientConnection(asyncio.Protocol):
         """Validate the head just parsed and build the upstream request head once."""
         dp = self.dp
         parser = self.parser
-        version = parser.get_http_version()
-        if version == "1.1":
-            self.http11 = True
-        elif version == "1.0":
-            self.http11 = False
-        else:
-            raise _Reject(RESPONSE_505)
         method = parser.get_method()
         if method == b"CONNECT":
             raise _Reject(RESPONSE_405_CONNECT)
@@ -260,6 +253,7 @@ class ClientConnection(asyncio.Protocol):
         chunked = False
         expect_continue = False
         connection_tokens: set[bytes] | None = None
+        has_connection = False
         upgrade_value = b""
         xff = xfh = xfp = via = b""
         trusted = self.trusted
@@ -277,6 +271,7 @@ class ClientConnection(asyncio.Protocol):
                     elif kind == _TE:
                         chunked = True  # llhttp accepts only a final, exact `chunked` in requests
                     elif kind == _CONNECTION:
+                        has_connection = True
                         connection_tokens = connection_fields(value, connection_tokens)
                     elif kind == _UPGRADE:
                         upgrade_value = value
@@ -296,6 +291,20 @@ class ClientConnection(asyncio.Protocol):
                             extend((name, b": ", value, b"\r\n"))
                     continue
             extend((name, b": ", value, b"\r\n"))
+        keep_alive = parser.should_keep_alive()
+        if keep_alive and not has_connection:
+            # llhttp keeps a connection alive without a `Connection` field for HTTP/1.1 only (1.0 and 2.0
+            # need `keep-alive`; other versions are refused), so the common request skips
+            # get_http_version(), which formats a str on every call (~4 % of the request path).
+            self.http11 = True
+        else:
+            version = parser.get_http_version()
+            if version == "1.1":
+                self.http11 = True
+            elif version == "1.0":
+                self.http11 = False
+            else:
+                raise _Reject(RESPONSE_505)
         if hosts > 1 or (hosts == 0 and self.http11):
             raise _Reject(RESPONSE_400)  # RFC 9112 §3.2
         if chunked and not self.http11:
@@ -332,7 +341,6 @@ class ClientConnection(asyncio.Protocol):
         pool = routes.active if self.role == "active" else routes.preview
         if dp.fence_until and dp.loop.time() > dp.fence_until:
             pool = None  # fenced: this proxy cannot vouch that its routes are still the fleet's (503)
-        keep_alive = parser.should_keep_alive() and not self.closing
         return Exchange(
             dp,
             self,
@@ -343,7 +351,7 @@ class ClientConnection(asyncio.Protocol):
             chunked,
             expect_continue,
             upgrade,
-            keep_alive,
+            keep_alive and not self.closing,
         )
 
     # -- flow and lifecycle ------------------------------------------------------------------

@@ -46,6 +46,31 @@ def drop_fields(parts: list[bytes], names: set[bytes], start: int) -> list[bytes
     return kept
 
 
+def named_fields(low: bytes, names: set[bytes]) -> list[tuple[int, int]]:
+    """The spans of the fields called `names` in a lowercased field block (`CRLF name: value` per field,
+    ending with a CRLF): each from its leading CRLF to the next."""
+    spans = []
+    for name in names:
+        marker = b"\r\n" + name + b":"
+        i = low.find(marker)
+        while i >= 0:
+            end = low.find(b"\r\n", i + len(marker))
+            spans.append((i, end))
+            i = low.find(marker, end)
+    return spans
+
+
+def cut_spans(block: bytes, spans: list[tuple[int, int]]) -> bytes:
+    """`block` without the given spans (which may repeat)."""
+    pieces = []
+    pos = 0
+    for start, end in sorted(set(spans)):
+        pieces.append(block[pos:start])
+        pos = end
+    pieces.append(block[pos:])
+    return b"".join(pieces)
+
+
 # RFC 9110 §9.2.2: only these may be retried after the upstream may have seen them.
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 

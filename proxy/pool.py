@@ -171,6 +171,11 @@ class Pool:
                         best = ep
             return best
         start = self.rr
+        if start < n and not limit:
+            ep = endpoints[start]  # the usual case, without the loop: the next endpoint is up
+            if ep.up and ep is not exclude:
+                self.rr = start + 1 if start + 1 < n else 0
+                return ep
         for i in range(n):
             ep = endpoints[(start + i) % n]
             if ep.up and ep is not exclude and (not limit or ep.in_flight < limit):

@@ -4,6 +4,11 @@ A plain `asyncio.Protocol` with httptools' response parser: no client library in
 proxy decides retries itself (aiohttp's hidden retry on reused connections is exactly what a proxy
 must not have). The parser is per connection and survives keep-alive reuse. Response callbacks go
 straight to the Exchange bound to the connection, which relays to the client.
+
+The parser validates and frames; the response head itself is taken from the bytes received, whole
+(no per-field callback: five fields cost more in callbacks and tuples than all the rest of the
+request path's Python). A head starts at the first byte after the request was sent, or right after
+an interim (1xx) head, so its start is always known; it may arrive across several reads.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "closed",
         "endpoint",
+        "chunk",
         "exchange",
-        "headers",
+        "head_at",
+        "head_buf",
         "idle_since",
         "must_renew_parser",
         "parser",
@@ -35,7 +42,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.chunk = b""  # the read being parsed
+        self.head_at = -1  # where in `chunk` the pending response head starts; -1: none pending
+        self.head_buf = b""  # the pending head's bytes from earlier reads
         self.idle_since = 0.0
         self.closed = False
         self.must_renew_parser = False  # after a HEAD response the parser still expects a body
@@ -54,6 +63,7 @@ class UpstreamConnection(asyncio.Protocol):
         if ex.tunnel:
             ex.tunnel_to_client(data)
             return
+        self.chunk = data
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -65,6 +75,9 @@ class UpstreamConnection(asyncio.Protocol):
             else:
                 self.close()
             return
+        if self.head_at >= 0 and self.exchange is ex:  # a head still incomplete: keep it for the next read
+            self.head_buf += data[self.head_at :]
+            self.head_at = 0
         if ex.out:
             ex.flush()
 
@@ -89,17 +102,23 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- parser callbacks (relay to the exchange) --------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self.headers = []
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+    # Only the callbacks the relay needs: httptools calls only those a protocol has, and each call costs.
 
     def on_headers_complete(self) -> None:
+        buf, at = self.chunk, self.head_at
+        held = len(self.head_buf)
+        if held:  # the head began in an earlier read
+            buf, at = self.head_buf + buf, 0
+            self.head_buf = b""
+        # llhttp accepted the head: CRLF line endings only, so it ends at the first empty line.
+        end = buf.find(b"\r\n\r\n", at) + 4
+        if end < 4 or at < 0:
+            raise ValueError("response head not found in the bytes received")  # a bug: fail the exchange
+        status = self.parser.get_status_code()
+        # After an interim response the next head follows at once; after a final one none is expected.
+        self.head_at = end - held if status < 200 and status != 101 else -1
         if self.exchange is not None:
-            # No on_status callback: one call less per response; the reason phrase is rebuilt from the
-            # code (RFC 9110 §15: clients ignore it), "Unknown" for unregistered codes.
-            self.exchange.response_head(self.parser.get_status_code(), b"", self.headers, self.parser)
+            self.exchange.response_head(status, buf[at:end], self.parser)
 
     def on_body(self, body: bytes) -> None:
         if self.exchange is not None:
@@ -112,6 +131,14 @@ class UpstreamConnection(asyncio.Protocol):
             self.exchange.response_complete()
 
     # -- pool side -----------------------------------------------------------------------------
+
+    def bind(self, exchange: Exchange) -> None:
+        """Carry `exchange`'s response: its head starts with the next byte the upstream sends."""
+        self.exchange = exchange
+        self.head_at = 0
+        self.head_buf = b""
+        if self.must_renew_parser:
+            self.renew_parser()
 
     def reusable(self) -> bool:
         return not self.closed and self.transport is not None and not self.transport.is_closing()

@@ -219,3 +219,107 @@ async def test_connect_method_refused(start_proxy: StartProxy, recorder: RawUpst
         proxy.ports["active"], b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
     )
     assert data.startswith(b"HTTP/1.1 405") and rec.received == b""
+
+
+class PiecewiseUpstream:
+    """Answers every request head with `pieces`, written one at a time with a pause between, so the proxy
+    reads a response head in several parts (and interim and final heads in various groupings)."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = pieces
+        self.server: asyncio.Server | None = None
+        self.handlers: list[asyncio.Task[None]] = []
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.handlers.append(task)
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                for piece in self.pieces:
+                    writer.write(piece)
+                    await writer.drain()
+                    await asyncio.sleep(0.01)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            for task in self.handlers:
+                task.cancel()
+            await asyncio.gather(*self.handlers, return_exceptions=True)
+            await self.server.wait_closed()
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nX-Before: 1\r\nCONNECTION: Keep-Alive, X-Private\r\nKeep-Alive: timeout=5\r\n"
+        b"X-Private: secret\r\nTrailer: X-Sum\r\nProxy-Authenticate: Basic\r\nConnection: x-other\r\n"
+        b"X-Other: 2\r\nUpgrade: h2c\r\nTransfer-Encoding: chunked\r\nX-Kept: yes\r\n\r\n",
+        # Only Connection fields, the second naming another field: the common path must not stop at the first.
+        b"HTTP/1.1 200 OK\r\nX-Before: 1\r\nConnection: keep-alive\r\nX-Other: 2\r\nconnection: X-Other\r\n"
+        b"Content-Length: 10\r\nX-Kept: yes\r\n\r\n",
+    ],
+    ids=["every-kind", "two-connection-fields"],
+)
+async def test_response_hop_by_hop_fields_removed(start_proxy: StartProxy, head: bytes) -> None:
+    chunked = b"Transfer-Encoding" in head
+    upstream = PiecewiseUpstream([head, b"4\r\nabcd\r\n6\r\nefghij\r\n0\r\n\r\n" if chunked else b"abcdefghij"])
+    address = await upstream.start()
+    try:
+        proxy = await start_proxy({"blue": [address], "green": [address]})
+        req = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        out = parse_responses(await raw_request(proxy.ports["active"], req))
+    finally:
+        await upstream.close()
+    assert [status for status, _, _ in out] == [200, 200]
+    for _, headers, got in out:
+        assert got == b"abcdefghij"
+        assert headers["x-before"] == "1" and headers["x-kept"] == "yes"
+        if chunked:
+            assert headers["transfer-encoding"] == "chunked"  # re-framed by the proxy, once
+        else:
+            assert headers["content-length"] == "10" and "transfer-encoding" not in headers
+        for name in ("keep-alive", "x-private", "trailer", "proxy-authenticate", "x-other", "upgrade"):
+            assert name not in headers, name
+    assert out[0][1].get("connection") is None and out[1][1]["connection"] == "close"
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        # A head in three reads, cut inside a field name, inside the CRLF CRLF and before the body.
+        [b"HTTP/1.1 200 OK\r\nX-A: 1\r\nConte", b"nt-Length: 5\r\nConnection: keep-alive\r\n\r", b"\nhello"],
+        # An interim 103 then the final head in one read; then a 100 nobody asked for, alone, then the rest.
+        [
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 2",
+            b"00 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhel",
+            b"lo",
+        ],
+    ],
+    ids=["split-head", "interim-heads"],
+)
+async def test_response_head_in_pieces(start_proxy: StartProxy, pieces: list[bytes]) -> None:
+    upstream = PiecewiseUpstream(pieces)
+    address = await upstream.start()
+    try:
+        proxy = await start_proxy({"blue": [address], "green": [address]})
+        req = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        out = parse_responses(await raw_request(proxy.ports["active"], req))
+    finally:
+        await upstream.close()
+    finals = [(status, headers, got) for status, headers, got in out if status >= 200]
+    assert [status for status, _, _ in finals] == [200, 200]
+    for _, headers, got in finals:
+        assert got == b"hello" and headers["x-a"] == "1" and headers["content-length"] == "5"
+        assert "connection" not in headers or headers["connection"] == "close"
+    interim = [status for status, _, _ in out if status < 200]
+    assert interim == ([103, 103] if len(pieces) == 3 and pieces[0].startswith(b"HTTP/1.1 103") else [])
