@@ -158,6 +158,12 @@ class ClientConnection(asyncio.Protocol):
             return
         queue = self.queue
         was_idle = not queue
+        if not self.in_head and self.parsing is None:
+            # A new head starts (instead of an on_message_begin callback, which costs more than this):
+            # the header timeout runs unless a response is still due, and a stall now gets a 408.
+            self.in_head = True
+            if was_idle:
+                self.deadline = self.dp.now + self.dp.timeouts.client_header
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -193,14 +199,6 @@ class ClientConnection(asyncio.Protocol):
 
     # -- parser callbacks --------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self.in_head = True
-        self.url = b""
-        self.headers = []
-        self.head_size = 0
-        if not self.queue:
-            self.deadline = self.dp.now + self.dp.timeouts.client_header
-
     def on_url(self, url: bytes) -> None:
         self.url += url
         self.head_size += len(url)
@@ -216,6 +214,9 @@ class ClientConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.in_head = False
         ex = self._request()
+        self.url = b""  # ready for the next head
+        self.headers = []
+        self.head_size = 0
         self.parsing = ex
         queue = self.queue
         queue.append(ex)

@@ -158,7 +158,7 @@ class Exchange:
         self.body_done = not has_body
         self.body_sent = False
         self.continue_sent = False
-        self.pending: list[bytes] = []
+        self.pending: list[bytes] | None = None  # request bytes held until connected (rare: no list per request)
         self.pending_size = 0
         self.request_bytes = 0
         self.endpoint: Endpoint | None = None
@@ -245,7 +245,7 @@ class Exchange:
         if self.pending:
             transport.write(b"".join((self.head, *self.pending)))
             self.body_sent = True
-            self.pending = []
+            self.pending = None
             self.pending_size = 0
             self.client.resume_reading(self.client.P_BUFFER)
         else:
@@ -266,6 +266,8 @@ class Exchange:
             conn.transport.write(data)
             self.body_sent = True
         else:
+            if self.pending is None:
+                self.pending = []
             self.pending.append(data)
             self.pending_size += len(data)
             if self.pending_size > BUFFER_LIMIT:
@@ -279,6 +281,8 @@ class Exchange:
             conn = self.upstream
             if conn is not None and conn.transport is not None:
                 conn.transport.write(b"0\r\n\r\n")
+            elif self.pending is None:
+                self.pending = [b"0\r\n\r\n"]
             else:
                 self.pending.append(b"0\r\n\r\n")
 
@@ -318,7 +322,6 @@ class Exchange:
             self.client_close = True  # the client's parser is past an upgrade request: start over
         self.out.append(self._build_head(status, head, interim=False))
         self.state = HEAD_SENT
-        self.client.deadline = self.dp.now + self.dp.timeouts.idle
         if self.resp_no_body and status != 101:
             # The parser cannot be told a HEAD response has no body: finish now, renew it before reuse.
             if self.is_head and self.upstream is not None:
@@ -332,10 +335,12 @@ class Exchange:
         # line is rebuilt (HTTP/1.1; the reason phrase from the code: RFC 9110 §15.1, clients ignore it).
         fields = head[head.find(b"\r\n") : -2]  # CRLF + line per field, then the last line's CRLF; or b""
         low = fields.lower()
-        content_length = b"\r\ncontent-length:" in low  # llhttp refuses a response with length and chunked
         upgrade_value = b""
         chunked = False
         if _RESP_RARE.search(low) is None:
+            # No Transfer-Encoding, so an upstream connection that stays open (llhttp: not close-delimited)
+            # means a Content-Length; only otherwise is it looked for.
+            content_length = self.upstream_reusable or b"\r\ncontent-length:" in low
             # The usual head: at most a `Connection: keep-alive` (or close) to cut out.
             at = low.find(b"\r\nconnection:")
             if at >= 0:
@@ -346,6 +351,7 @@ class Exchange:
                     fields, chunked, upgrade_value = _cut_hop_by_hop(fields)
         else:
             fields, chunked, upgrade_value = _cut_hop_by_hop(fields)
+            content_length = b"\r\ncontent-length:" in low  # llhttp refuses a response with length and chunked
         parts = [status_line(status), fields[2:]]
         extend = parts.extend
         if interim:
@@ -384,14 +390,18 @@ class Exchange:
                 self.out.append(b"\r\n")
         else:
             self.out.append(data)
-        # Coarse clock: refreshing the idle deadline costs one attribute read and one write.
-        self.client.deadline = self.dp.now + self.dp.timeouts.idle
 
     def flush(self) -> None:
+        """Write what the last upstream read produced (once per read, not per callback)."""
         out = self.out
         if out:
-            self.client.write(out[0] if len(out) == 1 else b"".join(out))
+            client = self.client
+            transport = client.transport
+            if transport is not None and not client.closed:
+                transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
+            # Bytes moved: the idle timeout starts again (coarse clock: one read, one write).
+            client.deadline = self.dp.now + self.dp.timeouts.idle
 
     def response_complete(self) -> None:
         if self.state != HEAD_SENT or self.tunnel or self.status == 101:
