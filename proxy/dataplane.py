@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from proxy.config import Config
 from proxy.downstream import ClientConnection
 from proxy.http import error_response
+from proxy.outbox import Outbox
 from proxy.pool import Pool
 from proxy.routes import RouteTable
 from proxy.routeword import decode, local_word
@@ -25,6 +26,7 @@ from proxy.upstream import UpstreamConnection
 class DataPlane:
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.loop = loop or asyncio.get_running_loop()
+        self.outbox = Outbox(self.loop)
         self._thread = threading.get_ident()
         self.apply_settings(config)
         self.overloaded_response = error_response(503, "Service Unavailable: too many connections", close=True)
@@ -141,8 +143,7 @@ class DataPlane:
             except TimeoutError:
                 pass
         for conn in list(self.clients):
-            if conn.transport is not None:
-                conn.transport.abort()
+            conn.abort()
         for pool in self.pools.values():
             pool.close_idle()
         if self._tick_task is not None:

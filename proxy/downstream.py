@@ -32,6 +32,7 @@ from proxy.http import (
     connection_fields,
     drop_fields,
 )
+from proxy.outbox import Outbox
 
 if TYPE_CHECKING:
     from proxy.dataplane import DataPlane
@@ -79,8 +80,10 @@ class ClientConnection(asyncio.Protocol):
         "half_closed",
         "head_size",
         "headers",
+        "held",
         "http11",
         "in_head",
+        "outbox",
         "parser",
         "parsing",
         "paused",
@@ -100,8 +103,10 @@ class ClientConnection(asyncio.Protocol):
         # Per listener.
         self.dp = dp
         self.role = role
+        self.outbox: Outbox = dp.outbox
         # Per connection.
         self.transport: asyncio.Transport | None = None
+        self.held: list[bytes] = []  # written in this loop iteration, not sent yet (`proxy.outbox`)
         self.parser = httptools.HttpRequestParser(self)
         self.peer = b""
         self.xff_line = b""
@@ -137,8 +142,8 @@ class ClientConnection(asyncio.Protocol):
         dp.clients.add(self)
         if len(dp.clients) > dp.limits.max_connections or dp.shutting_down:
             self.closing = True
-            self.transport.write(dp.overloaded_response)
-            self.transport.close()
+            self.write(dp.overloaded_response)
+            self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -370,8 +375,31 @@ class ClientConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def write(self, data: bytes) -> None:
-        if not self.closed and self.transport is not None:
-            self.transport.write(data)
+        """Send `data` once this loop iteration's events are handled (`proxy.outbox`)."""
+        held = self.held
+        if not held:
+            self.outbox.hold(self)
+        held.append(data)
+
+    def send_held(self) -> None:
+        held = self.held
+        if held:
+            if not self.closed and self.transport is not None:
+                self.transport.write(held[0] if len(held) == 1 else b"".join(held))
+            held.clear()
+
+    def close(self) -> None:
+        """Close after sending what is held (and what the transport still buffers)."""
+        self.send_held()
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Cut the connection now: held bytes are dropped with it."""
+        self.held.clear()
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
 
     def _upgrade(self, rest: bytes) -> None:
         queue = self.queue
@@ -407,8 +435,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _send_reject(self) -> None:
         if self.transport is not None and not self.closed:
-            self.transport.write(self.reject or RESPONSE_400)
-            self.transport.close()
+            self.write(self.reject or RESPONSE_400)
+            self.close()
 
     def exchange_finished(self, ex: Exchange, aborted: bool) -> None:
         queue = self.queue
@@ -424,15 +452,14 @@ class ClientConnection(asyncio.Protocol):
         if self.closed or self.transport is None:
             return
         if aborted:
-            self.closed = True
-            self.transport.abort()
+            self.abort()
             return
         if ex.client_close or self.closing:
             # The connection ends with this response: pipelined requests behind it never go upstream.
             self.closing = True
             while queue:
                 queue.popleft().discard()
-            self.transport.close()
+            self.close()
             return
         if queue:
             nxt = queue[0]
@@ -444,7 +471,7 @@ class ClientConnection(asyncio.Protocol):
         if self.reject is not None:
             self._send_reject()
         elif self.half_closed:
-            self.transport.close()
+            self.close()
         else:
             self.deadline = self.dp.now + self.dp.timeouts.keepalive
             if self.paused:
@@ -458,10 +485,10 @@ class ClientConnection(asyncio.Protocol):
         elif self.queue:
             self.queue[0].timeout()
         elif self.in_head:
-            self.transport.write(RESPONSE_408)
-            self.transport.close()
+            self.write(RESPONSE_408)
+            self.close()
         else:
-            self.transport.close()
+            self.close()
 
     def shutdown(self) -> None:
         """Graceful stop: an idle connection closes now, a busy one after its current response."""
@@ -469,4 +496,4 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is None or self.closed:
             return
         if not self.queue and not self.in_head and self.tunnel is None:
-            self.transport.close()
+            self.close()

@@ -208,7 +208,7 @@ class Exchange:
         dp = self.dp
         try:
             async with asyncio.timeout(dp.timeouts.connect):
-                _, conn = await dp.loop.create_connection(lambda: UpstreamConnection(ep), ep.host, ep.port)
+                _, conn = await dp.loop.create_connection(lambda: UpstreamConnection(ep, dp.outbox), ep.host, ep.port)
         except TimeoutError:
             self.connect_task = None
             self._connect_failed(ep, 504)
@@ -243,13 +243,13 @@ class Exchange:
             transport.pause_reading()
         self.sent_at = self.dp.loop.time()
         if self.pending:
-            transport.write(b"".join((self.head, *self.pending)))
+            conn.write(b"".join((self.head, *self.pending)))
             self.body_sent = True
             self.pending = None
             self.pending_size = 0
             self.client.resume_reading(self.client.P_BUFFER)
         else:
-            transport.write(self.head)
+            conn.write(self.head)
 
     def request_body(self, data: bytes) -> None:
         if self.state == DONE:
@@ -263,7 +263,7 @@ class Exchange:
             data = b"%x\r\n%b\r\n" % (len(data), data)
         conn = self.upstream
         if conn is not None and conn.transport is not None:
-            conn.transport.write(data)
+            conn.write(data)
             self.body_sent = True
         else:
             if self.pending is None:
@@ -280,7 +280,7 @@ class Exchange:
         if self.chunked_request and self.state != DONE:
             conn = self.upstream
             if conn is not None and conn.transport is not None:
-                conn.transport.write(b"0\r\n\r\n")
+                conn.write(b"0\r\n\r\n")
             elif self.pending is None:
                 self.pending = [b"0\r\n\r\n"]
             else:
@@ -396,9 +396,7 @@ class Exchange:
         out = self.out
         if out:
             client = self.client
-            transport = client.transport
-            if transport is not None and not client.closed:
-                transport.write(out[0] if len(out) == 1 else b"".join(out))
+            client.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
             # Bytes moved: the idle timeout starts again (coarse clock: one read, one write).
             client.deadline = self.dp.now + self.dp.timeouts.idle
@@ -431,7 +429,7 @@ class Exchange:
             self.client.write(rest)
         self.client.start_tunnel(self)
         if self.tunnel_pending and self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.write(self.tunnel_pending)
+            self.upstream.write(self.tunnel_pending)
             self.tunnel_pending = b""
 
     def tunnel_to_client(self, data: bytes) -> None:
@@ -441,7 +439,7 @@ class Exchange:
     def tunnel_to_upstream(self, data: bytes) -> None:
         conn = self.upstream
         if conn is not None and conn.transport is not None:
-            conn.transport.write(data)
+            conn.write(data)
         self.client.deadline = self.dp.now + self.dp.timeouts.idle
 
     # -- failures --------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import httptools
 
 if TYPE_CHECKING:
     from proxy.exchange import Exchange
+    from proxy.outbox import Outbox
     from proxy.pool import Endpoint
 
 
@@ -31,14 +32,18 @@ class UpstreamConnection(asyncio.Protocol):
         "exchange",
         "head_at",
         "head_buf",
+        "held",
         "idle_since",
         "must_renew_parser",
+        "outbox",
         "parser",
         "transport",
     )
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Endpoint, outbox: Outbox) -> None:
         self.endpoint = endpoint
+        self.outbox = outbox
+        self.held: list[bytes] = []  # written in this loop iteration, not sent yet (`proxy.outbox`)
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
         self.parser = httptools.HttpResponseParser(self)
@@ -147,13 +152,30 @@ class UpstreamConnection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.must_renew_parser = False
 
+    def write(self, data: bytes) -> None:
+        """Send `data` once this loop iteration's events are handled (`proxy.outbox`)."""
+        held = self.held
+        if not held:
+            self.outbox.hold(self)
+        held.append(data)
+
+    def send_held(self) -> None:
+        held = self.held
+        if held:
+            transport = self.transport
+            if transport is not None and not self.closed:
+                transport.write(held[0] if len(held) == 1 else b"".join(held))
+            held.clear()
+
     def close(self) -> None:
+        self.send_held()
         self.closed = True
         self.exchange = None
         if self.transport is not None:
             self.transport.close()
 
     def abort(self) -> None:
+        self.held.clear()
         self.closed = True
         self.exchange = None
         if self.transport is not None:

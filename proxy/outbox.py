@@ -1,0 +1,42 @@
+"""Writes are held until the event loop has handled every ready event, then sent: one write per
+connection per loop iteration (HAProxy likewise sends after processing its events).
+
+uvloop's `transport.write` sends at once, so under load each request woke its peer (the upstream,
+then the client) separately, and on a VM every wake-up of a sleeping process on the other core is
+an inter-processor interrupt. The proxy's kernel time, mostly spent waking peers, was half its CPU.
+Sending at the end of the iteration lets one wake-up find several requests waiting: measured with
+`wrk -c64` on the 2-core machine, 14k -> 22k requests/s and 70 -> 45 µs of CPU per request.
+The cost is one loop iteration of latency (microseconds), and every close must send what is held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+
+class Holder(Protocol):
+    def send_held(self) -> None: ...
+
+
+class Outbox:
+    """The connections with bytes held in this loop iteration; sent by one callback at its end."""
+
+    __slots__ = ("held", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.held: list[Holder] = []
+
+    def hold(self, conn: Holder) -> None:
+        """`conn` has bytes to send (called on its first write of the iteration)."""
+        if not self.held:
+            # call_soon runs after the I/O callbacks of this iteration: the whole batch is handled first.
+            self.loop.call_soon(self.send)
+        self.held.append(conn)
+
+    def send(self) -> None:
+        held = self.held
+        self.held = []
+        for conn in held:
+            conn.send_held()
