@@ -375,10 +375,17 @@ class ClientConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def write(self, data: bytes) -> None:
-        """Send `data` once this loop iteration's events are handled (`proxy.outbox`)."""
+        """Send `data` once this loop iteration's events are handled (`proxy.outbox`), or now when the
+        loop is not busy."""
         held = self.held
         if not held:
-            self.outbox.hold(self)
+            outbox = self.outbox
+            if outbox.direct:
+                outbox.direct -= 1
+                if not self.closed and self.transport is not None:
+                    self.transport.write(data)
+                return
+            outbox.hold(self)
         held.append(data)
 
     def send_held(self) -> None:

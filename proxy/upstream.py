@@ -153,10 +153,17 @@ class UpstreamConnection(asyncio.Protocol):
         self.must_renew_parser = False
 
     def write(self, data: bytes) -> None:
-        """Send `data` once this loop iteration's events are handled (`proxy.outbox`)."""
+        """Send `data` once this loop iteration's events are handled (`proxy.outbox`), or now when the
+        loop is not busy."""
         held = self.held
         if not held:
-            self.outbox.hold(self)
+            outbox = self.outbox
+            if outbox.direct:
+                outbox.direct -= 1
+                if self.transport is not None and not self.closed:
+                    self.transport.write(data)
+                return
+            outbox.hold(self)
         held.append(data)
 
     def send_held(self) -> None:
