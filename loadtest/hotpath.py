@@ -1,0 +1,146 @@
+"""The proxy's own cost per request, without sockets: both protocols driven with in-memory transports.
+
+    python -m loadtest.hotpath [--requests N] [--rounds R] [--instructions]
+
+Feeds a client request and an upstream response (what nginx answers for a small body) through
+`ClientConnection` and `UpstreamConnection` as the event loop would, sending held writes after each
+read as the loop does, and prints the CPU time per request (best of R rounds). `--instructions` runs
+this under `perf stat` for two request counts and prints the instructions per request (the
+difference, so start-up cancels out): a steadier figure than time on a shared machine, and the one
+quoted in docs/benchmarks.md. No syscall is made, so what it measures is Python, httptools and the
+proxy's code; the wrk benchmark (`loadtest.bench`) measures the whole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any
+
+from proxy.config import parse_config
+from proxy.dataplane import DataPlane
+from proxy.downstream import ClientConnection
+from proxy.upstream import UpstreamConnection
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:9400\r\n\r\n"
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 11:50:00 GMT\r\n"
+    b"Content-Type: text/plain\r\nContent-Length: 6\r\nConnection: keep-alive\r\n\r\nhello\n"
+)
+
+
+class MemoryTransport:
+    """What the protocols use of a transport; writes are kept (the last one) and counted."""
+
+    def __init__(self) -> None:
+        self.last = b""
+        self.writes = 0
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.last = data
+        self.writes += 1
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 5555) if name in ("peername", "sockname") else default
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+
+async def run(requests: int, rounds: int) -> tuple[float, bytes, bytes]:
+    """Best CPU seconds per request over `rounds`, and the last upstream request and client response."""
+    config = parse_config(
+        {
+            "listeners": {"active": {"port": 0}},
+            "pools": {"blue": {"endpoints": ["127.0.0.1:9300"]}},
+            "routes": {"active": "blue"},
+        }
+    )
+    dp = DataPlane(config)
+    client = ClientConnection(dp, "active")
+    to_client = MemoryTransport()
+    client.connection_made(to_client)  # type: ignore[arg-type]
+    endpoint = dp.pools["blue"].endpoints[0]
+    upstream = UpstreamConnection(endpoint, dp.outbox)
+    to_upstream = MemoryTransport()
+    upstream.connection_made(to_upstream)  # type: ignore[arg-type]
+    endpoint.idle.append(upstream)
+    outbox = dp.outbox
+
+    def serve(n: int) -> None:
+        for _ in range(n):
+            client.data_received(REQUEST)
+            if outbox.held:  # as the loop would: it runs the send it was asked for, if any
+                outbox.send()
+            upstream.data_received(RESPONSE)
+            if outbox.held:
+                outbox.send()
+
+    serve(min(1000, requests))  # warm up: specialised bytecode, pooled objects
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.process_time()
+        serve(requests)
+        best = min(best, time.process_time() - started)
+    return best / requests, to_upstream.last, to_client.last
+
+
+def instructions_per_request(requests: int) -> int:
+    """perf stat's user+kernel instructions for `requests` and 3x as many; the difference per request."""
+    counts = []
+    for n in (requests, 3 * requests):
+        out = subprocess.run(
+            ["perf", "stat", "-x,", "-e", "instructions", sys.executable, "-m", "loadtest.hotpath"]
+            + ["--requests", str(n), "--rounds", "1"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stderr
+        line = next(line for line in out.splitlines() if ",instructions" in line)
+        counts.append(int(line.split(",")[0]))
+    return (counts[1] - counts[0]) // (2 * requests)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.hotpath", description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--instructions", action="store_true", help="count instructions with perf stat")
+    args = parser.parse_args(argv)
+    if args.requests < 1 or args.rounds < 1:
+        parser.error("--requests and --rounds must be at least 1")
+    if args.instructions:
+        if shutil.which("perf") is None:
+            print("perf is not installed (Debian: linux-perf)", file=sys.stderr)
+            return 2
+        print(f"{instructions_per_request(args.requests):,} instructions per request")
+        return 0
+    seconds, upstream_head, client_response = asyncio.run(run(args.requests, args.rounds))
+    if not client_response.endswith(b"\r\n\r\nhello\n") or b"x-served-by-color: blue" not in client_response:
+        print(f"unexpected response relayed: {client_response!r}", file=sys.stderr)
+        return 1
+    print(f"{seconds * 1e6:.2f} µs of CPU per request (no sockets), best of {args.rounds} x {args.requests}")
+    print(f"upstream got:  {upstream_head!r}")
+    print(f"client got:    {client_response!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
