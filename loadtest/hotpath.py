@@ -1,8 +1,10 @@
 """The proxy's own cost per request, without sockets: both protocols driven with in-memory transports.
 
-    python -m loadtest.hotpath [--requests N] [--rounds R] [--instructions]
+    python -m loadtest.hotpath [--requests N] [--rounds R] [--fields small|browser] [--instructions]
 
-Feeds a client request and an upstream response (what nginx answers for a small body) through
+Feeds a client request and an upstream response (what nginx answers for a small body; with
+`--fields browser`, a browser's request with 13 fields and an application's answer with 11; or one of
+them with its small counterpart) through
 `ClientConnection` and `UpstreamConnection` as the event loop would, sending held writes after each
 read as the loop does, and prints the CPU time per request (best of R rounds). `--instructions` runs
 this under `perf stat` for two request counts and prints the instructions per request (the
@@ -31,6 +33,30 @@ RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 11:50:00 GMT\r\n"
     b"Content-Type: text/plain\r\nContent-Length: 6\r\nConnection: keep-alive\r\n\r\nhello\n"
 )
+# What a browser sends for a page, and what an application behind the proxy answers.
+BROWSER_REQUEST = (
+    b"GET /account/orders?page=2 HTTP/1.1\r\nHost: 127.0.0.1:9400\r\nConnection: keep-alive\r\n"
+    b'sec-ch-ua: "Chromium";v="131", "Not_A Brand";v="24"\r\nsec-ch-ua-mobile: ?0\r\n'
+    b'sec-ch-ua-platform: "Linux"\r\nUpgrade-Insecure-Requests: 1\r\n'
+    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36\r\n"
+    b"Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8\r\n"
+    b"Sec-Fetch-Site: same-origin\r\nSec-Fetch-Mode: navigate\r\nReferer: http://127.0.0.1:9400/account\r\n"
+    b"Accept-Encoding: gzip, deflate, br, zstd\r\nAccept-Language: en-GB,en;q=0.9\r\n"
+    b"Cookie: session=8f14e45fceea167a5a36dedd4bea2543; theme=dark\r\n\r\n"
+)
+BROWSER_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: gunicorn\r\nDate: Thu, 26 Nov 2026 11:50:00 GMT\r\nConnection: keep-alive\r\n"
+    b"Content-Type: text/html; charset=utf-8\r\nContent-Length: 6\r\nCache-Control: private, no-cache\r\n"
+    b"Vary: Cookie, Accept-Encoding\r\nX-Request-Id: 5e1c2d9a-4b7f-4c1e-9a3b-2f6d8e7c1a0b\r\n"
+    b"Set-Cookie: theme=dark; Path=/; SameSite=Lax\r\nX-Content-Type-Options: nosniff\r\n"
+    b"Strict-Transport-Security: max-age=31536000\r\n\r\nhello\n"
+)
+FIELDS = {
+    "small": (REQUEST, RESPONSE),
+    "browser": (BROWSER_REQUEST, BROWSER_RESPONSE),
+    "browser-request": (BROWSER_REQUEST, RESPONSE),
+    "browser-response": (REQUEST, BROWSER_RESPONSE),
+}
 
 
 class MemoryTransport:
@@ -64,7 +90,7 @@ class MemoryTransport:
         self.closing = True
 
 
-async def run(requests: int, rounds: int) -> tuple[float, bytes, bytes]:
+async def run(requests: int, rounds: int, fields: str = "small") -> tuple[float, bytes, bytes]:
     """Best CPU seconds per request over `rounds`, and the last upstream request and client response."""
     config = parse_config(
         {
@@ -83,13 +109,14 @@ async def run(requests: int, rounds: int) -> tuple[float, bytes, bytes]:
     upstream.connection_made(to_upstream)  # type: ignore[arg-type]
     endpoint.idle.append(upstream)
     outbox = dp.outbox
+    request, response = FIELDS[fields]
 
     def serve(n: int) -> None:
         for _ in range(n):
-            client.data_received(REQUEST)
+            client.data_received(request)
             if outbox.held:  # as the loop would: it runs the send it was asked for, if any
                 outbox.send()
-            upstream.data_received(RESPONSE)
+            upstream.data_received(response)
             if outbox.held:
                 outbox.send()
 
@@ -102,13 +129,13 @@ async def run(requests: int, rounds: int) -> tuple[float, bytes, bytes]:
     return best / requests, to_upstream.last, to_client.last
 
 
-def instructions_per_request(requests: int) -> int:
+def instructions_per_request(requests: int, fields: str) -> int:
     """perf stat's user+kernel instructions for `requests` and 3x as many; the difference per request."""
     counts = []
     for n in (requests, 3 * requests):
         out = subprocess.run(
             ["perf", "stat", "-x,", "-e", "instructions", sys.executable, "-m", "loadtest.hotpath"]
-            + ["--requests", str(n), "--rounds", "1"],
+            + ["--requests", str(n), "--rounds", "1", "--fields", fields],
             capture_output=True,
             text=True,
             check=True,
@@ -122,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.hotpath", description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--fields", choices=sorted(FIELDS), default="small", help="the request and response used")
     parser.add_argument("--instructions", action="store_true", help="count instructions with perf stat")
     args = parser.parse_args(argv)
     if args.requests < 1 or args.rounds < 1:
@@ -130,9 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which("perf") is None:
             print("perf is not installed (Debian: linux-perf)", file=sys.stderr)
             return 2
-        print(f"{instructions_per_request(args.requests):,} instructions per request")
+        print(f"{instructions_per_request(args.requests, args.fields):,} instructions per request")
         return 0
-    seconds, upstream_head, client_response = asyncio.run(run(args.requests, args.rounds))
+    seconds, upstream_head, client_response = asyncio.run(run(args.requests, args.rounds, args.fields))
     if not client_response.endswith(b"\r\n\r\nhello\n") or b"x-served-by-color: blue" not in client_response:
         print(f"unexpected response relayed: {client_response!r}", file=sys.stderr)
         return 1
