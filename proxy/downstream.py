@@ -57,6 +57,9 @@ _REQ_FIRST = frozenset(name[0] for name in _REQ_FIELDS)
 _PROTO_VIA = b"x-forwarded-proto: http\r\nvia: " + VIA + b"\r\n"
 
 
+LINGER = 2.0  # seconds a client that was answered early may go on sending before the connection closes
+
+
 class _Reject(Exception):
     """Raised from a parser callback to stop parsing; the connection answers `response` and closes."""
 
@@ -83,6 +86,7 @@ class ClientConnection(asyncio.Protocol):
         "held",
         "http11",
         "in_head",
+        "lingering",
         "outbox",
         "parser",
         "parsing",
@@ -121,6 +125,7 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel: Exchange | None = None
         self.deadline = 0.0
         self.http11 = True
+        self.lingering = False
         # Per request (the head being parsed).
         self.in_head = False
         self.url = b""
@@ -180,6 +185,11 @@ class ClientConnection(asyncio.Protocol):
             self._reject(cause.response if isinstance(cause, _Reject) else RESPONSE_400)
         except httptools.HttpParserError:
             self._reject(RESPONSE_400)
+        else:
+            if self.in_head:  # this read ended inside a head
+                self.head_size += len(data)
+                if self.head_size > self.dp.limits.max_header_bytes:
+                    self._reject(RESPONSE_431)
         if was_idle and queue and not queue[0].started:
             queue[0].start()
 
@@ -204,17 +214,15 @@ class ClientConnection(asyncio.Protocol):
 
     # -- parser callbacks --------------------------------------------------------------------
 
+    # The head size limit is checked per read while a head is incomplete (so a head arriving in pieces
+    # holds no more than the limit and one read), and exactly when it completes (`_request`): not per
+    # field, where the accounting cost more than the rest of the callback (~1,400 instructions).
+
     def on_url(self, url: bytes) -> None:
         self.url += url
-        self.head_size += len(url)
-        if self.head_size > self.dp.limits.max_header_bytes:
-            raise _Reject(RESPONSE_431)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
-        self.head_size += len(name) + len(value) + 4
-        if self.head_size > self.dp.limits.max_header_bytes:
-            raise _Reject(RESPONSE_431)
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -263,7 +271,9 @@ class ClientConnection(asyncio.Protocol):
         upgrade_value = b""
         xff = xfh = xfp = via = b""
         trusted = self.trusted
+        size = len(self.url)
         for name, value in self.headers:
+            size += len(name) + len(value) + 4
             if (name[0] | 32) in _REQ_FIRST:
                 kind = _REQ_FIELDS.get(name.lower(), _COPY)
                 if kind != _COPY:
@@ -297,6 +307,8 @@ class ClientConnection(asyncio.Protocol):
                             extend((name, b": ", value, b"\r\n"))
                     continue
             extend((name, b": ", value, b"\r\n"))
+        if size > dp.limits.max_header_bytes:
+            raise _Reject(RESPONSE_431)
         keep_alive = parser.should_keep_alive()
         if keep_alive and not has_connection:
             # llhttp keeps a connection alive without a `Connection` field for HTTP/1.1 only (1.0 and 2.0
@@ -443,7 +455,30 @@ class ClientConnection(asyncio.Protocol):
     def _send_reject(self) -> None:
         if self.transport is not None and not self.closed:
             self.write(self.reject or RESPONSE_400)
+            self.linger()
+
+    def linger(self) -> None:
+        """Close after an answer while the client may still be sending (a refused head, an unread body).
+
+        Closing with unread input makes the kernel send a reset, which can destroy the answer before the
+        client reads it (RFC 9112 §9.6). So: send what is held, shut our side, then read and discard until
+        the client closes or `LINGER` passes (nginx's lingering close).
+        """
+        transport = self.transport
+        if self.closed or transport is None:
+            return
+        if not transport.can_write_eof():
             self.close()
+            return
+        self.send_held()
+        self.lingering = True
+        self.closing = True
+        transport.write_eof()
+        self.deadline = self.dp.now + LINGER
+        # Read again, to discard: data_received drops everything while P_REJECT is set.
+        if self.paused:
+            transport.resume_reading()
+        self.paused = self.P_REJECT
 
     def exchange_finished(self, ex: Exchange, aborted: bool) -> None:
         queue = self.queue
@@ -466,7 +501,10 @@ class ClientConnection(asyncio.Protocol):
             self.closing = True
             while queue:
                 queue.popleft().discard()
-            self.close()
+            if ex.body_done and not self.paused & self.P_REJECT:
+                self.close()
+            else:
+                self.linger()  # the client may still be sending the body this answer did not wait for
             return
         if queue:
             nxt = queue[0]
@@ -487,7 +525,9 @@ class ClientConnection(asyncio.Protocol):
     def on_timeout(self) -> None:
         if self.closed or self.transport is None:
             return
-        if self.tunnel is not None:
+        if self.lingering:
+            self.transport.close()
+        elif self.tunnel is not None:
             self.tunnel.abort()
         elif self.queue:
             self.queue[0].timeout()

@@ -91,3 +91,64 @@ async def test_per_endpoint_concurrency_limit_sheds(upstream: StartUpstream, sta
     finally:
         for c in clients:
             await c.close()
+
+
+def head_of(size: int) -> bytes:
+    """A GET head of exactly `size` bytes as the limit counts them (request target, fields, separators)."""
+    base = b"GET / HTTP/1.1\r\nHost: a\r\n"
+    fields = []
+    left = size - len(b"/") - len(b"Host") - len(b"a") - 4
+    while left > 0:
+        value = b"v" * max(1, min(100, left - len(b"X-Fill") - 4))
+        fields.append(b"X-Fill: " + value + b"\r\n")
+        left -= len(b"X-Fill") + len(value) + 4
+    return base + b"".join(fields) + b"\r\n"
+
+
+async def test_header_size_limit(upstream: StartUpstream, start_proxy: StartProxy) -> None:
+    """`limits.max_header_bytes` holds for a head sent at once (checked when it completes) and for one that
+    trickles in (checked per read, before it completes); a head at the limit passes."""
+    limit = 2048
+    proxy = await start_proxy({"blue": [await upstream("blue")]}, preview=None, limits={"max_header_bytes": limit})
+    port = proxy.ports["active"]
+    at_limit = await raw_request(port, head_of(limit)[:-2] + b"Connection: close\r\n\r\n")
+    assert at_limit.startswith(b"HTTP/1.1 400") and b"too large" in at_limit  # the Connection field counts too
+    assert (await raw_request(port, head_of(limit - 40)[:-2] + b"Connection: close\r\n\r\n")).startswith(
+        b"HTTP/1.1 200"
+    )
+    many_fields = await raw_request(port, head_of(limit + 200))
+    assert many_fields.startswith(b"HTTP/1.1 400") and b"header section too large" in many_fields
+
+    # In pieces: rejected once the bytes read exceed the limit, though the head never ends.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        head = head_of(limit * 3)[:-4]  # no final CRLF CRLF
+        for i in range(0, len(head), 500):
+            writer.write(head[i : i + 500])
+            await writer.drain()
+            await asyncio.sleep(0.01)
+        answer = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 400") and b"header section too large" in answer
+
+
+async def test_early_answer_reaches_a_client_still_uploading(upstream: StartUpstream, start_proxy: StartProxy) -> None:
+    """A 413 sent while the client is still uploading is read by the client: the proxy shuts its side and
+    drains the rest (lingering close) instead of closing with unread input, which would reset the
+    connection and could destroy the answer."""
+    proxy = await start_proxy({"blue": [await upstream("blue")]}, preview=None, limits={"max_body_bytes": 1000})
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.ports["active"])
+    body = 4 * 1024 * 1024
+    try:
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % body)
+        sent = 0
+        chunk = b"x" * 65536
+        while sent < body:
+            writer.write(chunk)
+            await writer.drain()  # raises if the proxy reset the connection
+            sent += len(chunk)
+        answer = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:80]
