@@ -32,7 +32,7 @@ from proxy.http import (
     connection_fields,
     drop_fields,
 )
-from proxy.outbox import Outbox
+from proxy.outbox import Outbox, Sender
 
 if TYPE_CHECKING:
     from proxy.dataplane import DataPlane
@@ -67,7 +67,7 @@ class _Reject(Exception):
         self.response = response
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(Sender, asyncio.Protocol):
     # Why reading is paused, as bits: it resumes only when no reason is left.
     P_PIPELINE = 1  # a pipelined request waits behind the one in progress
     P_UPSTREAM = 2  # the upstream's write buffer is full (request body backpressure)
@@ -385,27 +385,6 @@ class ClientConnection(asyncio.Protocol):
         self.paused &= ~reason
         if not self.paused and self.transport is not None and not self.closed:
             self.transport.resume_reading()
-
-    def write(self, data: bytes) -> None:
-        """Send `data` once this loop iteration's events are handled (`proxy.outbox`), or now when the
-        loop is not busy."""
-        held = self.held
-        if not held:
-            outbox = self.outbox
-            if outbox.direct:
-                outbox.direct -= 1
-                if not self.closed and self.transport is not None:
-                    self.transport.write(data)
-                return
-            outbox.hold(self)
-        held.append(data)
-
-    def send_held(self) -> None:
-        held = self.held
-        if held:
-            if not self.closed and self.transport is not None:
-                self.transport.write(held[0] if len(held) == 1 else b"".join(held))
-            held.clear()
 
     def close(self) -> None:
         """Close after sending what is held (and what the transport still buffers)."""

@@ -15,13 +15,8 @@ Every close must send what is held first; an abort drops it.
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
 
 DIRECT_RUN = 32
-
-
-class Holder(Protocol):
-    def send_held(self) -> None: ...
 
 
 class Outbox:
@@ -31,10 +26,10 @@ class Outbox:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.held: list[Holder] = []
+        self.held: list[Sender] = []
         self.direct = 0  # writes to send at once before holding is tried again (0 while anything is held)
 
-    def hold(self, conn: Holder) -> None:
+    def hold(self, conn: Sender) -> None:
         """`conn` has bytes to send (called on its first write of the iteration)."""
         if not self.held:
             # call_soon runs after the I/O callbacks of this iteration: the whole batch is handled first.
@@ -48,3 +43,33 @@ class Outbox:
             conn.send_held()
         if len(held) == 1:
             self.direct = DIRECT_RUN  # alone in its iteration: holding bought nothing but latency
+
+
+class Sender:
+    """The writing side of a connection protocol (client or upstream): bytes held per iteration."""
+
+    __slots__ = ()
+    held: list[bytes]  # written in this loop iteration, not sent yet
+    outbox: Outbox
+    transport: asyncio.Transport | None
+    closed: bool
+
+    def write(self, data: bytes) -> None:
+        """Send `data` once this loop iteration's events are handled, or now when the loop is not busy."""
+        held = self.held
+        if not held:
+            outbox = self.outbox
+            if outbox.direct:
+                outbox.direct -= 1
+                if not self.closed and self.transport is not None:
+                    self.transport.write(data)
+                return
+            outbox.hold(self)
+        held.append(data)
+
+    def send_held(self) -> None:
+        held = self.held
+        if held:
+            if not self.closed and self.transport is not None:
+                self.transport.write(held[0] if len(held) == 1 else b"".join(held))
+            held.clear()

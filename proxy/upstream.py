@@ -18,13 +18,15 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
+from proxy.outbox import Sender
+
 if TYPE_CHECKING:
     from proxy.exchange import Exchange
     from proxy.outbox import Outbox
     from proxy.pool import Endpoint
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(Sender, asyncio.Protocol):
     __slots__ = (
         "closed",
         "endpoint",
@@ -151,28 +153,6 @@ class UpstreamConnection(asyncio.Protocol):
     def renew_parser(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
         self.must_renew_parser = False
-
-    def write(self, data: bytes) -> None:
-        """Send `data` once this loop iteration's events are handled (`proxy.outbox`), or now when the
-        loop is not busy."""
-        held = self.held
-        if not held:
-            outbox = self.outbox
-            if outbox.direct:
-                outbox.direct -= 1
-                if self.transport is not None and not self.closed:
-                    self.transport.write(data)
-                return
-            outbox.hold(self)
-        held.append(data)
-
-    def send_held(self) -> None:
-        held = self.held
-        if held:
-            transport = self.transport
-            if transport is not None and not self.closed:
-                transport.write(held[0] if len(held) == 1 else b"".join(held))
-            held.clear()
 
     def close(self) -> None:
         self.send_held()

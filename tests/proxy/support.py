@@ -147,6 +147,24 @@ class RawClient:
             self.writer = self.reader = None
 
 
+async def keep_requesting(port: int, stop: float, failures: list[str], colors: list[str]) -> None:
+    """One keep-alive client requesting until `stop` (monotonic): failures and served colors are recorded."""
+    client = RawClient(port)
+    try:
+        while time.monotonic() < stop:
+            try:
+                resp = await client.request()
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                failures.append(repr(exc))
+                await client.close()
+                continue
+            if resp.status != 200:
+                failures.append(f"status {resp.status}")
+            colors.append(resp.headers[b"x-served-by-color"].decode())
+    finally:
+        await client.close()
+
+
 class UpstreamProcess:
     """The test upstream app in its own process, so a test can kill it mid-request."""
 

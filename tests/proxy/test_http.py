@@ -258,6 +258,19 @@ class PiecewiseUpstream:
             await self.server.wait_closed()
 
 
+async def two_requests_through(
+    start_proxy: StartProxy, upstream: PiecewiseUpstream
+) -> list[tuple[int, dict[str, str], bytes]]:
+    """Two requests on one client connection through a proxy whose pools are `upstream`; the responses."""
+    address = await upstream.start()
+    try:
+        proxy = await start_proxy({"blue": [address], "green": [address]})
+        req = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        return parse_responses(await raw_request(proxy.ports["active"], req))
+    finally:
+        await upstream.close()
+
+
 @pytest.mark.parametrize(
     "head",
     [
@@ -273,13 +286,7 @@ class PiecewiseUpstream:
 async def test_response_hop_by_hop_fields_removed(start_proxy: StartProxy, head: bytes) -> None:
     chunked = b"Transfer-Encoding" in head
     upstream = PiecewiseUpstream([head, b"4\r\nabcd\r\n6\r\nefghij\r\n0\r\n\r\n" if chunked else b"abcdefghij"])
-    address = await upstream.start()
-    try:
-        proxy = await start_proxy({"blue": [address], "green": [address]})
-        req = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
-        out = parse_responses(await raw_request(proxy.ports["active"], req))
-    finally:
-        await upstream.close()
+    out = await two_requests_through(start_proxy, upstream)
     assert [status for status, _, _ in out] == [200, 200]
     for _, headers, got in out:
         assert got == b"abcdefghij"
@@ -309,13 +316,7 @@ async def test_response_hop_by_hop_fields_removed(start_proxy: StartProxy, head:
 )
 async def test_response_head_in_pieces(start_proxy: StartProxy, pieces: list[bytes]) -> None:
     upstream = PiecewiseUpstream(pieces)
-    address = await upstream.start()
-    try:
-        proxy = await start_proxy({"blue": [address], "green": [address]})
-        req = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
-        out = parse_responses(await raw_request(proxy.ports["active"], req))
-    finally:
-        await upstream.close()
+    out = await two_requests_through(start_proxy, upstream)
     finals = [(status, headers, got) for status, headers, got in out if status >= 200]
     assert [status for status, _, _ in finals] == [200, 200]
     for _, headers, got in finals:

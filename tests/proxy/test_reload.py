@@ -12,24 +12,7 @@ import pytest
 import yaml
 
 from tests.proxy.conftest import StartUpstream
-from tests.proxy.support import ProxyProcess, RawClient
-
-
-async def keep_requesting(port: int, stop: float, failures: list[str], colors: list[str]) -> None:
-    client = RawClient(port)
-    try:
-        while time.monotonic() < stop:
-            try:
-                resp = await client.request()
-            except (OSError, asyncio.IncompleteReadError) as exc:
-                failures.append(repr(exc))
-                await client.close()
-                continue
-            if resp.status != 200:
-                failures.append(f"status {resp.status}")
-            colors.append(resp.headers[b"x-served-by-color"].decode())
-    finally:
-        await client.close()
+from tests.proxy.support import ProxyProcess, RawClient, keep_requesting
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

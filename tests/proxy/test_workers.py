@@ -14,7 +14,7 @@ import aiohttp
 import yaml
 
 from tests.proxy.conftest import StartUpstream
-from tests.proxy.support import ProxyProcess, RawClient
+from tests.proxy.support import ProxyProcess, RawClient, keep_requesting
 
 
 def children(pid: int) -> set[int]:
@@ -111,25 +111,9 @@ async def test_reload_replacing_the_active_pool_keeps_serving(upstream: StartUps
     failures: list[str] = []
     colors: list[str] = []
 
-    async def keep_requesting(stop: float) -> None:
-        client = RawClient(proxy.ports["active"])
-        try:
-            while time.monotonic() < stop:
-                try:
-                    resp = await client.request()
-                except (OSError, asyncio.IncompleteReadError) as exc:
-                    failures.append(repr(exc))
-                    await client.close()
-                    continue
-                if resp.status != 200:
-                    failures.append(f"status {resp.status}")
-                colors.append(resp.headers[b"x-served-by-color"].decode())
-        finally:
-            await client.close()
-
     try:
         stop = time.monotonic() + 1.5
-        load = asyncio.gather(*(keep_requesting(stop) for _ in range(8)))
+        load = asyncio.gather(*(keep_requesting(proxy.ports["active"], stop, failures, colors) for _ in range(8)))
         await asyncio.sleep(0.3)
         config["pools"] = {"green": config["pools"]["green"], "teal": {"endpoints": [await upstream("teal")]}}
         config["routes"] = {"active": "teal", "preview": "green"}

@@ -31,6 +31,9 @@ def manifests(**blue_green: Any) -> Any:
     for obj in loaded.objects:
         if isinstance(obj, Rollout):
             obj.spec = merge_patch(obj.spec, {"strategy": {"blueGreen": {"scaleDownDelaySeconds": 2, **blue_green}}})
+            # A bad-COLOR image fails half its requests by default, so a 3-measurement smoke test would pass
+            # one run in eight: make it fail every request, so the abort below is certain.
+            obj.spec["template"]["spec"]["containers"][0]["env"] = [{"name": "ERROR_RATE", "value": "100"}]
         if isinstance(obj, AnalysisTemplate):
             obj.spec["metrics"][0].update(count=3, interval="200ms")
     return loaded
