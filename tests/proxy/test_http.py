@@ -324,3 +324,16 @@ async def test_response_head_in_pieces(start_proxy: StartProxy, pieces: list[byt
         assert "connection" not in headers or headers["connection"] == "close"
     interim = [status for status, _, _ in out if status < 200]
     assert interim == ([103, 103] if len(pieces) == 3 and pieces[0].startswith(b"HTTP/1.1 103") else [])
+
+
+async def test_endless_response_head_is_502(start_proxy: StartProxy) -> None:
+    """An upstream whose head never ends is failed once it passes `limits.max_header_bytes`: the proxy does
+    not hold an unbounded head, and the client gets a 502 rather than a stall."""
+    upstream = PiecewiseUpstream([b"HTTP/1.1 200 OK\r\n"] + [b"X-Fill: " + b"a" * 1000 + b"\r\n"] * 8 + [b"X-More: "])
+    address = await upstream.start()
+    try:
+        proxy = await start_proxy({"blue": [address]}, preview=None, limits={"max_header_bytes": 4096})
+        answer = await raw_request(proxy.ports["active"], b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    finally:
+        await upstream.close()
+    assert answer.startswith(b"HTTP/1.1 502"), answer[:80]
