@@ -77,6 +77,8 @@ def _cut_hop_by_hop(fields: bytes) -> tuple[bytes, bool, bytes]:
     drop: set[bytes] | None = None
     chunked = False
     upgrade_value = b""
+    if not fields:
+        return b"", False, b""
     lines = fields[2:-2].split(b"\r\n")
     for line in lines:
         if (line[0] | 32) in _RESP_FIRST:
