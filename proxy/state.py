@@ -1,7 +1,8 @@
 """The desired state as plain JSON (pools, health verdicts, routes) and its application to a DataPlane.
 
-The supervisor sends it to every worker after each change; a worker applies it in one loop step and
-acknowledges the generation it now serves. Stats flow back the same way, as counters to be summed.
+The supervisor sends the pools (each with the slot the shared route word names it by) to every worker
+when they change, and each acknowledges; routes reach workers through the word (`proxy.routeword`).
+A fleet's shared state in etcd carries the routes themselves. Stats flow back as counters to be summed.
 """
 
 from __future__ import annotations
