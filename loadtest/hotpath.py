@@ -160,7 +160,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"{instructions_per_request(args.requests, args.fields):,} instructions per request")
         return 0
-    seconds, upstream_head, client_response = asyncio.run(run(args.requests, args.rounds, args.fields))
+    from proxy.cli import new_event_loop  # uvloop, as the proxy runs
+
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        seconds, upstream_head, client_response = runner.run(run(args.requests, args.rounds, args.fields))
     if not client_response.endswith(b"\r\n\r\nhello\n") or b"x-served-by-color: blue" not in client_response:
         print(f"unexpected response relayed: {client_response!r}", file=sys.stderr)
         return 1
