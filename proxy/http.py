@@ -37,38 +37,13 @@ def connection_fields(value: bytes, names: set[bytes] | None) -> set[bytes] | No
 
 
 def drop_fields(parts: list[bytes], names: set[bytes], start: int) -> list[bytes]:
-    """Remove the fields in `names` from a head being built: `start` leading pieces (the request or status
+    """Remove the fields in `names` from a request head being built: `start` leading pieces (the request
     line), then four pieces per field (name, ": ", value, CRLF). Rare: only when `Connection` names fields."""
     kept = parts[:start]
     for i in range(start, len(parts), 4):
         if parts[i].lower() not in names:
             kept.extend(parts[i : i + 4])
     return kept
-
-
-def named_fields(low: bytes, names: set[bytes]) -> list[tuple[int, int]]:
-    """The spans of the fields called `names` in a lowercased field block (`CRLF name: value` per field,
-    ending with a CRLF): each from its leading CRLF to the next."""
-    spans = []
-    for name in names:
-        marker = b"\r\n" + name + b":"
-        i = low.find(marker)
-        while i >= 0:
-            end = low.find(b"\r\n", i + len(marker))
-            spans.append((i, end))
-            i = low.find(marker, end)
-    return spans
-
-
-def cut_spans(block: bytes, spans: list[tuple[int, int]]) -> bytes:
-    """`block` without the given spans (which may repeat)."""
-    pieces = []
-    pos = 0
-    for start, end in sorted(set(spans)):
-        pieces.append(block[pos:start])
-        pos = end
-    pieces.append(block[pos:])
-    return b"".join(pieces)
 
 
 # RFC 9110 §9.2.2: only these may be retried after the upstream may have seen them.
@@ -79,11 +54,13 @@ STATUS_LINE = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for
 VIA = b"1.1 bluegreen"
 
 
-def status_line(code: int, reason: bytes = b"") -> bytes:
+def status_line(code: int) -> bytes:
+    """The status line for `code`; the reason phrase is the registered one, "Unknown" otherwise (RFC 9110
+    §15.1: clients ignore it, so the upstream's own is not kept)."""
     line = STATUS_LINE.get(code)
     if line is not None:
         return line
-    return b"HTTP/1.1 %d %s\r\n" % (code, reason or b"Unknown")
+    return b"HTTP/1.1 %d Unknown\r\n" % code
 
 
 def error_response(code: int, message: str, *, close: bool, extra: bytes = b"") -> bytes:

@@ -44,7 +44,6 @@ ACK_TIMEOUT = 5.0
 class Worker:
     def __init__(self, index: int, proc: asyncio.subprocess.Process, channel: Channel, restarts: int = 0) -> None:
         self.index, self.proc, self.channel = index, proc, channel
-        self.generation = 0
         self.started = time.monotonic()
         self.restarts = restarts  # consecutive quick deaths: the restart backoff grows with them
 
@@ -163,7 +162,6 @@ class Supervisor:
             reply = await worker.channel.receive()
         if reply is None:
             raise RuntimeError(f"worker {index} exited during start (exit status {await proc.wait()})")
-        worker.generation = reply["generation"]
         self.workers[index] = worker
         self._monitors.append(asyncio.get_running_loop().create_task(self._monitor(worker)))
 
@@ -262,12 +260,9 @@ class Supervisor:
         live = [w for w in self.workers.values() if w.alive]
         results = await asyncio.gather(*(self._call(w, message) for w in live), return_exceptions=True)
         for worker, result in zip(live, results, strict=True):
-            if isinstance(result, BaseException):
-                # It cannot have applied the change; it is restarted on the current state instead.
-                if worker.alive:
-                    worker.proc.kill()
-            else:
-                worker.generation = result["generation"]
+            # One that did not acknowledge cannot have applied the change: it restarts on the current state.
+            if isinstance(result, BaseException) and worker.alive:
+                worker.proc.kill()
 
     async def _call(self, worker: Worker, message: dict[str, Any]) -> dict[str, Any]:
         async with asyncio.timeout(ACK_TIMEOUT):
