@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 
 from proxy.control.api import ConflictError, ControlError, ProxyControl, Routes
-from simulator.objects import ANNOTATION_COLOR, HASH_LABEL, Pod, ReplicaSet, Rollout, Service
-from simulator.rollout_spec import parse_rollout_spec
-from simulator.store import Store
+from simulator.k8s.objects import ANNOTATION_COLOR, HASH_LABEL, Pod, ReplicaSet, Rollout, Service
+from simulator.k8s.store import Store
+from simulator.rollouts.spec import parse_rollout_spec
 
 __all__ = ["COLORS", "Binding"]
 

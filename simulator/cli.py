@@ -14,8 +14,8 @@ from typing import Any
 
 from loadtest import cli as loadtest_cli
 from proxy import cli as proxy_cli
-from simulator import client as sim_client
-from simulator.client import AdminClient, ClientError
+from simulator.web import client as sim_client
+from simulator.web.client import AdminClient, ClientError
 
 Command = Callable[[AdminClient], Coroutine[Any, Any, int]]
 

@@ -17,17 +17,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from proxy.control.api import ProxyControl
-from simulator.analysis_controller import AnalysisController, make_run
+from simulator.analysis.controller import AnalysisController, make_run
+from simulator.analysis.fetch import Fetcher, HttpFetcher, ServiceResolver, VirtualFetcher
 from simulator.binding import Binding
-from simulator.clock import Clock, VirtualClock
-from simulator.fetch import Fetcher, HttpFetcher, ServiceResolver, VirtualFetcher
-from simulator.kubelet import Kubelet, PodTiming
-from simulator.objects import AnalysisRun, Pod, ReplicaSet, Resource, Rollout
-from simulator.pods import PodRuntime, VirtualRuntime
-from simulator.replicaset_controller import ReplicaSetController
-from simulator.rollout_actions import Event
-from simulator.rollout_controller import RolloutController
-from simulator.store import Store
+from simulator.k8s.clock import Clock, VirtualClock
+from simulator.k8s.objects import AnalysisRun, Pod, ReplicaSet, Resource, Rollout
+from simulator.k8s.store import Store
+from simulator.rollouts.actions import Event
+from simulator.rollouts.controller import RolloutController
+from simulator.workloads.kubelet import Kubelet, PodTiming
+from simulator.workloads.pods import PodRuntime, VirtualRuntime
+from simulator.workloads.replicaset_controller import ReplicaSetController
 
 __all__ = ["Cluster", "ClusterEvent", "NotSettledError"]
 

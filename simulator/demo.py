@@ -19,15 +19,15 @@ from aiohttp import web
 from proxy.config import ConfigError, parse_config
 from proxy.server import ProxyServer
 from simulator import operations
-from simulator.api import setup_api
-from simulator.clock import LoopClock
 from simulator.cluster import Cluster
-from simulator.dashboard import setup_dashboard
-from simulator.fields import ManifestError
-from simulator.kubelet import PodTiming
+from simulator.k8s.clock import LoopClock
+from simulator.k8s.fields import ManifestError
+from simulator.k8s.objects import Rollout
 from simulator.manifests import Loaded, load_path
-from simulator.objects import Rollout
-from simulator.pods import ServerRuntime
+from simulator.web.api import setup_api
+from simulator.web.dashboard import setup_dashboard
+from simulator.workloads.kubelet import PodTiming
+from simulator.workloads.pods import ServerRuntime
 
 __all__ = ["BUNDLED_MANIFESTS", "Demo", "DemoConfig", "main"]
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import yaml
 
-from simulator.analysis_spec import validate_template
-from simulator.clock import parse_time
-from simulator.fields import ManifestError
-from simulator.objects import (
+from simulator.analysis.spec import validate_template
+from simulator.k8s.clock import parse_time
+from simulator.k8s.fields import ManifestError
+from simulator.k8s.objects import (
     AnalysisTemplate,
     Deployment,
     Ingress,
@@ -30,8 +30,8 @@ from simulator.objects import (
     Rollout,
     Service,
 )
-from simulator.rollout_spec import parse_rollout_spec
-from simulator.rollout_status import RolloutStatus
+from simulator.k8s.rollout_status import RolloutStatus
+from simulator.rollouts.spec import parse_rollout_spec
 
 __all__ = ["Loaded", "ManifestError", "load_path", "load_text", "parse_object"]
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from simulator.fields import ManifestError
-from simulator.objects import ANNOTATION_MANAGED_BY, HASH_LABEL, Pod, ReplicaSet, Resource, Rollout, Service
-from simulator.rollout_spec import parse_rollout_spec
-from simulator.rollout_status import RolloutStatus
-from simulator.store import NotFoundError, Store
+from simulator.k8s.fields import ManifestError
+from simulator.k8s.objects import ANNOTATION_MANAGED_BY, HASH_LABEL, Pod, ReplicaSet, Resource, Rollout, Service
+from simulator.k8s.rollout_status import RolloutStatus
+from simulator.k8s.store import NotFoundError, Store
+from simulator.rollouts.spec import parse_rollout_spec
 
 __all__ = [
     "OperationError",

@@ -9,11 +9,11 @@ import yaml
 
 from simulator import operations
 from simulator.cluster import Cluster
-from simulator.kubelet import PodTiming
+from simulator.k8s.objects import HASH_LABEL, AnalysisRun, Pod, ReplicaSet, Rollout, Service
+from simulator.k8s.rollout_status import RolloutStatus
+from simulator.k8s.store import WatchEvent
 from simulator.manifests import load_path, load_text
-from simulator.objects import HASH_LABEL, AnalysisRun, Pod, ReplicaSet, Rollout, Service
-from simulator.rollout_status import RolloutStatus
-from simulator.store import WatchEvent
+from simulator.workloads.kubelet import PodTiming
 from tests.simulator.fake_proxy import FakeProxy
 
 EXAMPLES = Path(__file__).parent / "argo_examples"

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from simulator.analysis_controller import measurement_phase, metric_phase
-from simulator.analysis_spec import Metric, RunSpecError, build_run_spec, substitute
-from simulator.app import demo_response, parse_image
-from simulator.jobs import JobError, plan_job
-from simulator.jsonpath import JsonPathError, select
-from simulator.objects import AnalysisPhase, MetricResult
+from simulator.analysis.controller import measurement_phase, metric_phase
+from simulator.analysis.jobs import JobError, plan_job
+from simulator.analysis.spec import Metric, RunSpecError, build_run_spec, substitute
+from simulator.k8s.jsonpath import JsonPathError, select
+from simulator.k8s.objects import AnalysisPhase, MetricResult
+from simulator.workloads.app import demo_response, parse_image
 
 DOC = {"data": {"ok": True, "items": [{"x": 1}, {"x": 2}]}, "major": "1"}
 

@@ -15,10 +15,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from simulator import client as sim_client
-from simulator.api import setup_api
-from simulator.client import AdminClient, ClientError
 from simulator.cluster import Cluster
+from simulator.web import client as sim_client
+from simulator.web.api import setup_api
+from simulator.web.client import AdminClient, ClientError
 from tests.simulator.harness import EXAMPLES
 
 CANONICAL = EXAMPLES / "argo-rollouts" / "examples" / "rollout-bluegreen.yaml"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from simulator import operations
-from simulator.objects import ANNOTATION_COLOR
+from simulator.k8s.objects import ANNOTATION_COLOR
 from tests.simulator.fake_proxy import FakeProxy
 from tests.simulator.harness import EXAMPLES, Sim
 

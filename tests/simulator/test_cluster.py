@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from simulator.clock import LoopClock, VirtualClock, format_time, parse_time
 from simulator.cluster import Cluster
-from simulator.pods import VirtualRuntime
+from simulator.k8s.clock import LoopClock, VirtualClock, format_time, parse_time
+from simulator.workloads.pods import VirtualRuntime
 from tests.simulator.harness import FUNCTIONAL, Sim
 
 

@@ -21,13 +21,13 @@ from playwright.async_api import Page, async_playwright
 
 import simulator.demo as demo_module
 from proxy.server import ProxyServer
-from simulator.api import CLUSTER
-from simulator.dashboard import setup_dashboard
 from simulator.demo import BUNDLED_MANIFESTS, Demo, DemoConfig
-from simulator.kubelet import PodTiming
+from simulator.k8s.objects import AnalysisTemplate, Rollout
 from simulator.manifests import Loaded, load_path
-from simulator.objects import AnalysisTemplate, Rollout
 from simulator.operations import merge_patch
+from simulator.web.api import CLUSTER
+from simulator.web.dashboard import setup_dashboard
+from simulator.workloads.kubelet import PodTiming
 
 pytestmark = pytest.mark.slow
 

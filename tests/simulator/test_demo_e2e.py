@@ -17,10 +17,10 @@ import aiohttp
 import pytest
 
 from simulator.demo import BUNDLED_MANIFESTS, Demo, DemoConfig
-from simulator.kubelet import PodTiming
+from simulator.k8s.objects import AnalysisTemplate, Rollout
 from simulator.manifests import load_path
-from simulator.objects import AnalysisTemplate, Rollout
 from simulator.operations import merge_patch
+from simulator.workloads.kubelet import PodTiming
 
 pytestmark = pytest.mark.slow
 NAME = "rollout-bluegreen"

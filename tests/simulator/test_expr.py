@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from simulator.expr import ExprError, evaluate, evaluate_condition
+from simulator.analysis.expr import ExprError, evaluate, evaluate_condition
 
 
 @pytest.mark.parametrize(

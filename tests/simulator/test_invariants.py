@@ -7,7 +7,7 @@ import asyncio
 from hypothesis import given, settings, strategies as st
 
 from simulator import operations
-from simulator.objects import HASH_LABEL, Pod, Service
+from simulator.k8s.objects import HASH_LABEL, Pod, Service
 from tests.simulator.fake_proxy import FakeProxy
 from tests.simulator.harness import EXAMPLES, Sim
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from simulator.fields import ManifestError
+from simulator.k8s.fields import ManifestError
 from simulator.manifests import load_path, load_text
 from tests.simulator.harness import EXAMPLES
 

@@ -6,7 +6,7 @@ import random
 
 import aiohttp
 
-from simulator.pods import ServerRuntime
+from simulator.workloads.pods import ServerRuntime
 
 
 class App:

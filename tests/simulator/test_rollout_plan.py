@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from simulator.clock import VIRTUAL_EPOCH, format_time
-from simulator.hashing import pod_template_hash
-from simulator.objects import (
+from simulator.k8s.clock import VIRTUAL_EPOCH, format_time
+from simulator.k8s.hashing import pod_template_hash
+from simulator.k8s.objects import (
     ANNOTATION_DEADLINE,
     ANNOTATION_DESIRED,
     ANNOTATION_REVISION,
@@ -20,14 +20,14 @@ from simulator.objects import (
     Rollout,
     Service,
 )
-from simulator.rollout_actions import (
+from simulator.k8s.rollout_status import PauseCondition, Phase, RolloutStatus
+from simulator.rollouts.actions import (
     CreateReplicaSet,
     Observed,
     SetServiceSelector,
     UpdateReplicaSet,
 )
-from simulator.rollout_plan import plan_rollout
-from simulator.rollout_status import PauseCondition, Phase, RolloutStatus
+from simulator.rollouts.plan import plan_rollout
 
 NOW = VIRTUAL_EPOCH + 1000
 

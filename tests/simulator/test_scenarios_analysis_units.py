@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from simulator import operations
-from simulator.objects import AnalysisTemplate
+from simulator.k8s.objects import AnalysisTemplate
 from tests.simulator.harness import FUNCTIONAL, Sim
 
 ROLLOUT = """

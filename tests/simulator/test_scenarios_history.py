@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import pytest
 
 from simulator import operations
-from simulator.clock import parse_time
+from simulator.k8s.clock import parse_time
 from tests.simulator.harness import E2E, FUNCTIONAL, Sim, patches, read
 
 

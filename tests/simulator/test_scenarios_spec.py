@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from simulator.objects import Deployment, Service
+from simulator.k8s.objects import Deployment, Service
 from tests.simulator.harness import E2E, Sim, patches, read
 
 

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from simulator.clock import VirtualClock
-from simulator.objects import ObjectMeta, Service
-from simulator.store import AlreadyExistsError, ConflictError, EventType, NotFoundError, Store
+from simulator.k8s.clock import VirtualClock
+from simulator.k8s.objects import ObjectMeta, Service
+from simulator.k8s.store import AlreadyExistsError, ConflictError, EventType, NotFoundError, Store
 
 
 def svc(name: str) -> Service:

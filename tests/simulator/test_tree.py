@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from simulator.api import rollout_view
-from simulator.clock import format_time, parse_time
+from simulator.k8s.clock import format_time, parse_time
+from simulator.k8s.objects import ANNOTATION_DEADLINE, Pod, ReplicaSet, Rollout
 from simulator.manifests import load_path
-from simulator.objects import ANNOTATION_DEADLINE, Pod, ReplicaSet, Rollout
-from simulator.tree import RolloutView, human_duration, render
+from simulator.rollouts.tree import RolloutView, human_duration, render
+from simulator.web.api import rollout_view
 from tests.simulator.harness import E2E, EXAMPLES, FUNCTIONAL, Sim
 
 FIXTURES = EXAMPLES / "argo-rollouts" / "pkg" / "kubectl-argo-rollouts" / "info" / "testdata" / "blue-green"

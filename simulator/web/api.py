@@ -26,14 +26,15 @@ from typing import Any
 
 from aiohttp import web
 
-from simulator import operations, sse
+from simulator import operations
 from simulator.cluster import Cluster, ClusterEvent
-from simulator.fields import ManifestError
+from simulator.k8s.fields import ManifestError
+from simulator.k8s.objects import AnalysisRun, Pod, ReplicaSet, Rollout
+from simulator.k8s.store import WatchEvent
 from simulator.manifests import load_text
-from simulator.objects import AnalysisRun, Pod, ReplicaSet, Rollout
-from simulator.sse import EventQueue
-from simulator.store import WatchEvent
-from simulator.tree import RolloutView, client_phase, render
+from simulator.rollouts.tree import RolloutView, client_phase, render
+from simulator.web import sse
+from simulator.web.sse import EventQueue
 
 __all__ = ["CLUSTER", "rollout_view", "setup_api"]
 

@@ -1,4 +1,4 @@
-"""The Rollout controller: observe, decide (`rollout_plan`, pure), apply, write status.
+"""The Rollout controller: observe, decide (`simulator.rollouts.plan`, pure), apply, write status.
 
 Also the service cleanup of §2.16: a Service that carries a hash selector for a Rollout that no
 longer references it gets its plain selector back.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from simulator.objects import (
+from simulator.k8s.objects import (
     ANNOTATION_MANAGED_BY,
     HASH_LABEL,
     AnalysisRun,
@@ -18,7 +18,8 @@ from simulator.objects import (
     Rollout,
     Service,
 )
-from simulator.rollout_actions import (
+from simulator.k8s.store import NotFoundError, Store
+from simulator.rollouts.actions import (
     CreateAnalysisRun,
     CreateReplicaSet,
     DeleteAnalysisRun,
@@ -31,9 +32,8 @@ from simulator.rollout_actions import (
     TerminateAnalysisRun,
     UpdateReplicaSet,
 )
-from simulator.rollout_plan import plan_rollout
-from simulator.rollout_spec import parse_rollout_spec
-from simulator.store import NotFoundError, Store
+from simulator.rollouts.plan import plan_rollout
+from simulator.rollouts.spec import parse_rollout_spec
 
 __all__ = ["RolloutController"]
 

@@ -1,7 +1,7 @@
 """The cluster's objects: metadata plus spec plus status, as Kubernetes and Argo shape them.
 
 Specs keep the manifest's own JSON (`spec: dict`), so an applied manifest round-trips and `undo`
-can copy a pod template verbatim; typed views (`simulator.rollout_spec`) parse it where decisions
+can copy a pod template verbatim; typed views (`simulator.rollouts.spec`) parse it where decisions
 are made. Statuses the simulator writes are typed dataclasses with a `to_json` in Argo's field names.
 """
 
@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Self
 
-from simulator.clock import format_time
-from simulator.rollout_status import RolloutStatus
+from simulator.k8s.clock import format_time
+from simulator.k8s.rollout_status import RolloutStatus
 
 __all__ = [
     "ANNOTATION_COLOR",

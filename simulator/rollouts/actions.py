@@ -1,6 +1,6 @@
 """What a reconcile pass decides: actions for the controller to apply, events, the new status.
 
-Plain values, so `rollout_plan` stays a pure function and tests can compare plans directly.
+Plain values, so `simulator.rollouts.plan` stays a pure function and tests can compare plans directly.
 """
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from simulator.objects import AnalysisRun, AnalysisTemplate, Deployment, ReplicaSet, Service
-from simulator.rollout_spec import EphemeralMetadata, RolloutAnalysis
-from simulator.rollout_status import RolloutStatus
+from simulator.k8s.objects import AnalysisRun, AnalysisTemplate, Deployment, ReplicaSet, Service
+from simulator.k8s.rollout_status import RolloutStatus
+from simulator.rollouts.spec import EphemeralMetadata, RolloutAnalysis
 
 __all__ = [
     "Action",

@@ -13,9 +13,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from simulator.clock import format_time, parse_time
-from simulator.hashing import pod_template_hash
-from simulator.objects import (
+from simulator.k8s.clock import format_time, parse_time
+from simulator.k8s.hashing import pod_template_hash
+from simulator.k8s.objects import (
     ANNOTATION_DEADLINE,
     ANNOTATION_DESIRED,
     ANNOTATION_EPHEMERAL,
@@ -29,7 +29,8 @@ from simulator.objects import (
     Rollout,
     Service,
 )
-from simulator.rollout_actions import (
+from simulator.k8s.rollout_status import PauseCondition, Phase, RolloutStatus, RunStatus
+from simulator.rollouts.actions import (
     Action,
     CreateAnalysisRun,
     CreateReplicaSet,
@@ -43,9 +44,8 @@ from simulator.rollout_actions import (
     TerminateAnalysisRun,
     UpdateReplicaSet,
 )
-from simulator.rollout_spec import BlueGreenSpec, EphemeralMetadata, RolloutAnalysis, RolloutSpec, parse_rollout_spec
-from simulator.rollout_status import PauseCondition, Phase, RolloutStatus, RunStatus
-from simulator.validation import resolve_template, validate_rollout
+from simulator.rollouts.spec import BlueGreenSpec, EphemeralMetadata, RolloutAnalysis, RolloutSpec, parse_rollout_spec
+from simulator.rollouts.validation import resolve_template, validate_rollout
 
 __all__ = ["plan_rollout"]
 

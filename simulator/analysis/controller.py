@@ -14,12 +14,12 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from simulator.analysis_spec import Metric, RunSpecError, build_run_spec, parse_metric
-from simulator.expr import ExprError, evaluate_condition
-from simulator.fetch import Fetcher, FetchError, Request
-from simulator.jobs import JobError, plan_job
-from simulator.jsonpath import JsonPathError, select
-from simulator.objects import (
+from simulator.analysis.expr import ExprError, evaluate_condition
+from simulator.analysis.fetch import Fetcher, FetchError, Request
+from simulator.analysis.jobs import JobError, plan_job
+from simulator.analysis.spec import Metric, RunSpecError, build_run_spec, parse_metric
+from simulator.k8s.jsonpath import JsonPathError, select
+from simulator.k8s.objects import (
     ANNOTATION_REVISION,
     HASH_LABEL,
     AnalysisPhase,
@@ -31,9 +31,9 @@ from simulator.objects import (
     ObjectMeta,
     Rollout,
 )
-from simulator.rollout_actions import CreateAnalysisRun
-from simulator.rollout_spec import parse_rollout_spec
-from simulator.store import Store
+from simulator.k8s.store import Store
+from simulator.rollouts.actions import CreateAnalysisRun
+from simulator.rollouts.spec import parse_rollout_spec
 
 __all__ = ["AnalysisController", "make_run", "measurement_phase", "metric_phase"]
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from simulator.analysis_spec import RunSpecError, build_run_spec, parse_metric
-from simulator.objects import ANNOTATION_MANAGED_BY, HASH_LABEL, AnalysisTemplate, Deployment, Rollout, Service
-from simulator.rollout_spec import RolloutAnalysis, RolloutSpec
+from simulator.analysis.spec import RunSpecError, build_run_spec, parse_metric
+from simulator.k8s.objects import ANNOTATION_MANAGED_BY, HASH_LABEL, AnalysisTemplate, Deployment, Rollout, Service
+from simulator.rollouts.spec import RolloutAnalysis, RolloutSpec
 
 __all__ = ["resolve_template", "validate_rollout"]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import random
 
-from simulator.objects import ANNOTATION_EPHEMERAL, HASH_LABEL, ObjectMeta, Pod, ReplicaSet, ReplicaSetStatus
-from simulator.store import Store
+from simulator.k8s.objects import ANNOTATION_EPHEMERAL, HASH_LABEL, ObjectMeta, Pod, ReplicaSet, ReplicaSetStatus
+from simulator.k8s.store import Store
 
 __all__ = ["ReplicaSetController"]
 

@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 import aiohttp
 
-from simulator.fields import parse_duration
+from simulator.k8s.fields import parse_duration
 
 __all__ = ["AdminClient", "ClientError", "apply_files", "get", "rollout_action", "status"]
 

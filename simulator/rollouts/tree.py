@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from simulator.clock import parse_time
-from simulator.objects import ANNOTATION_DEADLINE, AnalysisRun, Pod, ReplicaSet, Rollout
-from simulator.rollout_status import RolloutStatus
+from simulator.k8s.clock import parse_time
+from simulator.k8s.objects import ANNOTATION_DEADLINE, AnalysisRun, Pod, ReplicaSet, Rollout
+from simulator.k8s.rollout_status import RolloutStatus
 
 __all__ = ["RolloutView", "client_phase", "human_duration", "render"]
 

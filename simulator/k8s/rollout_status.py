@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from simulator.clock import format_time, parse_time
+from simulator.k8s.clock import format_time, parse_time
 
 __all__ = ["Condition", "PauseCondition", "Phase", "RolloutStatus", "RunStatus"]
 

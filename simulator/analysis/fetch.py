@@ -17,9 +17,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from simulator.app import demo_response
-from simulator.objects import Pod, Service
-from simulator.store import Store
+from simulator.k8s.objects import Pod, Service
+from simulator.k8s.store import Store
+from simulator.workloads.app import demo_response
 
 __all__ = ["FetchError", "Fetcher", "HttpFetcher", "Request", "Response", "ServiceResolver", "VirtualFetcher"]
 

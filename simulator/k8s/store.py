@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
 
-from simulator.objects import Resource
+from simulator.k8s.objects import Resource
 
 __all__ = ["AlreadyExistsError", "ConflictError", "EventType", "NotFoundError", "Store", "StoreError", "WatchEvent"]
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from simulator.fields import Fields, parse_duration
+from simulator.k8s.fields import Fields, parse_duration
 
 __all__ = ["Metric", "RunSpecError", "build_run_spec", "parse_metric", "substitute", "validate_template"]
 

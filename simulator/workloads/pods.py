@@ -2,7 +2,7 @@
 
 A runtime starts a pod's app and gives back its `host:port`. `ServerRuntime` binds 127.0.0.1 on an
 ephemeral port per pod. `VirtualRuntime` only hands out addresses; requests to them are answered in
-process by `simulator.fetch.VirtualFetcher` from the same app function, so tests need no sockets.
+process by `simulator.analysis.fetch.VirtualFetcher` from the same app function, so tests need no sockets.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from simulator.app import demo_response
+from simulator.workloads.app import demo_response
 
 __all__ = ["PodApp", "PodRuntime", "ServerRuntime", "VirtualRuntime"]
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from simulator.app import parse_image
-from simulator.objects import Pod
-from simulator.pods import PodRuntime
-from simulator.store import Store
+from simulator.k8s.objects import Pod
+from simulator.k8s.store import Store
+from simulator.workloads.app import parse_image
+from simulator.workloads.pods import PodRuntime
 
 __all__ = ["Kubelet", "PodTiming"]
 

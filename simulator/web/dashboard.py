@@ -4,7 +4,7 @@
 
 | call | does |
 | --- | --- |
-| `GET /` and `/static/...` | the page (`simulator/static/`: plain HTML/CSS/JS, no CDN, works offline) |
+| `GET /` and `/static/...` | the page (`simulator/web/static/`: plain HTML/CSS/JS, no CDN, works offline) |
 | `GET /api/v1/dashboard/state` | the picture: Rollout, Services, ReplicaSets, pods, analysis runs, routes, events |
 | `GET /api/v1/dashboard/events` | server-sent events: `state` when the picture changes, `traffic` twice a second |
 | `GET /api/v1/traffic` | the traffic generator's aggregates |
@@ -35,14 +35,14 @@ from typing import Any, Final
 import aiohttp
 from aiohttp import web
 
-from simulator import sse
-from simulator.api import rollout_view
-from simulator.clock import parse_time
 from simulator.cluster import Cluster
-from simulator.objects import ANNOTATION_COLOR, ANNOTATION_DEADLINE, HASH_LABEL, Pod, Rollout, Service
-from simulator.sse import EventQueue
-from simulator.store import WatchEvent
-from simulator.tree import client_phase
+from simulator.k8s.clock import parse_time
+from simulator.k8s.objects import ANNOTATION_COLOR, ANNOTATION_DEADLINE, HASH_LABEL, Pod, Rollout, Service
+from simulator.k8s.store import WatchEvent
+from simulator.rollouts.tree import client_phase
+from simulator.web import sse
+from simulator.web.api import rollout_view
+from simulator.web.sse import EventQueue
 
 __all__ = ["DASHBOARD", "STATIC", "Dashboard", "Traffic", "build_state", "setup_dashboard"]
 

@@ -2,7 +2,7 @@
 
 Parsing refuses what Argo's CRD schema refuses (wrong types, unknown fields) and lists the fields
 Argo knows but the simulator ignores. Checks that need other objects or that Argo reports as
-`InvalidSpec` on a stored Rollout live in `simulator.validation`.
+`InvalidSpec` on a stored Rollout live in `simulator.rollouts.validation`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from simulator.fields import Fields
+from simulator.k8s.fields import Fields
 
 __all__ = ["AnalysisArg", "BlueGreenSpec", "EphemeralMetadata", "RolloutAnalysis", "RolloutSpec", "parse_rollout_spec"]
 

@@ -1,0 +1,1 @@
+"""Kubernetes objects and their store: metadata, specs and statuses in Argo's shape, the clock, field parsing."""
