@@ -17,14 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from proxy.control.api import ProxyControl
-from simulator.analysis.controller import AnalysisController, make_run
+from simulator.analysis.controller import AnalysisController
 from simulator.analysis.fetch import Fetcher, HttpFetcher, ServiceResolver, VirtualFetcher
 from simulator.binding import Binding
 from simulator.k8s.clock import Clock, VirtualClock
 from simulator.k8s.objects import AnalysisRun, Pod, ReplicaSet, Resource, Rollout
 from simulator.k8s.store import Store
 from simulator.rollouts.actions import Event
-from simulator.rollouts.controller import RolloutController
+from simulator.rollouts.controller import RolloutController, make_run
 from simulator.workloads.kubelet import Kubelet, PodTiming
 from simulator.workloads.pods import PodRuntime, VirtualRuntime
 from simulator.workloads.replicaset_controller import ReplicaSetController

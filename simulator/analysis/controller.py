@@ -17,25 +17,12 @@ from typing import Any
 from simulator.analysis.expr import ExprError, evaluate_condition
 from simulator.analysis.fetch import Fetcher, FetchError, Request
 from simulator.analysis.jobs import JobError, plan_job
-from simulator.analysis.spec import Metric, RunSpecError, build_run_spec, parse_metric
+from simulator.analysis.spec import Metric, RunSpecError, parse_metric
 from simulator.k8s.jsonpath import JsonPathError, select
-from simulator.k8s.objects import (
-    ANNOTATION_REVISION,
-    HASH_LABEL,
-    AnalysisPhase,
-    AnalysisRun,
-    AnalysisRunStatus,
-    AnalysisTemplate,
-    Measurement,
-    MetricResult,
-    ObjectMeta,
-    Rollout,
-)
+from simulator.k8s.objects import AnalysisPhase, AnalysisRun, Measurement, MetricResult
 from simulator.k8s.store import Store
-from simulator.rollouts.actions import CreateAnalysisRun
-from simulator.rollouts.spec import parse_rollout_spec
 
-__all__ = ["AnalysisController", "make_run", "measurement_phase", "metric_phase"]
+__all__ = ["AnalysisController", "measurement_phase", "metric_phase"]
 
 ERROR_RETRY = 10.0
 _WORST = [
@@ -46,42 +33,6 @@ _WORST = [
     AnalysisPhase.ERROR,
     AnalysisPhase.FAILED,
 ]
-
-
-def make_run(store: Store, rollout: Rollout, action: CreateAnalysisRun) -> AnalysisRun:
-    """The AnalysisRun a Rollout asks for: its templates merged, arguments substituted."""
-    ns = rollout.metadata.namespace
-    spec, _, _ = parse_rollout_spec(rollout.spec)
-    labels = {**spec.selector, **action.analysis.labels, HASH_LABEL: action.pod_hash, "rollout-type": action.kind}
-    run = AnalysisRun(
-        metadata=ObjectMeta(
-            name=action.name,
-            namespace=ns,
-            labels=labels,
-            annotations={**action.analysis.annotations, ANNOTATION_REVISION: str(action.revision)},
-            owner=f"Rollout/{rollout.name}",
-        )
-    )
-    templates: list[tuple[str, dict[str, Any]]] = []
-    try:
-        for name in action.analysis.templates:
-            template = store.find(AnalysisTemplate, name, ns)
-            if template is None:
-                raise RunSpecError(f'AnalysisTemplate "{name}" not found')
-            templates.append((name, template.spec))
-        metrics, args = build_run_spec(templates, action.args)
-    except RunSpecError as exc:
-        run.status = AnalysisRunStatus(phase=AnalysisPhase.ERROR, message=str(exc))
-        return run
-    dry_run = list(action.analysis.dry_run)
-    for _, template_spec in templates:
-        dry_run += [d.get("metricName", "") for d in template_spec.get("dryRun") or []]
-    run.spec = {
-        "metrics": metrics,
-        "args": [{"name": k, "value": v} for k, v in args.items()],
-        "dryRun": [{"metricName": d} for d in dry_run],
-    }
-    return run
 
 
 def measurement_phase(metric: Metric, result: Any) -> AnalysisPhase:

@@ -1,19 +1,27 @@
 """The Rollout controller: observe, decide (`simulator.rollouts.plan`, pure), apply, write status.
 
 Also the service cleanup of §2.16: a Service that carries a hash selector for a Rollout that no
-longer references it gets its plain selector back.
+longer references it gets its plain selector back. `make_run` builds the AnalysisRun a Rollout asks
+for (Argo keeps it on the rollout side too, `rollout/analysis.go`); the cluster hands it in as the run
+factory, so the analysis controller never needs to know what a Rollout is.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+from simulator.analysis.spec import RunSpecError, build_run_spec
 from simulator.k8s.objects import (
     ANNOTATION_MANAGED_BY,
+    ANNOTATION_REVISION,
     HASH_LABEL,
+    AnalysisPhase,
     AnalysisRun,
+    AnalysisRunStatus,
     AnalysisTemplate,
     Deployment,
+    ObjectMeta,
     ReplicaSet,
     Rollout,
     Service,
@@ -35,10 +43,46 @@ from simulator.rollouts.actions import (
 from simulator.rollouts.plan import plan_rollout
 from simulator.rollouts.spec import parse_rollout_spec
 
-__all__ = ["RolloutController"]
+__all__ = ["RolloutController", "make_run"]
 
 RunFactory = Callable[[Rollout, CreateAnalysisRun], AnalysisRun]
 EventSink = Callable[[Rollout, Event], None]
+
+
+def make_run(store: Store, rollout: Rollout, action: CreateAnalysisRun) -> AnalysisRun:
+    """The AnalysisRun a Rollout asks for: its templates merged, arguments substituted."""
+    ns = rollout.metadata.namespace
+    spec, _, _ = parse_rollout_spec(rollout.spec)
+    labels = {**spec.selector, **action.analysis.labels, HASH_LABEL: action.pod_hash, "rollout-type": action.kind}
+    run = AnalysisRun(
+        metadata=ObjectMeta(
+            name=action.name,
+            namespace=ns,
+            labels=labels,
+            annotations={**action.analysis.annotations, ANNOTATION_REVISION: str(action.revision)},
+            owner=f"Rollout/{rollout.name}",
+        )
+    )
+    templates: list[tuple[str, dict[str, Any]]] = []
+    try:
+        for name in action.analysis.templates:
+            template = store.find(AnalysisTemplate, name, ns)
+            if template is None:
+                raise RunSpecError(f'AnalysisTemplate "{name}" not found')
+            templates.append((name, template.spec))
+        metrics, args = build_run_spec(templates, action.args)
+    except RunSpecError as exc:
+        run.status = AnalysisRunStatus(phase=AnalysisPhase.ERROR, message=str(exc))
+        return run
+    dry_run = list(action.analysis.dry_run)
+    for _, template_spec in templates:
+        dry_run += [d.get("metricName", "") for d in template_spec.get("dryRun") or []]
+    run.spec = {
+        "metrics": metrics,
+        "args": [{"name": k, "value": v} for k, v in args.items()],
+        "dryRun": [{"metricName": d} for d in dry_run],
+    }
+    return run
 
 
 class RolloutController:
