@@ -8,7 +8,11 @@ later in the same head never reaches an upstream.
 
 llhttp already refuses the framing attacks of RFC 9112 §6 (CL with TE, duplicate or invalid CL,
 `chunked` not last, whitespace before a colon, obs-fold, bare CR). This module adds what it lets
-through: a missing or repeated Host in HTTP/1.1, TE in HTTP/1.0, oversized head sections, CONNECT.
+through: a missing or repeated Host in HTTP/1.1, TE in HTTP/1.0, a transfer coding other than
+`chunked` (501), oversized head and trailer sections, CONNECT; it rewrites an absolute-form target
+to origin-form with the target's authority as Host (RFC 9112 §3.2.2), drops request trailers with
+their message, and forwards the body of an Upgrade request that has one as a body (the upgrade is
+ignored, as RFC 9110 §7.8 allows: llhttp would take such a body for tunnel data).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from proxy.http import (
     RESPONSE_408,
     RESPONSE_413,
     RESPONSE_431,
+    RESPONSE_501_CODING,
     RESPONSE_505,
     VIA,
     connection_fields,
@@ -58,13 +63,62 @@ _PROTO_VIA = b"x-forwarded-proto: http\r\nvia: " + VIA + b"\r\n"
 
 
 LINGER = 2.0  # seconds a client that was answered early may go on sending before the connection closes
+_HOST_NAME = frozenset({b"host"})
 
 
 class _Reject(Exception):
-    """Raised from a parser callback to stop parsing; the connection answers `response` and closes."""
+    """Raised from a parser callback to stop parsing; the connection answers `response` and closes
+    (None: it reads no more, and closes once what is queued was answered)."""
 
-    def __init__(self, response: bytes) -> None:
+    def __init__(self, response: bytes | None) -> None:
         self.response = response
+
+
+def _origin_form(target: bytes) -> tuple[bytes, bytes]:
+    """Split an absolute-form target (`http://authority/path?query`) into origin-form and authority.
+
+    RFC 9112 §3.2.2: the target's authority replaces the Host field; the upstream gets one authority only.
+    """
+    scheme, sep, rest = target.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        raise _Reject(RESPONSE_400)
+    end = len(rest)
+    for stop in (b"/", b"?", b"#"):
+        at = rest.find(stop)
+        if 0 <= at < end:
+            end = at
+    authority, path = rest[:end], rest[end:]
+    if not authority or b"@" in authority:  # RFC 9110 §4.2.4: userinfo is refused
+        raise _Reject(RESPONSE_400)
+    if not path.startswith(b"/"):
+        path = b"/" + path
+    return path, authority
+
+
+class _BodyAfterUpgrade:
+    """Parser callbacks for the body of an Upgrade request that has one.
+
+    llhttp stops at the end of such a head and hands the body over as tunnel data; the proxy ignores the
+    upgrade instead, so a fresh parser, primed with a head of the same framing, reads the body as a body.
+    After it the connection reads nothing more: it closes once the answer is sent.
+    """
+
+    __slots__ = ("conn", "primed")
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self.conn = conn
+        self.primed = False
+
+    def on_headers_complete(self) -> None:
+        self.primed = True
+
+    def on_body(self, body: bytes) -> None:
+        self.conn.on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.primed:
+            self.conn.on_message_complete()
+            raise _Reject(None)
 
 
 class ClientConnection(Sender, asyncio.Protocol):
@@ -98,6 +152,7 @@ class ClientConnection(Sender, asyncio.Protocol):
         "transport",
         "trusted",
         "tunnel",
+        "upgrade_body",
         "url",
         "write_paused",
         "xff_line",
@@ -126,6 +181,7 @@ class ClientConnection(Sender, asyncio.Protocol):
         self.deadline = 0.0
         self.http11 = True
         self.lingering = False
+        self.upgrade_body = -2  # an Upgrade request with a body being parsed: its length (-1: chunked)
         # Per request (the head being parsed).
         self.in_head = False
         self.url = b""
@@ -174,6 +230,8 @@ class ClientConnection(Sender, asyncio.Protocol):
             self.in_head = True
             if was_idle:
                 self.deadline = self.dp.now + self.dp.timeouts.client_header
+        body = self.parsing  # a request body under way
+        seen = body.request_bytes if body is not None else 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -190,10 +248,29 @@ class ClientConnection(Sender, asyncio.Protocol):
                 self.head_size += len(data)
                 if self.head_size > self.dp.limits.max_header_bytes:
                     self._reject(RESPONSE_431)
+            elif body is not None and self.parsing is body:
+                # Still inside a chunked body: a read that carried none of it was chunk framing, extensions or
+                # trailers, which are bounded like a head (llhttp buffers none of it, but would parse forever).
+                if body.request_bytes == seen:
+                    self.head_size += len(data)
+                    if self.head_size > self.dp.limits.max_header_bytes:
+                        self._reject(RESPONSE_431)
+                else:
+                    self.head_size = 0
         if was_idle and queue and not queue[0].started:
             queue[0].start()
 
     def eof_received(self) -> bool | None:
+        ex = self.parsing
+        if ex is not None:
+            # The client ended its side inside a request body: that request can never complete, and nothing
+            # of it may stay open upstream (HAProxy closes at once). Requests before it are still answered.
+            self.parsing = None
+            if ex.started:
+                ex.abort()
+                return False
+            self.queue.remove(ex)
+            ex.discard()
         # A client half-close: finish what is in flight (RFC 9112 §9.6), then close.
         if self.queue and self.tunnel is None:
             self.half_closed = True
@@ -246,6 +323,11 @@ class ClientConnection(Sender, asyncio.Protocol):
     def on_message_complete(self) -> None:
         ex = self.parsing
         if ex is not None:
+            if self.upgrade_body != -2:
+                return  # llhttp skips an Upgrade request's body: `_upgrade` reads it
+            if self.headers:
+                self.headers = []  # trailer fields: dropped with their message, never the next request's
+            self.head_size = 0
             ex.request_done()
             self.parsing = None
 
@@ -283,9 +365,19 @@ class ClientConnection(Sender, asyncio.Protocol):
                         extend((name, b": ", value, b"\r\n"))
                     elif kind == _LENGTH:
                         content_length = int(value)  # llhttp accepted it: digits only, not repeated
+                        if value[0] == 48 and len(value) > 1:  # leading zeros: forward the number itself
+                            value = b"%d" % content_length
                         extend((name, b": ", value, b"\r\n"))
                     elif kind == _TE:
-                        chunked = True  # llhttp accepts only a final, exact `chunked` in requests
+                        # llhttp accepts any codings with `chunked` last; the proxy re-frames the body, so
+                        # another coding would be lost (RFC 9112 §6.1: 501), and a second field is refused.
+                        if chunked:
+                            raise _Reject(RESPONSE_400)
+                        codings = value.lower()
+                        if codings.strip() != b"chunked":
+                            last = codings.rsplit(b",", 1)[-1].strip()
+                            raise _Reject(RESPONSE_501_CODING if last == b"chunked" else RESPONSE_400)
+                        chunked = True
                     elif kind == _CONNECTION:
                         has_connection = True
                         connection_tokens = connection_fields(value, connection_tokens)
@@ -331,9 +423,20 @@ class ClientConnection(Sender, asyncio.Protocol):
         if limit and content_length > limit:
             raise _Reject(RESPONSE_413)
         upgrade = bool(upgrade_value) and parser.should_upgrade()
+        if upgrade and (chunked or content_length > 0):
+            # An Upgrade request with a body: the body is forwarded as a body and the upgrade ignored
+            # (RFC 9110 §7.8); the connection closes after the answer (`_BodyAfterUpgrade`).
+            upgrade = keep_alive = False
+            self.upgrade_body = -1 if chunked else content_length
         if connection_tokens is not None:
             parts = drop_fields(parts, connection_tokens, 4)
             extend = parts.extend
+        if self.url[:1] != b"/" and self.url != b"*":
+            # Absolute-form (RFC 9112 §3.2.2): origin-form upstream, the target's authority as the one Host.
+            parts[2], host = _origin_form(self.url)
+            parts = drop_fields(parts, _HOST_NAME, 4)
+            extend = parts.extend
+            extend((b"host: ", host, b"\r\n"))
 
         if host is None:
             # HTTP/1.0 without Host: name the authority the client reached, as the upstream needs one.
@@ -404,6 +507,16 @@ class ClientConnection(Sender, asyncio.Protocol):
         if not queue:
             self._reject(RESPONSE_400)
             return
+        length = self.upgrade_body
+        if length != -2:
+            self.upgrade_body = -2
+            reader = _BodyAfterUpgrade(self)
+            self.parser = httptools.HttpRequestParser(reader)
+            framing = b"transfer-encoding: chunked" if length < 0 else b"content-length: %d" % length
+            self.parser.feed_data(b"POST / HTTP/1.1\r\nhost: body\r\n" + framing + b"\r\n\r\n")
+            if rest:
+                self.data_received(rest)
+            return
         ex = queue[-1]
         ex.tunnel_pending = rest
         if not ex.upgrade:
@@ -415,14 +528,18 @@ class ClientConnection(Sender, asyncio.Protocol):
         self.tunnel = ex
         self.resume_reading(self.P_UPGRADE | self.P_PIPELINE)
 
-    def _reject(self, response: bytes) -> None:
+    def _reject(self, response: bytes | None) -> None:
         """A malformed or refused request: answer it in turn, then close. It never reaches an upstream."""
         self.pause_reading(self.P_REJECT)
+        if response is None:
+            return  # read no more: what is queued is answered, then the connection closes
         ex = self.parsing
         self.parsing = None
         if ex is not None:
             if ex.started:
-                ex.abort()  # its body broke mid-stream: the upstream sees a truncated request at most
+                # Its body broke mid-stream: the upstream sees a truncated request at most; the client gets
+                # `response` if no response byte went out yet, else a cut connection.
+                ex.refuse(response)
                 return
             self.queue.remove(ex)
             ex.discard()

@@ -69,23 +69,24 @@ _VIA_LINE = b"via: " + VIA + b"\r\n"
 WAITING, HEAD_SENT, DONE = 0, 1, 2
 
 
-def _cut_hop_by_hop(fields: bytes) -> tuple[bytes, bool, bytes]:
+def _cut_hop_by_hop(fields: bytes) -> tuple[bytes, bytes, bytes]:
     """The general case of a response head's fields (`CRLF name: value` each, then a CRLF): remove every
-    hop-by-hop field, and those `Connection` names (RFC 9110 §7.6.1). Returns the fields left, whether
-    the body was chunked, and the Upgrade value."""
+    hop-by-hop field, and those `Connection` names (RFC 9110 §7.6.1). Returns the fields left, the
+    transfer codings (lowercased, every Transfer-Encoding field joined) and the Upgrade value."""
     kept: list[bytes] = []
     drop: set[bytes] | None = None
-    chunked = False
+    codings = b""
     upgrade_value = b""
     if not fields:
-        return b"", False, b""
+        return b"", b"", b""
     lines = fields[2:-2].split(b"\r\n")
     for line in lines:
         if (line[0] | 32) in _RESP_FIRST:
             colon = line.find(b":")
             kind = _RESP_FIELDS.get(line[:colon].lower(), _COPY)
             if kind == _TE:
-                chunked = True
+                value = line[colon + 1 :].strip().lower()
+                codings = codings + b", " + value if codings else value
             elif kind == _CONNECTION:
                 drop = connection_fields(line[colon + 1 :], drop)
             elif kind == _UPGRADE:
@@ -95,7 +96,17 @@ def _cut_hop_by_hop(fields: bytes) -> tuple[bytes, bool, bytes]:
         kept.append(line)
     if drop is not None:
         kept = [line for line in kept if line[: line.find(b":")].lower() not in drop]
-    return (b"\r\n" + b"\r\n".join(kept) + b"\r\n" if kept else b""), chunked, upgrade_value
+    return (b"\r\n" + b"\r\n".join(kept) + b"\r\n" if kept else b""), codings, upgrade_value
+
+
+def _split_codings(codings: bytes) -> tuple[bool, bytes]:
+    """Whether a response's transfer codings end with `chunked` (else it is close-delimited, RFC 9112 §6.3),
+    and the codings other than that final `chunked`, which the client must still be told (`gzip`, ...)."""
+    names = [name.strip() for name in codings.split(b",") if name.strip()]
+    chunked = bool(names) and names[-1] == b"chunked"
+    if chunked:
+        names.pop()
+    return chunked, b", ".join(names)
 
 
 class Exchange:
@@ -112,6 +123,7 @@ class Exchange:
         "endpoint",
         "expect_continue",
         "head",
+        "head_index",
         "method",
         "is_head",
         "out",
@@ -177,6 +189,7 @@ class Exchange:
         self.resp_no_body = False
         self.upstream_reusable = True
         self.out: list[bytes] = []
+        self.head_index = -1  # where the final response head waits in `out` until flushed (-1: none or sent)
         self.tunnel = False
         self.tunnel_pending = b""
         pool.in_flight += 1
@@ -322,7 +335,11 @@ class Exchange:
         self.resp_no_body = self.is_head or status == 204 or status == 304 or status == 101
         if self.upgrade and status != 101:
             self.client_close = True  # the client's parser is past an upgrade request: start over
-        self.out.append(self._build_head(status, head, interim=False))
+        head = self._build_head(status, head, interim=False)
+        if self.state == DONE:
+            return  # a head the client cannot be given (`_build_head` answered 502)
+        self.head_index = len(self.out)
+        self.out.append(head)
         self.state = HEAD_SENT
         if self.resp_no_body and status != 101:
             # The parser cannot be told a HEAD response has no body: finish now, renew it before reuse.
@@ -337,7 +354,7 @@ class Exchange:
         # line is rebuilt (HTTP/1.1; the reason phrase from the code: RFC 9110 §15.1, clients ignore it).
         fields = head[head.find(b"\r\n") : -2]  # CRLF + line per field, then the last line's CRLF; or b""
         low = fields.lower()
-        upgrade_value = b""
+        upgrade_value = codings = b""
         chunked = False
         if _RESP_RARE.search(low) is None:
             # No Transfer-Encoding, so an upstream connection that stays open (llhttp: not close-delimited)
@@ -350,10 +367,19 @@ class Exchange:
                 if low[at + 13 : end].strip() in _CONNECTION_PLAIN and low.find(b"\r\nconnection:", end) < 0:
                     fields = fields[:at] + fields[end:]
                 else:
-                    fields, chunked, upgrade_value = _cut_hop_by_hop(fields)
+                    fields, codings, upgrade_value = _cut_hop_by_hop(fields)
         else:
-            fields, chunked, upgrade_value = _cut_hop_by_hop(fields)
+            fields, codings, upgrade_value = _cut_hop_by_hop(fields)
             content_length = b"\r\ncontent-length:" in low  # llhttp refuses a response with length and chunked
+        if codings:
+            chunked, codings = _split_codings(codings)
+            if codings:
+                # A coding the proxy does not decode (`gzip`): the body is relayed as it came, re-framed, and
+                # the client told the coding; an HTTP/1.0 client cannot be (RFC 9112 §6.1): 502.
+                if not self.client.http11:
+                    self.respond_error(502)
+                    return b""
+                content_length = False
         parts = [status_line(status), fields[2:]]
         extend = parts.extend
         if interim:
@@ -370,7 +396,10 @@ class Exchange:
             # HTTP/1.0 client gets a close-delimited body.
             if client.http11:
                 self.resp_chunked = True
-                extend((b"transfer-encoding: chunked\r\n",))
+                if codings:
+                    extend((b"transfer-encoding: ", codings, b", chunked\r\n"))
+                else:
+                    extend((b"transfer-encoding: chunked\r\n",))
             else:
                 self.client_close = True
         if self.client_close or client.closing:
@@ -400,6 +429,7 @@ class Exchange:
             client = self.client
             client.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
+            self.head_index = -1
             # Bytes moved: the idle timeout starts again (coarse clock: one read, one write).
             client.deadline = self.dp.now + self.dp.timeouts.idle
 
@@ -412,10 +442,9 @@ class Exchange:
         conn = self.upstream
         self.upstream = None
         if conn is not None:
-            if self.upstream_reusable and self.body_done:
-                self.dp.release(conn)
-            else:
-                conn.close()
+            # Reused only once the read that completed this response was parsed to its end with nothing after
+            # it (`UpstreamConnection.data_received`); never after an upgrade request answered without 101.
+            conn.finished(self.upstream_reusable and self.body_done and not self.upgrade)
         if not self.body_done:
             self.client_close = True
         self._finish(self.status)
@@ -487,7 +516,12 @@ class Exchange:
                 self.endpoint = None
                 self._try_endpoint(ep)
                 return
-        if self.state == WAITING:
+        if self.state == HEAD_SENT and self.head_index >= 0:
+            # The head was parsed but not yet sent (a bad chunk in the same read): the client can still be
+            # told the truth with a 502, as HAProxy does, instead of a cut connection with no byte.
+            del self.out[self.head_index :]
+            self.respond_error(502)
+        elif self.state == WAITING:
             self.respond_error(502)
         else:
             self.abort()  # part of the response is out: the only honest signal left is a cut connection
@@ -523,6 +557,16 @@ class Exchange:
         self.upstream = None
         if conn is not None:
             conn.abort()
+
+    def refuse(self, response: bytes) -> None:
+        """The client's request broke after it started (trailers past the limit): answer `response` while no
+        response byte went out, else cut both sides."""
+        if self.state == WAITING:
+            self._drop_upstream()
+            self.client_close = True
+            self._finish_with(response, int(response[9:12]))
+        else:
+            self.abort()
 
     def discard(self) -> None:
         """Drop a request that never started (queued behind a closing response, or rejected)."""

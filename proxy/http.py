@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from http import HTTPStatus
 
 # RFC 9110 §7.6.1: connection-specific fields, removed in both directions (plus any field named in
@@ -20,23 +21,30 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-_CONNECTION_OPTIONS = frozenset({b"", b"close", b"keep-alive", b"upgrade"})
+# Tokens a `Connection` value may list that name no field to remove: the usual options, and the fields that
+# frame or address the message. A peer naming Content-Length, Transfer-Encoding or Host must not make the
+# proxy forward a body without its framing (a request smuggled into the next one on a pooled upstream
+# connection) or a request without its authority: such tokens are ignored, as HAProxy and nginx do.
+_CONNECTION_KEPT = frozenset(
+    {b"", b"close", b"keep-alive", b"upgrade", b"content-length", b"transfer-encoding", b"host", b"expect"}
+)
 
 
 def connection_fields(value: bytes, names: set[bytes] | None) -> set[bytes] | None:
-    """Add the field names a `Connection` value lists (RFC 9110 §7.6.1: they are hop-by-hop too) to `names`.
+    """Add the field names a `Connection` value lists (RFC 9110 §7.6.1: they are hop-by-hop too) to `names`,
+    except framing and addressing fields (`_CONNECTION_KEPT`).
 
     Returns None while nothing but the usual options was listed, so the common case allocates nothing.
     """
     for token in value.lower().split(b","):
         token = token.strip()
-        if token not in _CONNECTION_OPTIONS:
+        if token not in _CONNECTION_KEPT:
             names = names or set()
             names.add(token)
     return names
 
 
-def drop_fields(parts: list[bytes], names: set[bytes], start: int) -> list[bytes]:
+def drop_fields(parts: list[bytes], names: AbstractSet[bytes], start: int) -> list[bytes]:
     """Remove the fields in `names` from a request head being built: `start` leading pieces (the request
     line), then four pieces per field (name, ": ", value, CRLF). Rare: only when `Connection` names fields."""
     kept = parts[:start]
@@ -82,6 +90,7 @@ RESPONSE_400 = error_response(400, "Bad Request", close=True)
 RESPONSE_405_CONNECT = error_response(405, "CONNECT is not supported by this reverse proxy", close=True)
 RESPONSE_408 = error_response(408, "Request Timeout", close=True)
 RESPONSE_413 = error_response(413, "Content Too Large", close=True)
-RESPONSE_431 = error_response(400, "Bad Request: header section too large", close=True)
+RESPONSE_431 = error_response(431, "Request Header Fields Too Large", close=True)
+RESPONSE_501_CODING = error_response(501, "Not Implemented: transfer coding other than chunked", close=True)
 RESPONSE_505 = error_response(505, "HTTP Version Not Supported", close=True)
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"

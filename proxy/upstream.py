@@ -10,6 +10,10 @@ The parser validates and frames; the response head itself is taken from the byte
 instructions, a fifth of a request). A head starts at the first byte after the request was sent, or
 right after an interim (1xx) head, so its start is always known; it may arrive across several reads,
 up to `limits.max_header_bytes` (then the upstream is failed: 502).
+
+A connection goes back to its pool only after the read that completed a response was parsed to its
+end with nothing after it: bytes beyond a complete response (an unsolicited second response, a body
+after a HEAD answer) close it, so they can never be taken for the answer to another client's request.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ class UpstreamConnection(Sender, asyncio.Protocol):
         "must_renew_parser",
         "outbox",
         "parser",
+        "reuse",
         "transport",
     )
 
@@ -56,6 +61,7 @@ class UpstreamConnection(Sender, asyncio.Protocol):
         self.idle_since = 0.0
         self.closed = False
         self.must_renew_parser = False  # after a HEAD response the parser still expects a body
+        self.reuse = False  # the response completed in the read being parsed: back to the pool after it
 
     # -- transport callbacks ---------------------------------------------------------------
 
@@ -78,12 +84,19 @@ class UpstreamConnection(Sender, asyncio.Protocol):
             if self.exchange is ex:
                 ex.upstream_upgraded(data[exc.args[0] :])
         except httptools.HttpParserError:
+            self.reuse = False
             if self.exchange is ex:
+                ex.response_started = True  # bytes of an answer arrived: nothing is retried (RFC 9110 §9.2.2)
                 ex.upstream_failed("bad response from upstream")
             else:
-                self.close()
+                self.close()  # bytes after a complete response (`on_message_begin`, `on_body`)
+            return
+        if self.reuse:
+            self.reuse = False
+            ex.dp.release(self)
             return
         if self.head_at >= 0 and self.exchange is ex:  # a head still incomplete: keep it for the next read
+            ex.response_started = True
             self.head_buf += data[self.head_at :]
             self.head_at = 0
             if len(self.head_buf) > ex.dp.limits.max_header_bytes:
@@ -115,6 +128,10 @@ class UpstreamConnection(Sender, asyncio.Protocol):
 
     # Only the callbacks the relay needs: httptools calls only those a protocol has, and each call costs.
 
+    def on_message_begin(self) -> None:
+        if self.exchange is None:
+            raise ValueError("a response nobody asked for")  # stops the parse: the connection is closed
+
     def on_headers_complete(self) -> None:
         buf, at = self.chunk, self.head_at
         held = len(self.head_buf)
@@ -132,10 +149,9 @@ class UpstreamConnection(Sender, asyncio.Protocol):
             self.exchange.response_head(status, buf[at:end], self.parser)
 
     def on_body(self, body: bytes) -> None:
-        if self.exchange is not None:
-            self.exchange.response_body(body)
-        else:
-            self.must_renew_parser = True
+        if self.exchange is None:
+            raise ValueError("bytes after a complete response")  # after a HEAD answer: closed, not reused
+        self.exchange.response_body(body)
 
     def on_message_complete(self) -> None:
         if self.exchange is not None:
@@ -150,6 +166,14 @@ class UpstreamConnection(Sender, asyncio.Protocol):
         self.head_buf = b""
         if self.must_renew_parser:
             self.renew_parser()
+
+    def finished(self, reusable: bool) -> None:
+        """The bound exchange's response is complete: unbind; reuse once this read is parsed, or close."""
+        self.exchange = None
+        if reusable:
+            self.reuse = True
+        else:
+            self.close()
 
     def reusable(self) -> bool:
         return not self.closed and self.transport is not None and not self.transport.is_closing()

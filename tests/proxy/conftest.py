@@ -167,7 +167,7 @@ def parse_responses(data: bytes) -> list[tuple[int, dict[str, str], bytes]]:
         elif "content-length" in headers:
             n = int(headers["content-length"])
             body, data = rest[:n], rest[n:]
-        elif headers.get("transfer-encoding") == "chunked":
+        elif headers.get("transfer-encoding", "").endswith("chunked"):
             body = b""
             while True:
                 size_line, _, rest = rest.partition(b"\r\n")
