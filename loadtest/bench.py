@@ -540,7 +540,7 @@ def _temp_paths(tmp: Path) -> str:
 def default_bluegreen() -> list[str]:
     # Prefer the console script installed next to this interpreter; fall back to the module.
     exe = shutil.which("bluegreen", path=str(Path(sys.executable).parent)) or shutil.which("bluegreen")
-    return [exe] if exe else [sys.executable, "-m", "simulator.cli"]
+    return [exe] if exe else [sys.executable, "-m", "bluegreen"]
 
 
 def start_targets(procs: Processes, tmp: Path, names: Sequence[str], bluegreen: Sequence[str]) -> dict[str, Target]:

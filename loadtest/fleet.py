@@ -74,7 +74,7 @@ def run(n: int, flips: int) -> dict[str, float]:
                 )
                 procs.append(
                     subprocess.Popen(
-                        [sys.executable, "-m", "simulator.cli", "proxy", "--config", str(config)],
+                        [sys.executable, "-m", "bluegreen", "proxy", "--config", str(config)],
                         stdout=subprocess.DEVNULL,
                     )
                 )

@@ -24,9 +24,9 @@ import time
 from typing import Any
 
 from proxy.config import parse_config
-from proxy.dataplane import DataPlane
-from proxy.downstream import ClientConnection
-from proxy.upstream import UpstreamConnection
+from proxy.dataplane.client import ClientConnection
+from proxy.dataplane.plane import DataPlane
+from proxy.dataplane.upstream import UpstreamConnection
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:9400\r\n\r\n"
 RESPONSE = (
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"{instructions_per_request(args.requests, args.fields):,} instructions per request")
         return 0
-    from proxy.cli import new_event_loop  # uvloop, as the proxy runs
+    from proxy.dataplane.loop import new_event_loop  # uvloop, as the proxy runs
 
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         seconds, upstream_head, client_response = runner.run(run(args.requests, args.rounds, args.fields))

@@ -68,9 +68,7 @@ async def run(connections: int, hold: float) -> dict[str, float]:
             f'pools: {{blue: {{endpoints: ["{HOST}:{up}"]}}, green: {{endpoints: ["{HOST}:{up}"]}}}}\n'
             "routes: {active: blue, preview: green}\n"
         )
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "simulator.cli", "proxy", "--config", str(config)
-        )
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bluegreen", "proxy", "--config", str(config))
         try:
             deadline = time.monotonic() + 20
             while True:

@@ -119,16 +119,9 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         return fail(f"cannot start: {exc}")
 
 
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
 def run_proxy(config: Config, workers: int = 1) -> int:
-    from proxy.supervisor import Supervisor
+    from proxy.dataplane.loop import new_event_loop
+    from proxy.workers.supervisor import Supervisor
 
     async def main() -> int:
         # The control plane (admin API, Switch, health checks) runs in this process and the data plane in

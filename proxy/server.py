@@ -11,14 +11,14 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.admin import make_admin_app
 from proxy.config import Config, ConfigError, load_config
 from proxy.control.api import InvalidRequestError
 from proxy.control.local import LocalControl
-from proxy.dataplane import DataPlane
-from proxy.health import HealthChecker
-from proxy.metrics import make_registry
-from proxy.switch import Switch
+from proxy.controlplane.admin import make_admin_app
+from proxy.controlplane.health import HealthChecker
+from proxy.controlplane.metrics import make_registry
+from proxy.controlplane.switch import Switch
+from proxy.dataplane.plane import DataPlane
 
 AdminSetup = Callable[[web.Application], None]
 

@@ -1,4 +1,5 @@
-"""The `bluegreen` command: the proxy's commands plus the simulator's, in one parser.
+"""The simulator's commands of `bluegreen` (`demo`, `apply`, `rollouts`): `register(sub)` adds them to
+the parser of `bluegreen.cli`.
 
 This module is a composition root: it may import proxy internals (the simulator core may not).
 """
@@ -9,10 +10,9 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from loadtest import cli as loadtest_cli
 from proxy import cli as proxy_cli
 from simulator.web import client as sim_client
 from simulator.web.client import AdminClient, ClientError
@@ -123,22 +123,3 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from simulator import demo  # the demo pulls in the whole proxy; only load it for this command
 
     return demo.main(args.manifests)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bluegreen", description="A blue/green traffic switch.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    proxy_cli.register(sub)
-    register(sub)
-    loadtest_cli.register(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    sys.exit(args.func(args))
-
-
-if __name__ == "__main__":
-    main()

@@ -49,3 +49,23 @@ def test_simulator_core_uses_only_the_control_interface() -> None:
                 names = [node.module]
             offenders += [f"{rel}: {n}" for n in names if n.split(".")[0] == "proxy" and n != "proxy.control.api"]
     assert offenders == []
+
+
+@pytest.mark.parametrize("argv", [["proxy", "--help"], ["status", "--help"], ["switch", "--help"]])
+def test_proxy_commands_load_no_simulator_or_load_test(argv: list[str]) -> None:
+    """`python -X importtime` lists every module a command imports: the proxy's commands load the proxy alone."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "bluegreen", *argv], cwd=REPO, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    modules = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    assert "proxy.cli" in modules
+    bad = [m for m in modules if m.split(".")[0] in ("simulator", "loadtest", "locust", "gevent")]
+    assert bad == []
+
+
+def test_bluegreen_help_lists_every_command() -> None:
+    proc = subprocess.run([sys.executable, "-m", "bluegreen", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0
+    for command in ("proxy", "status", "switch", "demo", "apply", "rollouts", "loadtest"):
+        assert command in proc.stdout

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from proxy.control.api import ProxyStatus, Routes
-from proxy.switch import Switch
+from proxy.controlplane.switch import Switch
 
 
 class LocalControl:

@@ -50,7 +50,7 @@ class ProxyProcess:
 
     def start(self, *args: str) -> ProxyProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "simulator.cli", "proxy", "--config", str(self.path), *args],
+            [sys.executable, "-m", "bluegreen", "proxy", "--config", str(self.path), *args],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -133,7 +133,7 @@ def test_durations() -> None:
 def test_cli_refuses_bad_config_without_traceback(tmp_path: Path, text: str, expected: str) -> None:
     file = write(tmp_path, text)
     proc = subprocess.run(
-        [sys.executable, "-m", "simulator.cli", "proxy", "--config", str(file)],
+        [sys.executable, "-m", "bluegreen", "proxy", "--config", str(file)],
         capture_output=True,
         text=True,
         timeout=30,

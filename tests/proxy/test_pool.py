@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from proxy.config import OutlierConfig
-from proxy.pool import Endpoint, Health, Pool
+from proxy.dataplane.pool import Endpoint, Health, Pool
 
 ADDRS = [("127.0.0.1", 9001), ("127.0.0.1", 9002), ("127.0.0.1", 9003)]
 

@@ -14,7 +14,7 @@ from tests.proxy.support import REPO, ProxyProcess, RawClient
 
 def cli(*args: str, admin: int) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "simulator.cli", *args, "--admin", f"http://127.0.0.1:{admin}"],
+        [sys.executable, "-m", "bluegreen", *args, "--admin", f"http://127.0.0.1:{admin}"],
         capture_output=True,
         text=True,
         timeout=30,

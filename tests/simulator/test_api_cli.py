@@ -153,7 +153,7 @@ async def test_cli_exit_codes_and_one_line_errors(served: tuple[Cluster, str]) -
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "simulator.cli",
+        "bluegreen",
         "rollouts",
         "promote",
         "missing",
@@ -167,7 +167,7 @@ async def test_cli_exit_codes_and_one_line_errors(served: tuple[Cluster, str]) -
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "simulator.cli",
+        "bluegreen",
         "rollouts",
         "get",
         "x",

@@ -1,6 +1,6 @@
 """Pools of endpoints: balancing, health state, in-flight counts, idle upstream connections, drain.
 
-Counters here are plain ints touched on the event loop only; `proxy.metrics` reads them when
+Counters here are plain ints touched on the event loop only; `proxy.controlplane.metrics` reads them when
 Prometheus scrapes, so the hot path never takes a lock or looks up a labelled child.
 """
 
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from proxy.config import HealthCheckConfig, OutlierConfig
 
 if TYPE_CHECKING:
-    from proxy.upstream import UpstreamConnection
+    from proxy.dataplane.upstream import UpstreamConnection
 
 # Upstream latency histogram bounds in seconds (request sent -> response head received).
 LATENCY_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

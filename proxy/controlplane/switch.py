@@ -21,10 +21,10 @@ from proxy.control.api import (
     ProxyStatus,
     Routes,
 )
-from proxy.dataplane import DataPlane
-from proxy.health import HealthChecker
-from proxy.pool import Health, Pool
-from proxy.routes import RouteTable
+from proxy.controlplane.health import HealthChecker
+from proxy.dataplane.plane import DataPlane
+from proxy.dataplane.pool import Health, Pool
+from proxy.dataplane.routes import RouteTable
 
 Publisher = Callable[[], Awaitable[None]]
 

@@ -17,8 +17,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from proxy.pool import LATENCY_BOUNDS, Health, Pool
-from proxy.switch import Switch
+from proxy.controlplane.switch import Switch
+from proxy.dataplane.pool import LATENCY_BOUNDS, Health, Pool
 
 _CLASSES = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
 

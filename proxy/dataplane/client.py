@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from proxy.exchange import Exchange
-from proxy.http import (
+from proxy.dataplane.exchange import Exchange
+from proxy.dataplane.http import (
     HOP_BY_HOP,
     RESPONSE_400,
     RESPONSE_405_CONNECT,
@@ -37,10 +37,10 @@ from proxy.http import (
     connection_fields,
     drop_fields,
 )
-from proxy.outbox import Outbox, Sender
+from proxy.dataplane.outbox import Outbox, Sender
 
 if TYPE_CHECKING:
-    from proxy.dataplane import DataPlane
+    from proxy.dataplane.plane import DataPlane
 
 # Request fields the proxy acts on, by kind; every other field is copied as it came.
 _COPY, _DROP, _HOST, _LENGTH, _TE, _CONNECTION, _UPGRADE, _EXPECT = range(8)
@@ -165,7 +165,7 @@ class ClientConnection(Sender, asyncio.Protocol):
         self.outbox: Outbox = dp.outbox
         # Per connection.
         self.transport: asyncio.Transport | None = None
-        self.held: list[bytes] = []  # written in this loop iteration, not sent yet (`proxy.outbox`)
+        self.held: list[bytes] = []  # written in this loop iteration, not sent yet (`proxy.dataplane.outbox`)
         self.parser = httptools.HttpRequestParser(self)
         self.peer = b""
         self.xff_line = b""

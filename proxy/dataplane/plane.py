@@ -14,13 +14,12 @@ import threading
 from collections.abc import Callable, Iterable
 
 from proxy.config import Config
-from proxy.downstream import ClientConnection
-from proxy.http import error_response
-from proxy.outbox import Outbox
-from proxy.pool import Pool
-from proxy.routes import RouteTable
-from proxy.routeword import decode, local_word
-from proxy.upstream import UpstreamConnection
+from proxy.dataplane.client import ClientConnection
+from proxy.dataplane.http import error_response
+from proxy.dataplane.outbox import Outbox
+from proxy.dataplane.pool import Pool
+from proxy.dataplane.routes import RouteTable, decode, local_word
+from proxy.dataplane.upstream import UpstreamConnection
 
 
 class DataPlane:

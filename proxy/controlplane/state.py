@@ -1,7 +1,7 @@
 """The desired state as plain JSON (pools, health verdicts, routes) and its application to a DataPlane.
 
 The supervisor sends the pools (each with the slot the shared route word names it by) to every worker
-when they change, and each acknowledges; routes reach workers through the word (`proxy.routeword`).
+when they change, and each acknowledges; routes reach workers through the word (`proxy.workers.routeword`).
 A fleet's shared state in etcd carries the routes themselves. Stats flow back as counters to be summed.
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.config import parse_address
-from proxy.dataplane import DataPlane
-from proxy.pool import Health, Pool
-from proxy.routes import RouteTable
+from proxy.dataplane.plane import DataPlane
+from proxy.dataplane.pool import Health, Pool
+from proxy.dataplane.routes import RouteTable
 
 
 def snapshot_state(dp: DataPlane) -> dict[str, Any]:

@@ -33,10 +33,10 @@ from typing import Any
 
 from proxy.config import Config
 from proxy.control.api import AckTimeoutError, ConflictError, Routes, UnavailableError
-from proxy.dataplane import DataPlane
-from proxy.etcd import CompactedError, EtcdClient, Event, KeyValue, StoreUnavailableError
-from proxy.state import apply_state, snapshot_state
-from proxy.switch import Switch
+from proxy.controlplane.state import apply_state, snapshot_state
+from proxy.controlplane.switch import Switch
+from proxy.dataplane.plane import DataPlane
+from proxy.fleet.etcd import CompactedError, EtcdClient, Event, KeyValue, StoreUnavailableError
 
 log = logging.getLogger("bluegreen.fleet")
 FENCE_MARGIN = 0.9  # fence a little before etcd can expire the lease, whatever the clock skew between them

@@ -1,6 +1,6 @@
 """A worker process: one DataPlane on SO_REUSEPORT listeners, driven by the supervisor's channel.
 
-Routes come from the supervisor's shared route word (`proxy.routeword`): a flip is a store the
+Routes come from the supervisor's shared route word (`proxy.workers.routeword`): a flip is a store the
 next request sees, with no message. Pools, health verdicts and settings come as state messages; it
 applies the first before binding, so a (re)started worker serves the current routes from its first
 request. Later states arrive on a control *thread*, not on the event loop: a saturated loop would
@@ -22,9 +22,10 @@ import threading
 from typing import Any, BinaryIO, cast
 
 from proxy.config import ConfigError, load_config
-from proxy.dataplane import DataPlane
-from proxy.routeword import attach_word, decode
-from proxy.state import apply_state, collect_stats
+from proxy.controlplane.state import apply_state, collect_stats
+from proxy.dataplane.plane import DataPlane
+from proxy.dataplane.routes import decode
+from proxy.workers.routeword import attach_word
 
 # A control message waits for the GIL at most this long while the data plane runs Python code.
 SWITCH_INTERVAL = 0.0005
@@ -124,7 +125,7 @@ def main() -> None:
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--routes-fd", type=int, required=True)
     args = parser.parse_args()
-    from proxy.cli import new_event_loop
+    from proxy.dataplane.loop import new_event_loop
 
     raise_nofile_limit()
     try:

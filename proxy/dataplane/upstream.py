@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from proxy.outbox import Sender
+from proxy.dataplane.outbox import Sender
 
 if TYPE_CHECKING:
-    from proxy.exchange import Exchange
-    from proxy.outbox import Outbox
-    from proxy.pool import Endpoint
+    from proxy.dataplane.exchange import Exchange
+    from proxy.dataplane.outbox import Outbox
+    from proxy.dataplane.pool import Endpoint
 
 
 class UpstreamConnection(Sender, asyncio.Protocol):
@@ -51,7 +51,7 @@ class UpstreamConnection(Sender, asyncio.Protocol):
     def __init__(self, endpoint: Endpoint, outbox: Outbox) -> None:
         self.endpoint = endpoint
         self.outbox = outbox
-        self.held: list[bytes] = []  # written in this loop iteration, not sent yet (`proxy.outbox`)
+        self.held: list[bytes] = []  # written in this loop iteration, not sent yet (`proxy.dataplane.outbox`)
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
         self.parser = httptools.HttpResponseParser(self)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import aiohttp
 
-from proxy.pool import Endpoint, Health, Pool
+from proxy.dataplane.pool import Endpoint, Health, Pool
 
 
 class HealthChecker:

@@ -16,7 +16,7 @@ import asyncio
 import re
 from typing import TYPE_CHECKING, Any
 
-from proxy.http import (
+from proxy.dataplane.http import (
     CONTINUE_100,
     HOP_BY_HOP,
     IDEMPOTENT,
@@ -25,12 +25,12 @@ from proxy.http import (
     error_response,
     status_line,
 )
-from proxy.upstream import UpstreamConnection
+from proxy.dataplane.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
-    from proxy.dataplane import DataPlane
-    from proxy.downstream import ClientConnection
-    from proxy.pool import Endpoint, Pool
+    from proxy.dataplane.client import ClientConnection
+    from proxy.dataplane.plane import DataPlane
+    from proxy.dataplane.pool import Endpoint, Pool
 
 BUFFER_LIMIT = 256 * 1024  # request body held while connecting before the client is paused
 

@@ -3,7 +3,7 @@
 The admin API, the Switch and the health checks live here, on a loop that carries no client
 traffic, so a flip never queues behind the data plane. Workers share the listeners with
 SO_REUSEPORT. Pool changes are pushed to every worker and answered only when each has acknowledged
-them; routes are one shared word (`proxy.routeword`) that every worker's next request reads, written
+them; routes are one shared word (`proxy.workers.routeword`) that every worker's next request reads, written
 only after the pools it names were acknowledged. A worker that dies is restarted on the current state.
 """
 
@@ -21,21 +21,22 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.admin import make_admin_app
-from proxy.channel import Channel
 from proxy.config import Config
 from proxy.control.api import ProxyStatus, Routes
 from proxy.control.local import LocalControl
-from proxy.dataplane import DataPlane
-from proxy.etcd import StoreUnavailableError
-from proxy.fleet import Fleet
-from proxy.health import HealthChecker
-from proxy.metrics import make_registry
-from proxy.routeword import MAX_SLOT, NO_SLOT, encode, shared_word
+from proxy.controlplane.admin import make_admin_app
+from proxy.controlplane.health import HealthChecker
+from proxy.controlplane.metrics import make_registry
+from proxy.controlplane.state import merge_stats, snapshot_state
+from proxy.controlplane.switch import Switch, normalize_endpoints
+from proxy.dataplane.plane import DataPlane
+from proxy.dataplane.routes import MAX_SLOT, NO_SLOT, encode
+from proxy.fleet.etcd import StoreUnavailableError
+from proxy.fleet.member import Fleet
 from proxy.server import read_config_for_reload
-from proxy.state import merge_stats, snapshot_state
-from proxy.switch import Switch, normalize_endpoints
-from proxy.worker import raise_priority
+from proxy.workers.channel import Channel
+from proxy.workers.routeword import shared_word
+from proxy.workers.worker import raise_priority
 
 log = logging.getLogger("bluegreen.supervisor")
 ACK_TIMEOUT = 5.0
@@ -146,7 +147,7 @@ class Supervisor:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "proxy.worker",
+            "proxy.workers.worker",
             "--config",
             self.config.source,
             "--fd",

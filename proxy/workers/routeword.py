@@ -8,8 +8,9 @@ round trip through the workers (a message had to wait for a busy worker's GIL an
 what the flip's answer promises. Pool changes still travel as acknowledged messages, and a word
 names only pools the workers acknowledged (the supervisor orders the two).
 
-Layout: generation (high 32 bits) | active slot (16) | preview slot (16, 0 = none). The store and
-the loads are single aligned 8-byte moves (memoryview 'Q' items), so no reader sees half a word.
+The word's layout and the private word of a single process are the data plane's
+(`proxy.dataplane.routes`); this module shares one between processes. The store and the loads are
+single aligned 8-byte moves (memoryview 'Q' items), so no reader sees half a word.
 """
 
 from __future__ import annotations
@@ -17,23 +18,6 @@ from __future__ import annotations
 import mmap
 import os
 import tempfile
-
-NO_SLOT = 0
-MAX_SLOT = 0xFFFF
-
-
-def encode(generation: int, active: int, preview: int) -> int:
-    return (generation & 0xFFFFFFFF) << 32 | active << 16 | preview
-
-
-def decode(word: int) -> tuple[int, int, int]:
-    """(generation, active slot, preview slot)."""
-    return word >> 32, (word >> 16) & 0xFFFF, word & 0xFFFF
-
-
-def local_word() -> memoryview:
-    """A private word: a single process keeps the same hot path without sharing anything."""
-    return memoryview(bytearray(8)).cast("Q")
 
 
 def shared_word() -> tuple[int, memoryview]:
