@@ -13,6 +13,7 @@ is stopped here (process groups, SIGTERM then SIGKILL), and every wait is bounde
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -340,6 +341,8 @@ def verdict(s: dict[str, Any], locust_code: int, opts: Options) -> list[str]:
 
 
 def run(opts: Options) -> int:
+    # A relative path is the caller's: Locust runs with ROOT as its working directory (so a checkout imports).
+    opts = dataclasses.replace(opts, results=opts.results.absolute())
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)  # SIGTERM runs the finally below: no process outlives us
     opts.results.mkdir(parents=True, exist_ok=True)

@@ -57,6 +57,15 @@ class Binding:
             if p.status.ready and p.status.address and all(p.metadata.labels.get(k) == v for k, v in selector.items())
         )
 
+    def _ready_pods(self, namespace: str, pod_hash: str | None) -> list[str]:
+        if pod_hash is None:
+            return []
+        return sorted(
+            p.status.address
+            for p in self._store.list(Pod, namespace)
+            if p.status.ready and p.status.address and p.metadata.labels.get(HASH_LABEL) == pod_hash
+        )
+
     def _color(self, pod_hash: str, avoid: str | None) -> str:
         color = self.colors.get(pod_hash)
         if color is None or color == avoid:
@@ -64,7 +73,8 @@ class Binding:
                 color = _other(avoid)
             else:
                 color = self._routes.active if self._routes and self._routes.active in COLORS else COLORS[0]
-            self.colors[pod_hash] = color
+            self.colors.pop(pod_hash, None)
+            self.colors[pod_hash] = color  # last in the dict: the newest holder of its color
         return color
 
     async def sync(self, now: float) -> list[float]:
@@ -95,6 +105,12 @@ class Binding:
                 preview_color = active_color if preview_hash == active_hash else self._color(preview_hash, active_color)
                 if preview_color != active_color:
                     pools[preview_color] = self._endpoints(preview)
+            for color in COLORS:
+                # A pool no Service points at keeps its ReplicaSet's ready pods: they leave the proxy as
+                # it scales down, instead of staying there as endpoints probed forever.
+                if color not in pools:
+                    last = [h for h, c in self.colors.items() if c == color]
+                    pools[color] = self._ready_pods(ns, last[-1] if last else None)
             self._label_replica_sets(rollout)
             for pool, endpoints in pools.items():
                 if self._sent.get(pool) != endpoints:

@@ -68,9 +68,22 @@ def _image_body(args: argparse.Namespace) -> dict[str, Any]:
     return {"container": container, "image": image}
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, not {text!r}")
+    return port
+
+
 def register(sub: Any) -> None:
     demo = sub.add_parser("demo", help="simulator + proxy + their API in one process")
     demo.add_argument("--manifests", metavar="DIR", help="manifests to load (default: the bundled rollouts-demo)")
+    demo.add_argument("--active-port", type=_port, default=8080, metavar="P", help="live listener (8080; 0: any)")
+    demo.add_argument("--preview-port", type=_port, default=8081, metavar="P", help="preview listener (8081)")
+    demo.add_argument("--admin-port", type=_port, default=8090, metavar="P", help="admin API and dashboard (8090)")
     demo.set_defaults(func=cmd_demo)
 
     apply = sub.add_parser("apply", help="apply manifests to a running simulator")
@@ -122,4 +135,6 @@ def register(sub: Any) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from simulator import demo  # the demo pulls in the whole proxy; only load it for this command
 
-    return demo.main(args.manifests)
+    return demo.main(
+        args.manifests, active_port=args.active_port, preview_port=args.preview_port, admin_port=args.admin_port
+    )

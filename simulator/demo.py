@@ -31,7 +31,8 @@ from simulator.workloads.pods import ServerRuntime
 
 __all__ = ["BUNDLED_MANIFESTS", "Demo", "DemoConfig", "main"]
 
-BUNDLED_MANIFESTS = Path(__file__).resolve().parent.parent / "config" / "demo"
+# Package data (pyproject.toml), so an installed wheel finds them as a checkout does.
+BUNDLED_MANIFESTS = Path(__file__).resolve().parent / "demo_manifests"
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ def _banner(demo: Demo, source: str) -> str:
             f"  admin API        http://{host}:{ports['admin']}/api/v1/rollouts",
             "",
             "Try, in another terminal:",
+            *([] if ports["admin"] == 8090 else [f"  export BLUEGREEN_ADMIN=http://{host}:{ports['admin']}"]),
             f"  bluegreen rollouts get {name} --watch",
             f"  bluegreen rollouts set image {name} '*=argoproj/rollouts-demo:green'",
             f"  bluegreen rollouts promote {name}",
@@ -130,8 +132,8 @@ def _banner(demo: Demo, source: str) -> str:
     )
 
 
-async def _serve(manifests: Loaded, source: str) -> int:
-    demo = Demo(manifests, DemoConfig(token=os.environ.get("BLUEGREEN_ADMIN_TOKEN") or None))
+async def _serve(manifests: Loaded, source: str, config: DemoConfig) -> int:
+    demo = Demo(manifests, config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -148,7 +150,14 @@ async def _serve(manifests: Loaded, source: str) -> int:
     return 0
 
 
-def main(manifests: str | None) -> int:
+def main(manifests: str | None, *, active_port: int = 8080, preview_port: int = 8081, admin_port: int = 8090) -> int:
+    """`bluegreen demo`; a port of 0 takes a free one (the banner names it)."""
+    config = DemoConfig(
+        active_port=active_port,
+        preview_port=preview_port,
+        admin_port=admin_port,
+        token=os.environ.get("BLUEGREEN_ADMIN_TOKEN") or None,
+    )
     path = Path(manifests) if manifests else BUNDLED_MANIFESTS
     try:
         loaded = load_path(path)
@@ -156,7 +165,7 @@ def main(manifests: str | None) -> int:
         print(f"bluegreen: {exc}", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(_serve(loaded, str(path)))
+        return asyncio.run(_serve(loaded, str(path), config))
     except ConfigError as exc:
         print(f"bluegreen: {exc}", file=sys.stderr)
         return 2

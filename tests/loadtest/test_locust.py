@@ -77,3 +77,17 @@ def test_scenarios_flip_without_failures_or_stale_answers(tmp_path: Path, scenar
     summary = run_loadtest(results, *args, timeout=120)
     check(summary, results)
     assert summary["config"]["scenario"] == scenario
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_relative_results_path_is_the_callers(tmp_path: Path) -> None:
+    """Locust runs with the project root as its working directory; `--results out` still means ./out here."""
+    argv = [sys.executable, "-m", "bluegreen", "loadtest", "--results", "out", "--quiet"]
+    argv += ["--users", "2", "--duration", "3s", "--switch-every", "0.5s"]
+    proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["requests"] > 0 and summary["failures"] == 0
+    assert (tmp_path / "out" / "locust_stats.csv").exists() and (tmp_path / "out" / "proxy.yaml").exists()
+    assert not (ROOT / "out").exists()

@@ -93,3 +93,22 @@ async def test_hand_made_switch_is_reconciled() -> None:
     await sim.advance(31)
     assert proxy.routes_now() == ("blue", "blue")
     assert proxy.serving("active") == addresses(sim, 1)
+
+
+async def test_scaled_down_pods_leave_the_proxy() -> None:
+    """The unrouted pool follows its ReplicaSet: warm during the scale-down delay, empty once scaled down."""
+    proxy = FakeProxy()
+    sim = Sim(proxy=proxy)
+    await sim.apply(DEMO)
+    await sim.until(lambda: sim.phase(NAME) == "Healthy")
+    old = addresses(sim, 1)
+    operations.set_image(sim.store, NAME, "*", "argoproj/rollouts-demo:green")
+    await sim.until(lambda: sim.phase(NAME) == "Paused")
+    await sim.promote(NAME)
+    await sim.until(lambda: sim.phase(NAME) == "Healthy")
+    assert proxy.routes_now() == ("green", "green")
+    assert proxy.pools["blue"] == old != []  # the old stack, still up for a fast rollback
+    await sim.until(lambda: sim.rs(NAME, 1).spec.get("replicas") == 0 and not sim.pods(NAME, 1))
+    await sim.cluster.settle()
+    assert proxy.pools["blue"] == []
+    assert proxy.pools["green"] == addresses(sim, 2) != []
