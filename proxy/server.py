@@ -17,7 +17,9 @@ from proxy.control.local import LocalControl
 from proxy.controlplane.admin import make_admin_app
 from proxy.controlplane.health import HealthChecker
 from proxy.controlplane.metrics import make_registry
-from proxy.controlplane.switch import Switch
+from proxy.controlplane.state import DesiredState, apply_to
+from proxy.controlplane.stats import served_pools
+from proxy.controlplane.switch import Switch, pool_status
 from proxy.dataplane.plane import DataPlane
 
 AdminSetup = Callable[[web.Application], None]
@@ -44,13 +46,24 @@ class ProxyServer:
 
     async def start(self) -> None:
         self.dataplane = dp = DataPlane(self.config)
-        self.switch = Switch(dp, self.health)
+
+        async def apply(state: DesiredState) -> None:
+            apply_to(dp, state)
+
+        self.switch = Switch(
+            self.config,
+            dp.pools,
+            self.health,
+            apply,
+            describe=lambda: [pool_status(p) for p in served_pools(dp)[:-1]],
+            configure=dp.apply_settings,
+        )
         await dp.start()
         for pool in dp.pools.values():
             self.health.watch(pool)
         app = make_admin_app(
             self.control,
-            make_registry(self.switch),
+            make_registry(self.switch, lambda: served_pools(dp), lambda: len(dp.clients)),
             token=self.config.admin.token,
             serving=lambda: not self._stopping,
             reload=self.reload,

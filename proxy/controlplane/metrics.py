@@ -6,7 +6,7 @@ touches prometheus_client (whose `inc()` takes a lock and whose `labels()` is a 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -17,24 +17,31 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from proxy.controlplane.stats import Counters
 from proxy.controlplane.switch import Switch
-from proxy.dataplane.pool import LATENCY_BOUNDS, Health, Pool
+from proxy.dataplane.pool import LATENCY_BOUNDS, Health
 
 _CLASSES = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 
 class ProxyCollector(Collector):
-    def __init__(self, switch: Switch, store_up: Callable[[], bool] | None = None) -> None:
+    """`counters`: each pool's counters (the data plane's pools, or the workers' sums); endpoint health
+    comes from the Switch's pools, routes from its desired state."""
+
+    def __init__(
+        self,
+        switch: Switch,
+        counters: Callable[[], Iterable[Counters]],
+        clients: Callable[[], int],
+        store_up: Callable[[], bool] | None = None,
+    ) -> None:
         self.switch = switch
+        self.counters = counters
+        self.clients = clients
         self.store_up = store_up
 
-    def _pools(self) -> list[Pool]:
-        dp = self.switch.dp
-        return list(dp.pools.values()) + [p for p in list(dp.draining) if p.name not in dp.pools] + [dp.null_pool]
-
     def collect(self) -> Iterator[Metric]:
-        dp = self.switch.dp
-        pools = self._pools()
+        pools = list(self.counters())
         requests = CounterMetricFamily(
             "bluegreen_requests", "Responses sent, by pool and status class", labels=["pool", "status_class"]
         )
@@ -61,28 +68,36 @@ class ProxyCollector(Collector):
                 cumulative += count
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
             latency.add_metric([pool.name], buckets, pool.latency_sum)
-            for ep in pool.endpoints:
+        for live in list(self.switch.pools.values()):
+            for ep in live.endpoints:
                 state = Health(ep.health).name.lower()
-                health.add_metric([pool.name, ep.address, state], 1 if ep.up else 0)
+                health.add_metric([live.name, ep.address, state], 1 if ep.up else 0)
         yield requests
         yield in_flight
         yield draining
         yield latency
         yield health
-        routes = dp.routes
+        routes = self.switch.routes()
         route = GaugeMetricFamily("bluegreen_route", "1 for the pool each listener serves", labels=["listener", "pool"])
-        route.add_metric(["active", routes.active.name], 1)
+        route.add_metric(["active", routes.active], 1)
         if routes.preview is not None:
-            route.add_metric(["preview", routes.preview.name], 1)
+            route.add_metric(["preview", routes.preview], 1)
         yield route
         yield GaugeMetricFamily("bluegreen_route_generation", "Generation of the route table served", routes.generation)
         yield CounterMetricFamily("bluegreen_switches", "Route changes applied", self.switch.switches)
-        yield GaugeMetricFamily(
-            "bluegreen_client_connections", "Open client connections", len(dp.clients) + dp.remote_clients
-        )
+        yield GaugeMetricFamily("bluegreen_client_connections", "Open client connections", self.clients())
+        if self.store_up is not None:
+            yield GaugeMetricFamily(
+                "bluegreen_store_up", "1 while the fleet's state store (etcd) answers", 1 if self.store_up() else 0
+            )
 
 
-def make_registry(switch: Switch, store_up: Callable[[], bool] | None = None) -> CollectorRegistry:
+def make_registry(
+    switch: Switch,
+    counters: Callable[[], Iterable[Counters]],
+    clients: Callable[[], int],
+    store_up: Callable[[], bool] | None = None,
+) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ProxyCollector(switch, store_up))
+    registry.register(ProxyCollector(switch, counters, clients, store_up))
     return registry

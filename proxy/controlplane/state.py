@@ -1,97 +1,92 @@
-"""The desired state as plain JSON (pools, health verdicts, routes) and its application to a DataPlane.
+"""The DesiredState: which pools exist (their endpoints) and which of them each listener serves.
 
-The supervisor sends the pools (each with the slot the shared route word names it by) to every worker
-when they change, and each acknowledges; routes reach workers through the word (`proxy.workers.routeword`).
-A fleet's shared state in etcd carries the routes themselves. Stats flow back as counters to be summed.
+The Switch owns one, frozen: every change (a flip, a pool's endpoints, a reload) builds the next one
+and hands it to the mode's one apply callback: the in-process data plane (`apply_to`), the workers
+(the supervisor pushes the pools, then stores the route word) or the fleet (etcd, then each proxy
+applies what it reads back). It has one serialised form, `to_json`, for the worker channel and etcd.
+
+Health verdicts and counters are not desired state: they are observed, and travel on their own.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Any
 
-from proxy.config import parse_address
+from proxy.config import Config
+from proxy.control.api import Routes
 from proxy.dataplane.plane import DataPlane
-from proxy.dataplane.pool import Health, Pool
-from proxy.dataplane.routes import RouteTable
+from proxy.dataplane.pool import PoolSpec
 
 
-def snapshot_state(dp: DataPlane) -> dict[str, Any]:
-    routes = dp.routes
-    return {
-        "pools": {
-            name: {
-                "endpoints": [ep.address for ep in pool.endpoints],
-                "balancer": pool.balancer,
-                "health": {ep.address: int(ep.checked) for ep in pool.endpoints},
-            }
-            for name, pool in dp.pools.items()
-        },
-        "routes": {
-            "active": routes.active.name,
-            "preview": routes.preview.name if routes.preview else None,
-            "generation": routes.generation,
-        },
-    }
+@dataclass(frozen=True, slots=True)
+class DesiredState:
+    pools: Mapping[str, PoolSpec]
+    active: str
+    preview: str | None
+    generation: int
 
+    @classmethod
+    def from_config(cls, config: Config, generation: int = 1) -> DesiredState:
+        pools = {pc.name: PoolSpec(tuple(_address(h, p) for h, p in pc.endpoints), pc.balancer) for pc in config.pools}
+        return cls(MappingProxyType(pools), config.active, config.preview, generation)
 
-def apply_state(dp: DataPlane, state: dict[str, Any]) -> int:
-    """Make `dp` serve `state`; returns the generation now served.
+    def routes(self) -> Routes:
+        return Routes(self.active, self.preview, self.generation)
 
-    A worker's state has no routes: they come from the shared route word, whose slots the pools carry.
-    """
-    wanted = state["pools"]
-    slots: dict[int, Pool] = {}
-    for name, spec in wanted.items():
-        pool, _ = dp.set_pool(name, [parse_address(a) for a in spec["endpoints"]], spec.get("balancer"))
-        verdicts = spec.get("health")
-        if verdicts is not None:  # absent in a fleet's shared state: health stays each proxy's own
-            for ep in pool.endpoints:
-                verdict = Health(verdicts.get(ep.address, 0))
-                if ep.checked is not verdict:
-                    ep.set_checked(verdict)
-        if "slot" in spec:
-            slots[spec["slot"]] = pool
-    for name in [n for n in dp.pools if n not in wanted]:
-        dp.remove_pool(name)
-    if slots:
-        dp.slots = slots  # one reference write: the request path reads it whole
-    routes = state.get("routes")
-    if routes is not None and routes["generation"] != dp.routes.generation:
-        preview = routes.get("preview")
-        dp.apply_routes(
-            RouteTable(dp.pools[routes["active"]], dp.pools[preview] if preview else None, routes["generation"])
+    def routed(self) -> set[str]:
+        return {self.active} | ({self.preview} if self.preview else set())
+
+    def with_routes(self, active: str, preview: str | None, generation: int | None = None) -> DesiredState:
+        """Routes changed: the generation moves (the next one unless given)."""
+        return replace(
+            self, active=active, preview=preview, generation=self.generation + 1 if generation is None else generation
         )
-    return dp.routes.generation
+
+    def with_pool(self, name: str, spec: PoolSpec) -> DesiredState:
+        return replace(self, pools=MappingProxyType({**self.pools, name: spec}))
+
+    def without_pool(self, name: str) -> DesiredState:
+        return replace(self, pools=MappingProxyType({n: s for n, s in self.pools.items() if n != name}))
+
+    def with_pools(self, pools: Mapping[str, PoolSpec]) -> DesiredState:
+        return replace(self, pools=MappingProxyType(dict(pools)))
+
+    # -- the one serialised form (worker channel, etcd) -----------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pools": {
+                name: {"endpoints": list(spec.endpoints)} | ({"balancer": spec.balancer} if spec.balancer else {})
+                for name, spec in self.pools.items()
+            },
+            "routes": {"active": self.active, "preview": self.preview, "generation": self.generation},
+        }
+
+    def encode(self) -> bytes:
+        """Canonical bytes (sorted keys): equal states encode equally."""
+        return json.dumps(self.to_json(), separators=(",", ":"), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> DesiredState:
+        pools = {name: PoolSpec(tuple(spec["endpoints"]), spec.get("balancer")) for name, spec in data["pools"].items()}
+        routes = data["routes"]
+        return cls(MappingProxyType(pools), routes["active"], routes.get("preview"), int(routes["generation"]))
 
 
-def collect_stats(dp: DataPlane) -> dict[str, Any]:
-    pools: list[Pool] = list(dp.pools.values()) + [p for p in list(dp.draining) if p.name not in dp.pools]
-    return {
-        "clients": len(dp.clients),
-        "generation": dp.routes.generation,
-        "pools": {
-            p.name: {
-                "in_flight": p.in_flight,
-                "counts": p.counts,
-                "latency_buckets": p.latency_buckets,
-                "latency_sum": p.latency_sum,
-                "endpoints": {ep.address: [ep.in_flight, ep.up] for ep in p.endpoints},
-            }
-            for p in pools
-        },
-    }
+def apply_to(dp: DataPlane, state: DesiredState) -> None:
+    """The in-process apply callback: the data plane's pools become the state's, then its routes (when they
+    moved, through the one place a RouteTable is built)."""
+    dp.set_pools(state.pools)
+    routes = dp.routes
+    active = dp.pools[state.active]
+    preview = dp.pools[state.preview] if state.preview else None
+    if routes.generation != state.generation or routes.active is not active or routes.preview is not preview:
+        dp.route(active, preview, state.generation)
 
 
-def merge_stats(dp: DataPlane, reports: list[dict[str, Any]]) -> None:
-    """Write the sum of the workers' counters into the supervisor's shadow pools (for status and metrics)."""
-    for pool in list(dp.pools.values()) + [dp.null_pool]:
-        parts = [r["pools"][pool.name] for r in reports if pool.name in r["pools"]]
-        pool.in_flight = sum(p["in_flight"] for p in parts)
-        pool.counts = [sum(p["counts"][i] for p in parts) for i in range(len(pool.counts))]
-        pool.latency_buckets = [sum(p["latency_buckets"][i] for p in parts) for i in range(len(pool.latency_buckets))]
-        pool.latency_sum = sum(p["latency_sum"] for p in parts)
-        for ep in pool.endpoints:
-            seen = [p["endpoints"][ep.address] for p in parts if ep.address in p["endpoints"]]
-            ep.in_flight = sum(s[0] for s in seen)
-            ep.passive_ok = ep.passive_ok or any(s[1] for s in seen)
-    dp.remote_clients = sum(r["clients"] for r in reports)
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

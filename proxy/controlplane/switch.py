@@ -1,14 +1,16 @@
 """The Switch: the one place that changes routes and pools.
 
-A flip checks its target (fails closed on a pool with no healthy endpoint), builds the next
-RouteTable, swaps the reference and answers only when new requests are served by it. Changes are
-serialised by a lock that only the control plane takes; the hot path never sees it.
+It owns the DesiredState. A change builds the next state and hands it to the mode's one apply
+callback (in-process data plane, workers, or the etcd fleet), and answers once it is served. A flip
+checks its target first (fails closed on a pool with no healthy endpoint). Changes are serialised by
+a lock that only the control plane takes; the hot path never sees it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from proxy.config import Config, parse_address
@@ -22,142 +24,191 @@ from proxy.control.api import (
     Routes,
 )
 from proxy.controlplane.health import HealthChecker
-from proxy.dataplane.plane import DataPlane
-from proxy.dataplane.pool import Health, Pool
-from proxy.dataplane.routes import RouteTable
+from proxy.controlplane.state import DesiredState
+from proxy.dataplane.pool import Health, Pool, PoolSpec
 
-Publisher = Callable[[], Awaitable[None]]
+Applier = Callable[[DesiredState], Awaitable[None]]
+log = logging.getLogger("bluegreen.switch")
 
 
 class Switch:
-    """Owns the desired state. In-process, `dp` is the serving DataPlane; under a supervisor it is a
-    shadow (no listeners) and `publish` pushes every change to the workers and waits for their acks."""
+    """Owns the desired state; `pools` are the live Pool objects of that state (health, status): the
+    serving data plane's in one process, the supervisor's own under `--workers`.
 
-    def __init__(self, dp: DataPlane, health: HealthChecker, publish: Publisher | None = None) -> None:
-        self.dp = dp
+    `apply` makes a state served (and `pools` its shape); `describe` reports the pools with their
+    counters; `configure` applies a reload's settings.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        pools: dict[str, Pool],
+        health: HealthChecker,
+        apply: Applier,
+        describe: Callable[[], Iterable[PoolStatus]],
+        configure: Callable[[Config], None],
+    ) -> None:
+        self.config = config
+        self.state = DesiredState.from_config(config)
+        self.loaded = (config.active, config.preview)  # the routes the config file named when last loaded
+        self.pools = pools
         self.health = health
-        self.publish = publish
+        self.apply = apply
+        self.describe = describe
+        self.configure = configure
         self.switches = 0
         self.lock = asyncio.Lock()  # serialises control changes (never taken on the hot path)
 
     def routes(self) -> Routes:
-        return self.dp.routes.names()
+        return self.state.routes()
 
     def status(self) -> ProxyStatus:
-        dp = self.dp
-        pools = list(dp.pools.values()) + [p for p in list(dp.draining) if p.name not in dp.pools]
-        return ProxyStatus(self.routes(), tuple(pool_status(p) for p in pools))
+        return ProxyStatus(self.routes(), tuple(self.describe()))
+
+    async def adopt(self, state: DesiredState) -> None:
+        """Serve `state` (lock held by the caller): apply it, then follow the pools with health checks."""
+        before = self.state
+        await self.apply(state)
+        self.state = state
+        for name in before.pools.keys() - state.pools.keys():
+            self.health.unwatch(name)
+        for name, spec in state.pools.items():
+            if before.pools.get(name) != spec and name in self.pools:
+                self.health.watch(self.pools[name])  # new or reshaped: probed at once
+        if (before.active, before.preview) != (state.active, state.preview):
+            self.switches += 1
 
     async def switch(
         self, active: str, preview: str | None = None, *, force: bool = False, generation: int | None = None
     ) -> Routes:
         async with self.lock:
-            dp = self.dp
-            current = dp.routes
+            current = self.state
             plan = await self.plan(active, preview, force=force, generation=generation)
             if plan is None:
-                return current.names()  # idempotent: nothing to change
-            if dp.routes is not current:
+                return current.routes()  # idempotent: nothing to change
+            if self.state is not current:
                 raise ConflictError("routes changed while checking the target; retry")
-            table = RouteTable(plan[0], plan[1], current.generation + 1)
-            dp.apply_routes(table)
-            if self.publish is not None:
-                await self.publish()
-            self.switches += 1
-            return table.names()
+            await self.adopt(current.with_routes(*plan))
+            return self.state.routes()
 
     async def plan(
         self, active: str, preview: str | None, *, force: bool, generation: int | None
-    ) -> tuple[Pool, Pool | None] | None:
-        """Check a flip against the routes served now: the (active, preview) pools to serve, or None when
+    ) -> tuple[str, str | None] | None:
+        """Check a flip against the routes served now: the (active, preview) pool names to serve, or None when
         they already are. Refuses a stale `generation`, an unknown pool and, unless `force`, a target with
         no healthy endpoint (never-checked endpoints are probed first). Shared by the local and fleet flips."""
-        current = self.dp.routes
+        current = self.state
         if generation is not None and generation != current.generation:
             raise ConflictError(f"generation {generation} is not the current one ({current.generation})")
         target = self._pool(active)
         if preview is None:
-            new_preview = current.active if target is not current.active else current.preview
+            new_preview = current.active if active != current.active else current.preview
         else:
-            new_preview = self._pool(preview)
-        if target is current.active and new_preview is current.preview:
+            new_preview = self._pool(preview).name
+        if active == current.active and new_preview == current.preview:
             return None
-        if target is not current.active and not force:
-            if not target.endpoints:
-                raise ConflictError(f"pool {active!r} has no endpoints (use force to switch anyway)")
-            if await self.health.verify(target) == 0:
-                raise ConflictError(f"pool {active!r} has no healthy endpoint (use force to switch anyway)")
-        return target, new_preview
+        if active != current.active and not force:
+            await self.check_target(target)
+        return active, new_preview
+
+    async def check_target(self, target: Pool) -> None:
+        """Fail closed: a pool that is to go live needs a healthy endpoint."""
+        if not target.endpoints:
+            raise ConflictError(f"pool {target.name!r} has no endpoints (use force to switch anyway)")
+        if await self.health.verify(target) == 0:
+            raise ConflictError(f"pool {target.name!r} has no healthy endpoint (use force to switch anyway)")
 
     def deletable(self, name: str) -> Pool:
         """The pool `name` if it may be deleted: it exists and no route names it."""
         pool = self._pool(name)
-        if pool.routed:
+        if name in self.state.routed():
             raise ConflictError(f"pool {name!r} is named by a route; switch away from it first")
         return pool
 
     async def set_endpoints(self, name: str, endpoints: Sequence[str]) -> bool:
         """Create or replace a pool's endpoints; returns True when the pool was created."""
-        addresses = parse_endpoints(endpoints)
+        spec = PoolSpec(tuple(normalize_endpoints(endpoints)))
         async with self.lock:
-            pool, change = self.dp.set_pool(name, addresses)
-            if not change:
+            current = self.state.pools.get(name)
+            if current is not None and current.endpoints == spec.endpoints:
                 return False
-            self.health.watch(pool)
-            if self.publish is not None:
-                await self.publish()
-            return change == "new"
+            await self.adopt(
+                self.state.with_pool(name, PoolSpec(spec.endpoints, current.balancer if current else None))
+            )
+            return current is None
 
     async def delete_pool(self, name: str) -> None:
         async with self.lock:
             self.deletable(name)
-            self.dp.remove_pool(name)
-            self.health.unwatch(name)
-            if self.publish is not None:
-                await self.publish()
+            await self.adopt(self.state.without_pool(name))
 
     async def reload(self, config: Config) -> dict[str, Any]:
-        """Apply a new, already validated config: pools, routes and settings, in one step.
+        """Apply a new, already validated config: pools and settings, and routes only if the file's changed.
 
-        Listener and admin addresses cannot move without a restart; a change to them is reported,
-        not applied. Everything else changes atomically for the next request.
+        The routes set through the admin API are the live state: a reload keeps them unless the file names
+        other routes than when it was last loaded, and then they go through a flip's checks (a pool with no
+        healthy endpoint refuses the reload, and nothing changes). A pool a live route names cannot be
+        removed. Listener and admin addresses cannot move without a restart: reported, not applied.
         """
         async with self.lock:
-            dp = self.dp
-            restart = [f"listeners.{r}" for r in config.listeners if config.listeners[r] != dp.config.listeners.get(r)]
-            restart += (
-                ["listeners.preview"] if "preview" in dp.config.listeners and "preview" not in config.listeners else []
-            )
-            if config.admin != dp.config.admin:
+            old = self.config
+            restart = [f"listeners.{r}" for r in config.listeners if config.listeners[r] != old.listeners.get(r)]
+            restart += ["listeners.preview"] if "preview" in old.listeners and "preview" not in config.listeners else []
+            if config.admin != old.admin:
                 restart.append("admin")
-            changed: list[str] = []
-            dp.apply_settings(config)
-            for pc in config.pools:
-                pool, change = dp.set_pool(pc.name, pc.endpoints, pc.balancer)
-                if change:
-                    changed.append(f"pools.{pc.name}" + (" (new)" if change == "new" else ""))
-                self.health.watch(pool)  # its health-check settings may have changed too
-            current = dp.routes
-            active = dp.pools[config.active]
-            preview = dp.pools[config.preview] if config.preview else None
-            if active is not current.active or preview is not current.preview:
-                dp.apply_routes(RouteTable(active, preview, current.generation + 1))
-                self.switches += 1
+            current = self.state
+            wanted = DesiredState.from_config(config)
+            routes = (current.active, current.preview)
+            file_routes = (config.active, config.preview)
+            flip = file_routes != self.loaded and file_routes != routes
+            if flip:
+                routes = file_routes
+            for name in {r for r in routes if r}:
+                if name not in wanted.pools:
+                    raise ConflictError(
+                        f"pool {name!r} is live (routes {routes[0]}/{routes[1]}); the reload removes it"
+                    )
+            state = wanted.with_routes(*routes, current.generation + 1 if flip else current.generation)
+            if flip and routes[0] != current.active:
+                # The checks of a flip, on the pool as the file shapes it: pools first (the live ones kept),
+                # then the probe; a target with no healthy endpoint refuses the reload and nothing changes.
+                staged = state.with_routes(current.active, current.preview, current.generation)
+                staged = staged.with_pools({**current.pools, **staged.pools})
+                await self.adopt(staged)
+                try:
+                    await self.check_target(self.pools[routes[0]])
+                except ConflictError:
+                    await self.adopt(current)
+                    raise
+            self.configure(config)
+            self.config = config
+            self.loaded = file_routes
+            changed = [
+                f"pools.{name}" + (" (new)" if name not in current.pools else "")
+                for name, spec in state.pools.items()
+                if current.pools.get(name) != spec
+            ]
+            if flip:
                 changed.append("routes")
-            wanted = {pc.name for pc in config.pools}
-            for name in [n for n in dp.pools if n not in wanted]:
-                dp.remove_pool(name)
-                self.health.unwatch(name)
-                changed.append(f"pools.{name} (removed, draining)")
-            if self.publish is not None:
-                await self.publish()
+                log.warning(
+                    "reload flips routes: active %s -> %s, preview %s -> %s (generation %d)",
+                    current.active,
+                    routes[0],
+                    current.preview,
+                    routes[1],
+                    state.generation,
+                )
+            changed += [f"pools.{name} (removed, draining)" for name in current.pools if name not in state.pools]
+            await self.adopt(state)
+            for pool in self.pools.values():
+                self.health.watch(pool)  # its health-check settings may have changed too
             return {"routes": self.routes().to_json(), "changed": changed, "needs_restart": restart}
 
     def _pool(self, name: str) -> Pool:
         if not isinstance(name, str):
             raise InvalidRequestError("a pool name must be a string")
-        pool = self.dp.pools.get(name)
-        if pool is None:
+        pool = self.pools.get(name)
+        if pool is None or name not in self.state.pools:
             raise NotFoundError(f"unknown pool {name!r}")
         return pool
 

@@ -11,13 +11,13 @@ import asyncio
 import ipaddress
 import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from proxy.config import Config
 from proxy.dataplane.client import ClientConnection
 from proxy.dataplane.http import error_response
 from proxy.dataplane.outbox import Outbox
-from proxy.dataplane.pool import Pool
+from proxy.dataplane.pool import Pool, PoolSet, PoolSpec
 from proxy.dataplane.routes import RouteTable, decode, local_word
 from proxy.dataplane.upstream import UpstreamConnection
 
@@ -35,20 +35,17 @@ class DataPlane:
         self.shutting_down = False
         self.fence_until = 0.0  # in a fleet: past this loop time the lease may be gone, so serve nothing
         self.all_closed = asyncio.Event()  # set when the last client leaves during shutdown
-        self.pools: dict[str, Pool] = {}
+        self.registry = PoolSet(config)
+        self.pools: dict[str, Pool] = self.registry.pools
         for pc in config.pools:
             self.set_pool(pc.name, pc.endpoints, pc.balancer)
         self.null_pool = Pool("none", ())
-        active = self.pools[config.active]
-        preview = self.pools[config.preview] if config.preview else None
-        self.routes = RouteTable(active, preview, 1)
+        self.draining: set[Pool] = set()
         # Requests compare this with `routes.word`. A process that owns its routes keeps a private zero; a
         # worker maps the supervisor's shared word and the pool slots it names (`follow_routes`).
         self.route_word = local_word()
         self.slots: dict[int, Pool] = {}
-        for pool in self.pools.values():
-            pool.routed = pool is active or pool is preview
-        self.draining: set[Pool] = set()
+        self.route(self.pools[config.active], self.pools[config.preview] if config.preview else None, 1)
         self.servers: dict[str, asyncio.Server] = {}
         self.ports: dict[str, int] = {}
         self._tick_task: asyncio.Task[None] | None = None
@@ -64,39 +61,25 @@ class DataPlane:
         t = config.timeouts
         shortest = min(t.client_header, t.upstream_keepalive, t.idle, t.keepalive, config.drain_timeout or 1)
         self.tick = max(0.01, min(0.5, shortest / 5))
-        for pool in getattr(self, "pools", {}).values():
-            pc = config.pool(pool.name)
-            pool.health_check = pc.health_check if pc else config.health_check
-            pool.max_in_flight = config.limits.max_in_flight_per_endpoint
-            pool.max_idle = config.limits.max_idle_per_endpoint
+        if hasattr(self, "registry"):
+            self.registry.configure(config)
 
     def set_pool(
         self, name: str, endpoints: Iterable[tuple[str, int]], balancer: str | None = None
     ) -> tuple[Pool, str]:
-        """Create pool `name` or replace its endpoints (and balancer): the one place pools change shape.
-
-        Returns the pool and what happened: "new", "changed" or "" (the same list again changes nothing).
-        """
-        addresses = list(endpoints)
-        pool = self.pools.get(name)
-        if pool is None:
-            pc = self.config.pool(name)
-            pool = self.pools[name] = Pool(
-                name,
-                addresses,
-                balancer=balancer or "round_robin",
-                health_check=pc.health_check if pc else self.config.health_check,
-                max_in_flight=self.limits.max_in_flight_per_endpoint,
-                max_idle=self.limits.max_idle_per_endpoint,
-            )
-            return pool, "new"
-        if pool.addresses() == addresses and (balancer is None or balancer == pool.balancer):
-            return pool, ""
-        for ep in pool.replace_endpoints(addresses):
+        """Create pool `name` or replace its endpoints (and balancer) (`PoolSet.set`); the idle connections
+        of retired endpoints are closed on the loop. Returns the pool and "new", "changed" or ""."""
+        pool, change, retired = self.registry.set(name, endpoints, balancer)
+        for ep in retired:
             self.in_loop(ep.close_idle)
-        if balancer is not None:
-            pool.balancer = balancer
-        return pool, "changed"
+        return pool, change
+
+    def set_pools(self, specs: Mapping[str, PoolSpec]) -> None:
+        """Make the pools these specs (a desired state's): create, reshape, and remove the others (they drain)."""
+        for name, spec in specs.items():
+            self.set_pool(name, spec.addresses(), spec.balancer)
+        for name in [n for n in self.pools if n not in specs]:
+            self.remove_pool(name)
 
     def remove_pool(self, name: str) -> Pool:
         """Take `name` out of the registry; what still runs on it drains (the caller checked no route names it)."""
@@ -168,10 +151,12 @@ class DataPlane:
         else:
             self.loop.call_soon_threadsafe(fn, *args)
 
-    def apply_routes(self, routes: RouteTable) -> None:
-        """Swap the snapshot (one reference write), then start or cancel drains on the loop."""
-        self.routes = routes
+    def route(self, active: Pool, preview: Pool | None, generation: int, word: int = 0) -> RouteTable:
+        """The one place a RouteTable is built: swap the snapshot (one reference write), then start or cancel
+        drains on the loop."""
+        self.routes = routes = RouteTable(active, preview, generation, word)
         self.in_loop(self._reconcile_routed)
+        return routes
 
     def _reconcile_routed(self) -> None:
         routes = self.routes  # the latest: reconciling is idempotent, whatever order swaps came in
@@ -195,9 +180,7 @@ class DataPlane:
             # A slot not acknowledged yet: the supervisor writes a word only after its pools, so this is
             # a bug, not a race; keep serving the last table rather than guess.
             return self.routes
-        self.routes = routes = RouteTable(active, preview, generation, word)
-        self._reconcile_routed()
-        return routes
+        return self.route(active, preview, generation, word)  # on the loop: drains start at once
 
     def unroute(self, pool: Pool) -> None:
         self.in_loop(self._unroute, pool)

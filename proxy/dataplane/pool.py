@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
-from proxy.config import HealthCheckConfig, OutlierConfig
+from proxy.config import Config, HealthCheckConfig, OutlierConfig, parse_address
 
 if TYPE_CHECKING:
     from proxy.dataplane.upstream import UpstreamConnection
@@ -210,3 +211,77 @@ class Pool:
     def close_idle(self) -> None:
         for ep in self.endpoints:
             ep.close_idle()
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    """What a pool should be: its endpoints (`host:port`) and balancer (None: keep the current one)."""
+
+    endpoints: tuple[str, ...]
+    balancer: str | None = None
+
+    def addresses(self) -> list[tuple[str, int]]:
+        return [parse_address(a) for a in self.endpoints]
+
+
+class PoolSet:
+    """The live Pool objects by name, shaped after specs: the data plane's, or the supervisor's (which
+    holds them for health checks and status only). Kept endpoints keep their state across changes."""
+
+    __slots__ = ("config", "pools")
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.pools: dict[str, Pool] = {}
+
+    def set(
+        self, name: str, addresses: Iterable[tuple[str, int]], balancer: str | None = None
+    ) -> tuple[Pool, str, list[Endpoint]]:
+        """Create pool `name` or replace its endpoints (and balancer): the one place pools change shape.
+
+        Returns the pool, what happened ("new", "changed" or "": the same list again changes nothing) and
+        the endpoints it retired.
+        """
+        addresses = list(addresses)
+        config = self.config
+        pool = self.pools.get(name)
+        if pool is None:
+            pc = config.pool(name)
+            pool = self.pools[name] = Pool(
+                name,
+                addresses,
+                balancer=balancer or "round_robin",
+                health_check=pc.health_check if pc else config.health_check,
+                max_in_flight=config.limits.max_in_flight_per_endpoint,
+                max_idle=config.limits.max_idle_per_endpoint,
+            )
+            return pool, "new", []
+        if pool.addresses() == addresses and (balancer is None or balancer == pool.balancer):
+            return pool, "", []
+        retired = pool.replace_endpoints(addresses)
+        if balancer is not None:
+            pool.balancer = balancer
+        return pool, "changed", retired
+
+    def configure(self, config: Config) -> None:
+        """New settings for every pool (health checks, limits), as a reload brings them."""
+        self.config = config
+        for pool in self.pools.values():
+            pc = config.pool(pool.name)
+            pool.health_check = pc.health_check if pc else config.health_check
+            pool.max_in_flight = config.limits.max_in_flight_per_endpoint
+            pool.max_idle = config.limits.max_idle_per_endpoint
+
+    def verdicts(self) -> dict[str, dict[str, int]]:
+        """Each endpoint's last active-check verdict, by pool: what workers are told."""
+        return {name: {ep.address: int(ep.checked) for ep in pool.endpoints} for name, pool in self.pools.items()}
+
+    def apply_verdicts(self, verdicts: Mapping[str, Mapping[str, int]]) -> None:
+        for name, by_address in verdicts.items():
+            pool = self.pools.get(name)
+            if pool is None:
+                continue
+            for ep in pool.endpoints:
+                verdict = Health(by_address.get(ep.address, 0))
+                if ep.checked is not verdict:
+                    ep.set_checked(verdict)

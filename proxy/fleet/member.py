@@ -33,9 +33,9 @@ from typing import Any
 
 from proxy.config import Config
 from proxy.control.api import AckTimeoutError, ConflictError, Routes, UnavailableError
-from proxy.controlplane.state import apply_state, snapshot_state
+from proxy.controlplane.state import DesiredState
 from proxy.controlplane.switch import Switch
-from proxy.dataplane.plane import DataPlane
+from proxy.dataplane.pool import PoolSpec
 from proxy.fleet.etcd import CompactedError, EtcdClient, Event, KeyValue, StoreUnavailableError
 
 log = logging.getLogger("bluegreen.fleet")
@@ -47,15 +47,12 @@ class Fleet:
         self,
         config: Config,
         switch: Switch,
-        publish: Callable[[], Awaitable[None]],
         set_fence: Callable[[float], Awaitable[None]],
         admin_url: str,
     ) -> None:
         sc = config.state
         self.config = config
-        self.local = switch  # this proxy's Switch: its lock, health checks and shadow state
-        self.dp: DataPlane = switch.dp
-        self._publish = publish
+        self.local = switch  # this proxy's Switch: its lock, checks, and the state it serves (`adopt`)
         self._set_fence = set_fence
         self.client = EtcdClient(sc.endpoints)
         self.ttl = int(sc.lease_ttl)
@@ -84,8 +81,8 @@ class Fleet:
         self.valid_until = sent + self.ttl * FENCE_MARGIN
         rev, kvs = await self.client.get(self.state_key)
         if not kvs:
-            await self.client.compare_and_put(self.state_key, self._encode(self._desired()), mod_revision=0)
-        rev = await self._resync(publish=False)
+            await self.client.compare_and_put(self.state_key, self.local.state.encode(), mod_revision=0)
+        rev = await self._resync()
         self.store_up = True
         self._tasks = [
             asyncio.get_running_loop().create_task(self._watch(rev + 1)),
@@ -107,23 +104,17 @@ class Fleet:
 
     # -- applying the shared state ---------------------------------------------------------
 
-    def _desired(self) -> dict[str, Any]:
-        """The state this proxy serves, as the fleet shares it: without health, each proxy's own view."""
-        state = snapshot_state(self.dp)
-        state["pools"] = {name: {"endpoints": spec["endpoints"]} for name, spec in state["pools"].items()}
-        return state
-
     @staticmethod
     def _encode(state: dict[str, Any]) -> bytes:
         return json.dumps(state, separators=(",", ":"), sort_keys=True).encode()
 
-    async def _resync(self, *, publish: bool = True) -> int:
+    async def _resync(self) -> int:
         """Read the whole prefix, apply the state, reset the member set; returns the read revision."""
-        rev, kvs = await self.client.get(self.local.dp.config.state.prefix, prefix=True)
+        rev, kvs = await self.client.get(self.config.state.prefix, prefix=True)
         members: dict[str, dict[str, Any]] = {}
         for kv in kvs:
             if kv.key == self.state_key:
-                await self._apply(kv, publish=publish)
+                await self._apply(kv)
             elif kv.key.startswith(self.members_prefix):
                 members[kv.key[len(self.members_prefix) :]] = json.loads(kv.value)
         async with self._changed:
@@ -131,24 +122,17 @@ class Fleet:
             self._changed.notify_all()
         return rev
 
-    async def _apply(self, kv: KeyValue, *, publish: bool = True) -> None:
+    async def _apply(self, kv: KeyValue) -> None:
         if kv.mod_revision <= self.state_rev and self.state_rev:
             return
-        state = json.loads(kv.value)
+        state = DesiredState.from_json(json.loads(kv.value))
         async with self.local.lock:
-            before = set(self.dp.pools)
-            apply_state(self.dp, state)
-            for name in set(self.dp.pools) - before:
-                self.local.health.watch(self.dp.pools[name])
-            for name in before - set(self.dp.pools):
-                self.local.health.unwatch(name)
+            await self.local.adopt(state)  # every worker serves it before this proxy acknowledges
             self.state_rev = kv.mod_revision
-            if publish:
-                await self._publish()  # every worker serves it before this proxy acknowledges
         await self._ack()
 
     async def _ack(self) -> None:
-        value = {"generation": self.dp.routes.generation, "admin": self.admin_url, "pid": os.getpid()}
+        value = {"generation": self.local.state.generation, "admin": self.admin_url, "pid": os.getpid()}
         await self.client.put(self.members_prefix + self.id, self._encode(value), lease=self.lease)
 
     async def _on_events(self, events: list[Event]) -> None:
@@ -203,27 +187,27 @@ class Fleet:
 
     # -- changes (admin calls on this proxy) ----------------------------------------------------
 
-    async def change(self, edit: Callable[[dict[str, Any]], dict[str, Any] | None]) -> dict[str, Any]:
-        """Apply `edit` to the shared state with compare-and-swap; wait for every live proxy to serve it."""
+    async def change(self, edit: Callable[[DesiredState], DesiredState | None]) -> dict[str, Any]:
+        """Apply `edit` to the shared state with compare-and-swap; wait for every live proxy to serve it.
+
+        Every change of the shared state moves its generation: proxies acknowledge by generation."""
         async with self._write:
             if not self.store_up:
                 raise UnavailableError("the state store (etcd) is unreachable: nothing was changed")
-            current = self._desired()
-            new = edit(current)
-            if new is None:
+            current = self.local.state
+            edited = edit(current)
+            if edited is None:
                 return {"changed": False}
-            new["routes"]["generation"] = current["routes"]["generation"] + 1
+            new = edited.with_routes(edited.active, edited.preview, current.generation + 1)
             try:
                 ok, rev, members = await self.client.compare_and_put(
-                    self.state_key, self._encode(new), mod_revision=self.state_rev, also_read_prefix=self.members_prefix
+                    self.state_key, new.encode(), mod_revision=self.state_rev, also_read_prefix=self.members_prefix
                 )
             except StoreUnavailableError as exc:
                 raise UnavailableError(f"the state store (etcd) failed: {exc}") from None
             if not ok:
                 raise ConflictError("the fleet's state changed meanwhile (another admin call); retry")
-            return await self._await_acks(
-                new["routes"]["generation"], [kv.key[len(self.members_prefix) :] for kv in members]
-            )
+            return await self._await_acks(new.generation, [kv.key[len(self.members_prefix) :] for kv in members])
 
     async def _await_acks(self, generation: int, members: list[str]) -> dict[str, Any]:
         deadline = asyncio.get_running_loop().time() + self.ack_timeout
@@ -248,37 +232,29 @@ class Fleet:
     async def switch(self, active: str, preview: str | None, *, force: bool, generation: int | None) -> Routes:
         plan = await self.local.plan(active, preview, force=force, generation=generation)
         if plan is None:
-            return self.dp.routes.names()
-        new_active, new_preview = plan[0].name, plan[1].name if plan[1] else None
+            return self.local.routes()
+        new_active, new_preview = plan
 
-        def edit(state: dict[str, Any]) -> dict[str, Any] | None:
-            routes = state["routes"]
-            if routes["active"] == new_active and routes["preview"] == new_preview:
+        def edit(state: DesiredState) -> DesiredState | None:
+            if state.active == new_active and state.preview == new_preview:
                 return None
-            routes["active"], routes["preview"] = new_active, new_preview
-            return state
+            return state.with_routes(new_active, new_preview)
 
         self.last_report = await self.change(edit)
-        return self.dp.routes.names()
+        return self.local.routes()
 
     async def set_endpoints(self, pool: str, endpoints: list[str]) -> None:
-        def edit(state: dict[str, Any]) -> dict[str, Any] | None:
-            spec = state["pools"].get(pool)
-            if spec is not None and spec["endpoints"] == endpoints:
+        def edit(state: DesiredState) -> DesiredState | None:
+            spec = state.pools.get(pool)
+            if spec is not None and spec.endpoints == tuple(endpoints):
                 return None
-            state["pools"][pool] = {"endpoints": endpoints}
-            return state
+            return state.with_pool(pool, PoolSpec(tuple(endpoints), spec.balancer if spec else None))
 
         self.last_report = await self.change(edit)
 
     async def delete_pool(self, pool: str) -> None:
         self.local.deletable(pool)
-
-        def edit(state: dict[str, Any]) -> dict[str, Any] | None:
-            state["pools"].pop(pool, None)
-            return state
-
-        self.last_report = await self.change(edit)
+        self.last_report = await self.change(lambda state: state.without_pool(pool))
 
     def status(self) -> dict[str, Any]:
         return {

@@ -2,9 +2,11 @@
 
 The admin API, the Switch and the health checks live here, on a loop that carries no client
 traffic, so a flip never queues behind the data plane. Workers share the listeners with
-SO_REUSEPORT. Pool changes are pushed to every worker and answered only when each has acknowledged
-them; routes are one shared word (`proxy.workers.routeword`) that every worker's next request reads, written
-only after the pools it names were acknowledged. A worker that dies is restarted on the current state.
+SO_REUSEPORT. The Switch's apply callback is `publish`: pools are pushed to every worker and
+answered only when each has acknowledged them; routes are one shared word (`proxy.workers.routeword`)
+that every worker's next request reads, written only after the pools it names were acknowledged. A
+worker that dies is restarted on the current state. The supervisor's own Pool objects serve health
+checks and status only; the workers' counters are summed in `WorkerStats`.
 """
 
 from __future__ import annotations
@@ -22,14 +24,15 @@ from typing import Any
 from aiohttp import web
 
 from proxy.config import Config
-from proxy.control.api import ProxyStatus, Routes
+from proxy.control.api import EndpointStatus, PoolStatus, ProxyStatus, Routes
 from proxy.control.local import LocalControl
 from proxy.controlplane.admin import make_admin_app
 from proxy.controlplane.health import HealthChecker
 from proxy.controlplane.metrics import make_registry
-from proxy.controlplane.state import merge_stats, snapshot_state
-from proxy.controlplane.switch import Switch, normalize_endpoints
-from proxy.dataplane.plane import DataPlane
+from proxy.controlplane.state import DesiredState
+from proxy.controlplane.stats import WorkerStats
+from proxy.controlplane.switch import Switch, normalize_endpoints, pool_status
+from proxy.dataplane.pool import PoolSet
 from proxy.dataplane.routes import MAX_SLOT, NO_SLOT, encode
 from proxy.fleet.etcd import StoreUnavailableError
 from proxy.fleet.member import Fleet
@@ -89,10 +92,15 @@ class Supervisor:
         self.config = config
         self.n = workers
         self.workers: dict[int, Worker] = {}
-        self.dp = DataPlane(config)  # a shadow: desired state and health, no listeners
+        self.registry = PoolSet(config)  # Pool objects for health checks and status; the workers serve
+        for pc in config.pools:
+            self.registry.set(pc.name, pc.endpoints, pc.balancer)
+        self.stats = WorkerStats()
         self.health = HealthChecker()
         self.health.on_change = self._health_changed
-        self.switch = Switch(self.dp, self.health, publish=self.publish)
+        self.switch = Switch(
+            config, self.registry.pools, self.health, self.publish, describe=self._describe, configure=self._configure
+        )
         self.ports: dict[str, int] = {}
         self._runner: web.AppRunner | None = None
         self._stopping = False
@@ -102,31 +110,37 @@ class Supervisor:
         self.fleet: Fleet | None = None
         self.word_fd, self.word = shared_word()
         self._word_names: set[str] = set()  # the pools the published word names
-        self._pushed: dict[str, Any] = {}  # pool specs (with slots) every live worker acknowledged
+        self._pushed: DesiredState | None = None  # the state (pools) every live worker acknowledged
+        self._pushed_health: dict[str, dict[str, int]] = {}  # and the health verdicts sent with it
         self._pushed_epoch = 0
         self._slots: dict[str, int] = {}
 
     async def start(self) -> None:
         raise_priority()
-        for pool in self.dp.pools.values():
+        for pool in self.registry.pools.values():
             self.health.watch(pool)
         control: SupervisedControl = SupervisedControl(self.switch, self)
         if self.config.state.backend == "etcd":
             admin = f"http://{self.config.admin.host}:{self.config.admin.port}"
-            self.fleet = Fleet(self.config, self.switch, self.publish, self._push_fence, admin)
+            self.fleet = Fleet(self.config, self.switch, self._push_fence, admin)
             try:
                 await self.fleet.start()  # the fleet's state, before any worker serves
             except StoreUnavailableError as exc:
                 raise OSError(f"cannot join the fleet: {exc}") from None
             control = FleetControl(self.switch, self, self.fleet)
         async with self.switch.lock:
-            await self.publish()  # no worker yet: settles the slots and writes the first word
+            await self.publish(self.switch.state)  # no worker yet: settles the slots and writes the first word
             for i in range(self.n):
                 await self._spawn(i)
         fleet = self.fleet
         app = make_admin_app(
             control,
-            make_registry(self.switch, store_up=(lambda: fleet.store_up) if fleet else None),
+            make_registry(
+                self.switch,
+                lambda: self.stats.pools.values(),
+                lambda: self.stats.clients,
+                store_up=(lambda: fleet.store_up) if fleet else None,
+            ),
             token=self.config.admin.token,
             serving=lambda: not self._stopping,
             before_metrics=self.refresh_stats,
@@ -195,22 +209,48 @@ class Supervisor:
 
     async def reload(self) -> dict[str, Any]:
         config = read_config_for_reload(self.config)
-        self.settings_epoch += 1
         if self.fleet is not None:
             # Pools and routes belong to the fleet (etcd); a reload changes only this proxy's settings.
             async with self.switch.lock:
-                self.dp.apply_settings(config)
-                await self.publish()
+                self._configure(config)
+                self.switch.config = config
+                await self.publish(self.switch.state)
             self.config = config
             return {"routes": self.switch.routes().to_json(), "changed": ["settings"], "needs_restart": []}
         result = await self.switch.reload(config)
         self.config = config
         return result
 
+    def _configure(self, config: Config) -> None:
+        """A reload's settings: the supervisor's pools take them now, the workers re-read the file."""
+        self.registry.configure(config)
+        self.settings_epoch += 1
+
+    def _describe(self) -> list[PoolStatus]:
+        """Pools as status shows them: health from this process's checks, counters from the workers."""
+        out = []
+        for name, pool in self.registry.pools.items():
+            c = self.stats.pools.get(name)
+            base = pool_status(pool)
+            endpoints = tuple(
+                EndpointStatus(e.address, e.healthy, c.endpoints.get(e.address, 0) if c else 0) for e in base.endpoints
+            )
+            routed = name in self.switch.state.routed()
+            in_flight = c.in_flight if c else 0
+            out.append(PoolStatus(name, endpoints, in_flight, not routed and in_flight > 0))
+        for name, c in self.stats.pools.items():
+            if name not in self.registry.pools and name != "none" and c.in_flight:
+                endpoints = tuple(EndpointStatus(a, False, n) for a, n in c.endpoints.items())
+                out.append(PoolStatus(name, endpoints, c.in_flight, True))  # removed, still draining
+        return out
+
     def _state(self) -> dict[str, Any]:
+        state = self._pushed
         return {
             "op": "state",
-            "state": {"pools": self._pushed},
+            "state": state.to_json() if state is not None else None,
+            "slots": {name: self._slots[name] for name in state.pools} if state is not None else {},
+            "health": self._pushed_health,
             "settings_epoch": self._pushed_epoch,
             "fence_until": self.fleet.fence_until() if self.fleet else 0.0,
         }
@@ -220,43 +260,49 @@ class Supervisor:
         live = [w for w in self.workers.values() if w.alive]
         await asyncio.gather(*(self._call(w, {"op": "fence", "until": until}) for w in live), return_exceptions=True)
 
-    async def publish(self) -> None:
-        """Make every live worker serve the shadow state; return when each does (a hung worker is killed).
+    async def publish(self, state: DesiredState) -> None:
+        """The Switch's apply callback: make every live worker serve `state`; return when each does (a hung
+        worker is killed).
 
         Order matters: pools first, acknowledged; then the route word; then the removal of pools the old
         word named. So the word never names a pool a worker lacks, and a flip alone sends no message.
         Health verdicts follow in the background: a flip does not wait for them (workers also eject
         failing endpoints by themselves).
         """
-        routes = self.dp.routes
-        pools = snapshot_state(self.dp)["pools"]
-        kept = {name: self._pushed[name] for name in self._word_names if name not in pools and name in self._pushed}
-        await self._push_pools(pools | kept, health=False)
+        self._reshape(state)
+        pushed = self._pushed.pools if self._pushed is not None else {}
+        kept = {name: pushed[name] for name in self._word_names if name not in state.pools and name in pushed}
+        await self._push_pools(state.with_pools({**state.pools, **kept}) if kept else state, health=False)
         slots = self._slots
-        self.word[0] = encode(
-            routes.generation, slots[routes.active.name], slots[routes.preview.name] if routes.preview else NO_SLOT
-        )
-        self._word_names = set(routes.routed())
+        self.word[0] = encode(state.generation, slots[state.active], slots[state.preview] if state.preview else NO_SLOT)
+        self._word_names = state.routed()
         if kept:
-            await self._push_pools(pools, health=False)
-        if self._specs(pools) != self._pushed:
+            await self._push_pools(state, health=False)
+        if self._verdicts() != self._pushed_health:
             self._health_changed()
 
-    def _specs(self, pools: dict[str, Any]) -> dict[str, Any]:
-        for name in pools:
+    def _reshape(self, state: DesiredState) -> None:
+        """The supervisor's own pools follow the state (for health checks and status)."""
+        for name, spec in state.pools.items():
+            self.registry.set(name, spec.addresses(), spec.balancer)
+        for name in [n for n in self.registry.pools if n not in state.pools]:
+            del self.registry.pools[name]
+
+    def _verdicts(self) -> dict[str, dict[str, int]]:
+        return self.registry.verdicts()
+
+    async def _push_pools(self, state: DesiredState, *, health: bool) -> None:
+        """Send the state's pools to every worker and wait for the acks, unless they have them already (with
+        `health=False`, differences in health verdicts alone do not count)."""
+        for name in state.pools:
             if name not in self._slots:
                 self._slots[name] = next(i for i in range(1, MAX_SLOT + 1) if i not in self._slots.values())
-        return {name: {**spec, "slot": self._slots[name]} for name, spec in pools.items()}
-
-    async def _push_pools(self, pools: dict[str, Any], *, health: bool) -> None:
-        """Send the pools to every worker and wait for the acks, unless they have them already (with
-        `health=False`, differences in health verdicts alone do not count)."""
-        specs = self._specs(pools)
-        same = specs == self._pushed or (not health and _without_health(specs) == _without_health(self._pushed))
-        if same and self.settings_epoch == self._pushed_epoch:
+        verdicts = self._verdicts()
+        same = self._pushed is not None and self._pushed.pools == state.pools
+        if same and (not health or verdicts == self._pushed_health) and self.settings_epoch == self._pushed_epoch:
             return
-        self._pushed, self._pushed_epoch = specs, self.settings_epoch
-        self._slots = {name: spec["slot"] for name, spec in specs.items()}
+        self._pushed, self._pushed_health, self._pushed_epoch = state, verdicts, self.settings_epoch
+        self._slots = {name: self._slots[name] for name in state.pools}
         message = self._state()
         live = [w for w in self.workers.values() if w.alive]
         results = await asyncio.gather(*(self._call(w, message) for w in live), return_exceptions=True)
@@ -275,13 +321,13 @@ class Supervisor:
 
     async def _push_health(self) -> None:
         async with self.switch.lock:
-            await self._push_pools(snapshot_state(self.dp)["pools"], health=True)
+            if self._pushed is not None:
+                await self._push_pools(self._pushed, health=True)
 
     async def refresh_stats(self) -> None:
         live = [w for w in self.workers.values() if w.alive]
         results = await asyncio.gather(*(self._call(w, {"op": "stats"}) for w in live), return_exceptions=True)
-        reports = [r["stats"] for r in results if isinstance(r, dict)]
-        merge_stats(self.dp, reports)
+        self.stats.merge([r["stats"] for r in results if isinstance(r, dict)], self.registry.pools)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -302,10 +348,6 @@ class Supervisor:
         await self.health.close()
         if self._runner is not None:
             await self._runner.cleanup()
-
-
-def _without_health(specs: dict[str, Any]) -> dict[str, Any]:
-    return {name: {k: v for k, v in spec.items() if k != "health"} for name, spec in specs.items()}
 
 
 def worker_pids(supervisor: Supervisor) -> Sequence[int]:

@@ -22,7 +22,8 @@ import threading
 from typing import Any, BinaryIO, cast
 
 from proxy.config import ConfigError, load_config
-from proxy.controlplane.state import apply_state, collect_stats
+from proxy.controlplane.state import DesiredState
+from proxy.controlplane.stats import collect
 from proxy.dataplane.plane import DataPlane
 from proxy.dataplane.routes import decode
 from proxy.workers.routeword import attach_word
@@ -69,16 +70,25 @@ def control_loop(stream: BinaryIO, dp: DataPlane, config_path: str, epoch: int, 
                 if message.get("settings_epoch", 0) != epoch:
                     epoch = message["settings_epoch"]
                     loop.call_soon_threadsafe(dp.apply_settings, load_config(config_path))
-                apply_state(dp, message["state"])
+                apply(dp, message)
                 send(stream, {"op": "ack", "generation": served(dp)})
             elif op == "stats":
-                send(stream, {"op": "stats", "stats": collect_stats(dp)})
+                send(stream, {"op": "stats", "stats": collect(dp)})
             else:
                 send(stream, {"op": "error", "error": f"unknown op {op!r}"})
     except (OSError, ValueError):
         pass
     # The supervisor is gone: stop gracefully rather than serve routes nobody can change.
     loop.call_soon_threadsafe(stop.set)
+
+
+def apply(dp: DataPlane, message: dict[str, Any]) -> None:
+    """A state message: the desired state's pools (its routes arrive through the shared word), the slots
+    the word names them by, and the supervisor's health verdicts."""
+    state = DesiredState.from_json(message["state"])
+    dp.set_pools(state.pools)
+    dp.registry.apply_verdicts(message["health"])
+    dp.slots = {slot: dp.pools[name] for name, slot in message["slots"].items()}  # one reference write
 
 
 def served(dp: DataPlane) -> int:
@@ -96,7 +106,7 @@ async def serve(config_path: str, fd: int, word_fd: int) -> int:
     if not first:
         return 1
     message = json.loads(first)
-    apply_state(dp, message["state"])
+    apply(dp, message)
     dp.follow_routes()
     dp.fence_until = message.get("fence_until", 0.0)
     await dp.start(reuse_port=True)

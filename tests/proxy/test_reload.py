@@ -71,3 +71,53 @@ async def test_reload_applies_atomically_and_refuses_bad_config(
         code, out = proxy.stop()
     assert code == 0, out
     assert "reload refused" in out and "Traceback" not in out
+
+
+async def reload_with(
+    session: aiohttp.ClientSession, admin: str, path: Path, config: dict[str, object]
+) -> tuple[int, dict]:
+    path.write_text(yaml.safe_dump(config))
+    async with session.post(f"{admin}/api/v1/reload") as resp:
+        return resp.status, await resp.json()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_reload_keeps_the_live_routes_unless_the_file_changed_them(
+    upstream: StartUpstream, tmp_path: Path, workers: str
+) -> None:
+    """The routes set through the admin API are the live state: a reload of the same file keeps them; the
+    file's routes apply only when they changed since it was last loaded, and then with a flip's checks."""
+    pools = {"blue": [await upstream("blue")], "green": [await upstream("green")]}
+    proxy = await ProxyProcess(tmp_path, pools, "blue", "green").start("--workers", workers)
+    admin = f"http://127.0.0.1:{proxy.ports['admin']}"
+    loaded = yaml.safe_load(proxy.path.read_text())
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{admin}/api/v1/switch", json={"active": "green"}) as resp:
+                assert (await resp.json())["generation"] == 2
+            # The unchanged file: green stays live (it flipped back to blue before).
+            status, body = await reload_with(session, admin, proxy.path, loaded)
+            assert status == 200 and body["routes"] == {"active": "green", "preview": "blue", "generation": 2}
+            assert "routes" not in body["changed"]
+            # The file now routes a pool with no healthy endpoint: refused as the flip would be; nothing changes.
+            dead = dict(loaded, routes={"active": "yellow", "preview": "blue"})
+            dead["pools"] = dict(loaded["pools"], yellow={"endpoints": ["127.0.0.1:9"]})
+            status, body = await reload_with(session, admin, proxy.path, dead)
+            assert status == 409 and "no healthy endpoint" in body["error"]
+            async with session.get(f"{admin}/api/v1/routes") as resp:
+                assert await resp.json() == {"active": "green", "preview": "blue", "generation": 2}
+            async with session.get(f"{admin}/api/v1/pools") as resp:
+                assert "yellow" not in {p["name"] for p in (await resp.json())["pools"]}
+            # The file routes a healthy new pool: a flip, logged as one.
+            live = dict(dead)
+            live["pools"] = dict(loaded["pools"], yellow={"endpoints": [await upstream("yellow")]})
+            status, body = await reload_with(session, admin, proxy.path, live)
+            assert status == 200 and body["routes"] == {"active": "yellow", "preview": "blue", "generation": 3}
+            assert "routes" in body["changed"]
+            client = RawClient(proxy.ports["active"])
+            assert (await client.request()).headers[b"x-served-by-color"] == b"yellow"
+            await client.close()
+    finally:
+        code, out = await proxy.stop()
+    assert code == 0, out
+    assert "reload flips routes: active green -> yellow" in out

@@ -1,0 +1,95 @@
+"""Counters as metrics and status read them: a Pool's own in one process, the workers' summed under
+a supervisor (`WorkerStats`), so the control plane never writes counters into pools it does not serve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from proxy.dataplane.plane import DataPlane
+from proxy.dataplane.pool import LATENCY_BOUNDS, Pool
+
+
+class Counters(Protocol):
+    """What metrics read per pool; a `Pool` is one, and so is a `PoolCounters` summed from workers."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def counts(self) -> list[int]: ...
+    @property
+    def latency_buckets(self) -> list[int]: ...
+    @property
+    def latency_sum(self) -> float: ...
+    @property
+    def draining(self) -> bool: ...
+
+
+@dataclass
+class PoolCounters:
+    name: str
+    in_flight: int = 0
+    counts: list[int] = field(default_factory=lambda: [0] * 6)
+    latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS) + 1))
+    latency_sum: float = 0.0
+    draining: bool = False
+    endpoints: dict[str, int] = field(default_factory=dict)  # in flight, by address
+
+
+def served_pools(dp: DataPlane) -> list[Pool]:
+    """The pools a data plane holds: registered ones, those that still drain, and the no-route pool."""
+    return list(dp.pools.values()) + [p for p in list(dp.draining) if p.name not in dp.pools] + [dp.null_pool]
+
+
+def collect(dp: DataPlane) -> dict[str, Any]:
+    """A worker's report (JSON) of its counters."""
+    return {
+        "clients": len(dp.clients),
+        "pools": {
+            p.name: {
+                "in_flight": p.in_flight,
+                "counts": p.counts,
+                "latency_buckets": p.latency_buckets,
+                "latency_sum": p.latency_sum,
+                "draining": p.draining,
+                "endpoints": {ep.address: [ep.in_flight, ep.passive_ok] for ep in p.endpoints},
+            }
+            for p in served_pools(dp)
+        },
+    }
+
+
+class WorkerStats:
+    """The workers' last reports, summed per pool: what a supervisor's metrics and status read."""
+
+    def __init__(self) -> None:
+        self.pools: dict[str, PoolCounters] = {}
+        self.clients = 0
+
+    def merge(self, reports: Iterable[dict[str, Any]], pools: dict[str, Pool]) -> None:
+        """Sum `reports`; passive health (an endpoint answered) is noted on the control plane's `pools`."""
+        summed: dict[str, PoolCounters] = {}
+        clients = 0
+        for report in reports:
+            clients += report["clients"]
+            for name, part in report["pools"].items():
+                c = summed.get(name)
+                if c is None:
+                    c = summed[name] = PoolCounters(name)
+                c.in_flight += part["in_flight"]
+                c.counts = [a + b for a, b in zip(c.counts, part["counts"], strict=True)]
+                c.latency_buckets = [a + b for a, b in zip(c.latency_buckets, part["latency_buckets"], strict=True)]
+                c.latency_sum += part["latency_sum"]
+                c.draining = c.draining or part["draining"]
+                for address, (in_flight, answered) in part["endpoints"].items():
+                    c.endpoints[address] = c.endpoints.get(address, 0) + in_flight
+                    pool = pools.get(name)
+                    if answered and pool is not None:
+                        for ep in pool.endpoints:
+                            if ep.address == address:
+                                ep.passive_ok = True
+        self.pools, self.clients = summed, clients
