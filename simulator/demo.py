@@ -122,11 +122,11 @@ def _banner(demo: Demo, source: str) -> str:
             "",
             "Try, in another terminal:",
             *([] if ports["admin"] == 8090 else [f"  export BLUEGREEN_ADMIN=http://{host}:{ports['admin']}"]),
-            f"  bluegreen rollouts get {name} --watch",
+            f"  bluegreen rollouts get rollout {name} --watch",
             f"  bluegreen rollouts set image {name} '*=argoproj/rollouts-demo:green'",
             f"  bluegreen rollouts promote {name}",
             f"  bluegreen rollouts set image {name} '*=argoproj/rollouts-demo:bad-red'   # the smoke test aborts",
-            f"  bluegreen rollouts abort {name} | retry {name} | undo {name}",
+            f"  bluegreen rollouts abort {name} | retry rollout {name} | undo {name} | pause {name} | restart {name}",
             "Ctrl-C stops everything.",
         ]
     )

@@ -10,19 +10,35 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from simulator.k8s.clock import format_time
 from simulator.k8s.fields import ManifestError
-from simulator.k8s.objects import ANNOTATION_MANAGED_BY, HASH_LABEL, Pod, ReplicaSet, Resource, Rollout, Service
+from simulator.k8s.objects import (
+    ANNOTATION_MANAGED_BY,
+    HASH_LABEL,
+    AnalysisRun,
+    AnalysisTemplate,
+    Deployment,
+    Pod,
+    ReplicaSet,
+    Resource,
+    Rollout,
+    Service,
+)
 from simulator.k8s.rollout_status import RolloutStatus
 from simulator.k8s.store import NotFoundError, Store
 from simulator.rollouts.spec import parse_rollout_spec
+from simulator.rollouts.validation import validate_rollout
 
 __all__ = [
     "OperationError",
     "abort",
     "apply",
+    "delete",
+    "lint",
     "merge_patch",
     "patch_spec",
     "promote",
+    "restart",
     "retry",
     "set_image",
     "set_paused",
@@ -31,7 +47,11 @@ __all__ = [
 
 
 class OperationError(Exception):
-    """A refused user operation; the message is one line for the CLI."""
+    """A refused user operation; the message is one line for the CLI. `done`: what was done before it."""
+
+    def __init__(self, message: str, done: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.done = done or []
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -92,6 +112,55 @@ def apply(store: Store, objects: list[Resource]) -> list[str]:
     return lines
 
 
+def _delete_owned(store: Store, owner: Resource) -> None:
+    """Kubernetes' garbage collector, in the foreground: what `owner` owns goes with it (ReplicaSets, their
+    pods, AnalysisRuns)."""
+    ns = owner.metadata.namespace
+    ref = f"{owner.kind}/{owner.name}"
+    for cls in (ReplicaSet, Pod, AnalysisRun):
+        for obj in store.list(cls, ns):
+            if obj.metadata.owner == ref:
+                _delete_owned(store, obj)
+                store.delete(cls, obj.name, ns)
+
+
+def delete(store: Store, objects: list[Resource]) -> list[str]:
+    """`kubectl delete -f`: each object by kind, name and namespace, with what it owns; one line per object.
+    Objects that do not exist are reported (OperationError) after the others are deleted, as kubectl does."""
+    lines: list[str] = []
+    missing: list[str] = []
+    for obj in objects:
+        group = _kind_label(obj).split(".", 1)
+        plural = f"{group[0]}s" + (f".{group[1]}" if len(group) > 1 else "")
+        current = store.find(type(obj), obj.name, obj.metadata.namespace)
+        if current is None:
+            missing.append(f'{plural} "{obj.name}" not found')
+            continue
+        _delete_owned(store, current)
+        store.delete(type(obj), obj.name, obj.metadata.namespace)
+        lines.append(f'{_kind_label(obj)} "{obj.name}" deleted')
+    if missing:
+        raise OperationError("; ".join(missing), lines)
+    return lines
+
+
+def lint(objects: list[Resource]) -> list[str]:
+    """`lint -f`: the InvalidSpec checks of each Rollout against the objects beside it (schema errors were
+    refused while loading). Like Argo's lint, only what the files hold is checked: a Service or template
+    they do not contain is no error (it may be in the cluster)."""
+    problems: list[str] = []
+    for rollout in (o for o in objects if isinstance(o, Rollout)):
+
+        def beside(cls: type[Resource], ns: str = rollout.metadata.namespace) -> dict[str, Any]:
+            return {o.name: o for o in objects if isinstance(o, cls) and o.metadata.namespace == ns}
+
+        spec, _, _ = parse_rollout_spec(rollout.spec)
+        problem = validate_rollout(rollout, spec, beside(Service), beside(AnalysisTemplate), beside(Deployment))
+        if problem and not problem.endswith("not found"):
+            problems.append(f'The Rollout "{rollout.name}" is invalid: {problem}')
+    return problems
+
+
 def _rollout(store: Store, name: str, namespace: str) -> Rollout:
     try:
         return store.get(Rollout, name, namespace)
@@ -139,6 +208,15 @@ def set_paused(store: Store, name: str, paused: bool = True, *, namespace: str =
     rollout.spec["paused"] = paused
     store.update(rollout, spec_changed=True)
     return f"rollout '{name}' {'paused' if paused else 'resumed'}"
+
+
+def restart(store: Store, name: str, at: float, *, namespace: str = "default", delay: float = 0.0) -> str:
+    """`restart [--in D]`: `spec.restartAt` (whole seconds, as the API stores times); the controller evicts
+    the pods created before it."""
+    rollout = _rollout(store, name, namespace)
+    rollout.spec["restartAt"] = format_time(at + delay)
+    store.update(rollout, spec_changed=True)
+    return f"rollout '{name}' restarts in {delay:g}s"
 
 
 def patch_spec(store: Store, name: str, patch: dict[str, Any], *, namespace: str = "default") -> Rollout:

@@ -87,6 +87,7 @@ class RolloutStatus:
     selector: str = ""
     conditions: list[Condition] = field(default_factory=list)
     workload_observed_generation: str = ""
+    restarted_at: float | None = None  # the spec.restartAt whose restart is complete
     completion: str = ""  # status.duration completionStatus-like: Promoted, FastPromoted, Aborted, ...
     # Not in Argo's status: why the current update is fast-tracked ("Fast rollback" / "Rollback within
     # window"), latched when the template changes because Argo reads it from an annotation it removes.
@@ -150,6 +151,8 @@ class RolloutStatus:
             out["promoteFull"] = True
         if self.completion:
             out["completionStatus"] = self.completion
+        if self.restarted_at is not None:
+            out["restartedAt"] = format_time(self.restarted_at)
         if self.workload_observed_generation:
             out["workloadObservedGeneration"] = self.workload_observed_generation
         return {k: v for k, v in out.items() if v is not None}
@@ -191,6 +194,7 @@ class RolloutStatus:
             available_replicas=int(data.get("availableReplicas", 0)),
             hpa_replicas=int(data.get("HPAReplicas", 0)),
             selector=data.get("selector", ""),
+            restarted_at=parse_time(data["restartedAt"]) if data.get("restartedAt") else None,
             conditions=[
                 Condition(
                     c["type"],

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from simulator.k8s.objects import AnalysisRun, AnalysisTemplate, Deployment, ReplicaSet, Service
+from simulator.k8s.objects import AnalysisRun, AnalysisTemplate, Deployment, Pod, ReplicaSet, Service
 from simulator.k8s.rollout_status import RolloutStatus
 from simulator.rollouts.spec import EphemeralMetadata, RolloutAnalysis
 
@@ -17,6 +17,7 @@ __all__ = [
     "CreateAnalysisRun",
     "CreateReplicaSet",
     "DeleteAnalysisRun",
+    "DeletePod",
     "DeleteReplicaSet",
     "Event",
     "Observed",
@@ -45,6 +46,13 @@ class UpdateReplicaSet:
 
 @dataclass(frozen=True)
 class DeleteReplicaSet:
+    name: str
+
+
+@dataclass(frozen=True)
+class DeletePod:
+    """Evict a pod (restart): its ReplicaSet replaces it."""
+
     name: str
 
 
@@ -89,6 +97,7 @@ Action = (
     CreateReplicaSet
     | UpdateReplicaSet
     | DeleteReplicaSet
+    | DeletePod
     | SetServiceSelector
     | CreateAnalysisRun
     | TerminateAnalysisRun
@@ -111,6 +120,7 @@ class Observed:
     analysis_runs: Mapping[str, AnalysisRun] = field(default_factory=dict)  # the Rollout's own
     templates: Mapping[str, AnalysisTemplate] = field(default_factory=dict)
     deployments: Mapping[str, Deployment] = field(default_factory=dict)
+    pods: tuple[Pod, ...] = ()  # those of the Rollout's ReplicaSets (restarts)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from simulator.k8s.objects import (
     AnalysisTemplate,
     Deployment,
     ObjectMeta,
+    Pod,
     ReplicaSet,
     Rollout,
     Service,
@@ -31,6 +32,7 @@ from simulator.rollouts.actions import (
     CreateAnalysisRun,
     CreateReplicaSet,
     DeleteAnalysisRun,
+    DeletePod,
     DeleteReplicaSet,
     Event,
     Observed,
@@ -94,8 +96,11 @@ class RolloutController:
     def observe(self, rollout: Rollout) -> Observed:
         ns = rollout.metadata.namespace
         owner = f"Rollout/{rollout.name}"
+        replica_sets = tuple(r for r in self._store.list(ReplicaSet, ns) if r.metadata.owner == owner)
+        owners = {f"ReplicaSet/{r.name}" for r in replica_sets}
         return Observed(
-            replica_sets=tuple(r for r in self._store.list(ReplicaSet, ns) if r.metadata.owner == owner),
+            replica_sets=replica_sets,
+            pods=tuple(p for p in self._store.list(Pod, ns) if p.metadata.owner in owners),
             services={s.name: s for s in self._store.list(Service, ns)},
             analysis_runs={a.name: a for a in self._store.list(AnalysisRun, ns) if a.metadata.owner == owner},
             templates={t.name: t for t in self._store.list(AnalysisTemplate, ns)},
@@ -132,6 +137,9 @@ class RolloutController:
                 for run in self._store.list(AnalysisRun, ns):
                     if run.metadata.labels.get(HASH_LABEL) == action.name.rsplit("-", 1)[-1]:
                         self._store.delete(AnalysisRun, run.name, ns)
+            elif isinstance(action, DeletePod):
+                if self._store.find(Pod, action.name, ns) is not None:
+                    self._store.delete(Pod, action.name, ns)
             elif isinstance(action, SetServiceSelector):
                 service = self._store.get(Service, action.service, ns)
                 selector = dict(service.selector)

@@ -10,6 +10,7 @@ controller applies the actions and calls again until a pass changes nothing.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +36,7 @@ from simulator.rollouts.actions import (
     CreateAnalysisRun,
     CreateReplicaSet,
     DeleteAnalysisRun,
+    DeletePod,
     DeleteReplicaSet,
     Event,
     Observed,
@@ -171,12 +173,47 @@ class _Pass:
             self.st.pause_conditions = []
             self.st.abort = False
             self.st.abort_message = ""
+        self.restart()
         self.reconcile_replica_sets()
         pause_added = self.reconcile_pause()
         self.reconcile_active_service(pause_added)
         self.reconcile_analysis()
         self.reconcile_ephemeral_metadata()
         return self.finish(pause_added=pause_added)
+
+    def restart_pending(self) -> bool:
+        at = self.spec.restart_at
+        return at is not None and at <= self.now and (self.st.restarted_at is None or self.st.restarted_at < at)
+
+    def restart(self) -> None:
+        """Step 6 (`rollout/restart.go`): evict the pods created before `spec.restartAt`, stable ReplicaSet
+        first, then the new one, then the others oldest first, one at a time and only while every pod of
+        the Rollout is available (`maxUnavailable` is not simulated: 1); then `status.restartedAt`."""
+        at = self.spec.restart_at
+        if at is not None and at > self.now:
+            self.requeue(at)
+        if not self.restart_pending():
+            return
+        assert at is not None
+        stable, new = self.stable_rs, self.new_rs
+        others = sorted(
+            (rs for rs in self.rss.values() if rs is not stable and rs is not new), key=lambda r: r.metadata.creation
+        )
+        order = [rs for rs in (stable, new, *others) if rs is not None and rs.replicas > 0]
+        stale = [
+            pod
+            for rs in order
+            for pod in sorted(self.obs.pods, key=lambda p: (p.metadata.creation, p.metadata.sequence))
+            if pod.metadata.owner == f"ReplicaSet/{rs.name}" and pod.metadata.creation < at
+        ]
+        if not stale:
+            self.st.restarted_at = at
+            return
+        min_ready = self.spec.min_ready_seconds
+        available = Counter(p.metadata.owner for p in self.obs.pods if p.available(self.now, min_ready))
+        if all(available[f"ReplicaSet/{rs.name}"] >= rs.replicas for rs in order):
+            self.act(DeletePod(stale[0].name))
+        self.requeue(self.now + 1.0)  # minReadySeconds passing is no store change
 
     def invalid(self, problem: str) -> Plan:
         message = f'The Rollout "{self.rollout.name}" is invalid: {problem}'
@@ -877,6 +914,8 @@ class _Pass:
             st.phase, st.message = Phase.PAUSED, "manually paused"
         elif st.pause_conditions:
             st.phase, st.message = Phase.PAUSED, st.pause_conditions[0].reason
+        elif self.restart_pending():
+            st.phase, st.message = Phase.PROGRESSING, "rollout is restarting"
         elif st.updated_replicas < n:
             st.phase, st.message = Phase.PROGRESSING, "more replicas need to be updated"
         elif st.available_replicas < st.updated_replicas:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from simulator.k8s.clock import parse_time
 from simulator.k8s.fields import Fields
 
 __all__ = ["AnalysisArg", "BlueGreenSpec", "EphemeralMetadata", "RolloutAnalysis", "RolloutSpec", "parse_rollout_spec"]
@@ -73,6 +74,7 @@ class RolloutSpec:
     progress_deadline_seconds: int = 600
     progress_deadline_abort: bool = False
     paused: bool = False
+    restart_at: float | None = None  # spec.restartAt (epoch seconds)
     rollback_window: int | None = None
     successful_run_history_limit: int = 5
     unsuccessful_run_history_limit: int = 5
@@ -93,8 +95,9 @@ _RS_IMPLEMENTED = {
     "progressDeadlineAbort",
     "rollbackWindow",
     "strategy",
+    "restartAt",
 }
-_RS_UNIMPLEMENTED = {"restartAt"}
+_RS_UNIMPLEMENTED: set[str] = set()
 _BG_IMPLEMENTED = {
     "activeService",
     "previewService",
@@ -200,6 +203,12 @@ def parse_rollout_spec(spec: dict[str, Any]) -> tuple[RolloutSpec, list[str], li
     if template is not None and not isinstance(template, dict):
         f.problem("template", "expected a mapping")
         template = None
+    restart_at = None
+    if spec.get("restartAt") is not None:
+        try:
+            restart_at = parse_time(str(spec["restartAt"]))
+        except ValueError:
+            f.problem("restartAt", f"expected an RFC 3339 time, got {spec['restartAt']!r}")
     parsed = RolloutSpec(
         replicas=f.integer("replicas", 1) or 0,
         selector=selector.str_map("matchLabels"),
@@ -211,6 +220,7 @@ def parse_rollout_spec(spec: dict[str, Any]) -> tuple[RolloutSpec, list[str], li
         progress_deadline_seconds=f.integer("progressDeadlineSeconds", 600, minimum=1) or 600,
         progress_deadline_abort=bool(f.boolean("progressDeadlineAbort", False)),
         paused=bool(f.boolean("paused", False)),
+        restart_at=restart_at,
         rollback_window=window.integer("revisions", None, minimum=0),
         successful_run_history_limit=history.integer("successfulRunHistoryLimit", 5, minimum=0) or 0,
         unsuccessful_run_history_limit=history.integer("unsuccessfulRunHistoryLimit", 5, minimum=0) or 0,

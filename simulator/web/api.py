@@ -3,17 +3,19 @@
 | call | does |
 | --- | --- |
 | `POST /api/v1/manifests` (YAML body) | `kubectl apply`; `{"results": [...], "notices": [...]}` |
-| `GET /api/v1/rollouts` | name, phase and message of each Rollout |
+| `DELETE /api/v1/manifests` (YAML body) | `kubectl delete -f`; `{"results": [...]}` (404 naming what was missing) |
+| `GET /api/v1/rollouts[?namespace=NS]` | name, namespace, phase, message and replica counts of each Rollout |
 | `GET /api/v1/rollouts/{name}` | the Rollout, its ReplicaSets, Pods and AnalysisRuns, and the `get` tree |
 | `POST /api/v1/rollouts/{name}/promote` `{"full": bool}` | `promote [--full]` |
-| `POST /api/v1/rollouts/{name}/abort`, `/retry` | `abort`, `retry` |
+| `POST /api/v1/rollouts/{name}/abort`, `/retry`, `/pause` | `abort`, `retry`, `pause` |
+| `POST /api/v1/rollouts/{name}/restart` `{"in": seconds}` | `restart [--in D]` |
 | `POST /api/v1/rollouts/{name}/undo` `{"toRevision": N}` | `undo [--to-revision N]` |
 | `POST /api/v1/rollouts/{name}/image` `{"container": "*", "image": "..."}` | `set image` |
 | `POST /api/v1/pods/{name}/crash` | kill a pod's container (fault injection) |
 | `GET /api/v1/events` | server-sent events: every object change and every cluster event |
 
-Errors are `{"error": "..."}` with 400 (bad input) or 404 (no such object); a bad request never
-reaches the running cluster.
+Every `/rollouts/{name}` call takes `?namespace=NS` (default `default`). Errors are `{"error": "..."}`
+with 400 (bad input) or 404 (no such object); a bad request never reaches the running cluster.
 """
 
 from __future__ import annotations
@@ -102,13 +104,40 @@ async def apply_manifests(request: web.Request) -> web.Response:
     return web.json_response({"results": results, "notices": loaded.notices})
 
 
+def _namespace(request: web.Request) -> str:
+    return request.query.get("namespace") or "default"
+
+
+async def delete_manifests(request: web.Request) -> web.Response:
+    cluster = request.app[CLUSTER]
+    loaded = load_text(await request.text(), "<request>")
+    try:
+        results = operations.delete(cluster.store, loaded.objects)
+    except operations.OperationError as exc:
+        return web.json_response({"error": str(exc), "results": exc.done}, status=404)
+    return web.json_response({"results": results})
+
+
 async def list_rollouts(request: web.Request) -> web.Response:
+    """`?namespace=NS` (default: all namespaces)."""
     cluster = request.app[CLUSTER]
     items = []
-    for rollout in cluster.store.list(Rollout):
+    for rollout in cluster.store.list(Rollout, request.query.get("namespace") or None):
         phase, message = client_phase(rollout)
+        st = rollout.status
         items.append(
-            {"name": rollout.name, "namespace": rollout.metadata.namespace, "phase": phase, "message": message}
+            {
+                "name": rollout.name,
+                "namespace": rollout.metadata.namespace,
+                "strategy": "BlueGreen" if "blueGreen" in (rollout.spec.get("strategy") or {}) else "Canary",
+                "phase": phase,
+                "message": message,
+                "desired": int(rollout.spec.get("replicas", 1)),
+                "current": st.replicas if st else 0,
+                "ready": st.ready_replicas if st else 0,
+                "updated": st.updated_replicas if st else 0,
+                "available": st.available_replicas if st else 0,
+            }
         )
     return web.json_response({"rollouts": items})
 
@@ -116,7 +145,7 @@ async def list_rollouts(request: web.Request) -> web.Response:
 async def get_rollout(request: web.Request) -> web.Response:
     cluster = request.app[CLUSTER]
     name = request.match_info["name"]
-    view = rollout_view(cluster, name)
+    view = rollout_view(cluster, name, _namespace(request))
     if view is None:
         return _error(404, f'rollouts.argoproj.io "{name}" not found')
     phase, message = client_phase(view.rollout)
@@ -135,25 +164,34 @@ async def get_rollout(request: web.Request) -> web.Response:
 
 
 async def rollout_action(request: web.Request) -> web.Response:
-    store = request.app[CLUSTER].store
+    cluster = request.app[CLUSTER]
+    store = cluster.store
     name, action = request.match_info["name"], request.match_info["action"]
+    ns = _namespace(request)
     body = await _body(request)
     if action == "promote":
-        message = operations.promote(store, name, full=bool(body.get("full", False)))
+        message = operations.promote(store, name, full=bool(body.get("full", False)), namespace=ns)
     elif action == "abort":
-        message = operations.abort(store, name)
+        message = operations.abort(store, name, namespace=ns)
     elif action == "retry":
-        message = operations.retry(store, name)
+        message = operations.retry(store, name, namespace=ns)
+    elif action == "pause":
+        message = operations.set_paused(store, name, True, namespace=ns)
+    elif action == "restart":
+        delay = body.get("in", 0)
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
+            return _error(400, "in: expected seconds >= 0")
+        message = operations.restart(store, name, cluster.clock.now(), delay=float(delay), namespace=ns)
     elif action == "undo":
         revision = body.get("toRevision")
         if revision is not None and (isinstance(revision, bool) or not isinstance(revision, int)):
             return _error(400, "toRevision: expected an integer")
-        message = operations.undo(store, name, to_revision=revision)
+        message = operations.undo(store, name, to_revision=revision, namespace=ns)
     elif action == "image":
         container, image = body.get("container"), body.get("image")
         if not isinstance(container, str) or not isinstance(image, str) or not image:
             return _error(400, 'expected {"container": "NAME" or "*", "image": "IMAGE"}')
-        message = operations.set_image(store, name, container, image)
+        message = operations.set_image(store, name, container, image, namespace=ns)
     else:
         return _error(404, f"unknown action {action!r}")
     return web.json_response({"message": message})
@@ -215,6 +253,7 @@ def setup_api(app: web.Application, cluster: Cluster) -> None:
     app[STREAMS] = set()
     app.on_shutdown.append(_end_streams)
     app.router.add_post("/api/v1/manifests", _guard(apply_manifests))
+    app.router.add_delete("/api/v1/manifests", _guard(delete_manifests))
     app.router.add_get("/api/v1/rollouts", _guard(list_rollouts))
     app.router.add_get("/api/v1/rollouts/{name}", _guard(get_rollout))
     app.router.add_post("/api/v1/rollouts/{name}/{action}", _guard(rollout_action))

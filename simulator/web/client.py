@@ -15,13 +15,27 @@ import aiohttp
 
 from simulator.k8s.fields import parse_duration
 
-__all__ = ["AdminClient", "ClientError", "apply_files", "get", "rollout_action", "status"]
+__all__ = [
+    "AdminClient",
+    "ClientError",
+    "apply_files",
+    "delete_files",
+    "get",
+    "list_rollouts",
+    "read_manifests",
+    "rollout_action",
+    "status",
+]
 
 HEALTHY, DEGRADED = "Healthy", "Degraded"
 
 
 class ClientError(Exception):
-    """A one-line reason for stderr."""
+    """A one-line reason for stderr; `data`: the API's whole error answer, when there was one."""
+
+    def __init__(self, message: str, data: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.data = data or {}
 
 
 class AdminClient:
@@ -52,7 +66,7 @@ class AdminClient:
                 except ValueError:
                     data = {"error": body.strip()[:200]}
                 if response.status >= 400:
-                    raise ClientError(str(data.get("error") or f"HTTP {response.status}"))
+                    raise ClientError(str(data.get("error") or f"HTTP {response.status}"), dict(data))
                 return dict(data)
         except aiohttp.ClientConnectionError as exc:
             raise ClientError(f"cannot reach the admin API at {self.base}: {exc}") from None
@@ -100,22 +114,31 @@ class EventFeed:
             return
 
 
-def read_manifests(path: str) -> str:
-    """A file, `-` (stdin), or every YAML file of a directory (in name order), as one multi-document text."""
-    if path == "-":
-        return sys.stdin.read()
+def _files(path: str) -> list[Path]:
     root = Path(path)
     if root.is_dir():
-        files = sorted(p for p in root.rglob("*") if p.suffix in (".yaml", ".yml") and p.name != "kustomization.yaml")
-    elif root.exists():
-        files = [root]
-    else:
-        raise ClientError(f"{path}: no such file or directory")
-    return "\n---\n".join(f.read_text(encoding="utf-8") for f in files)
+        return sorted(p for p in root.rglob("*") if p.suffix in (".yaml", ".yml") and p.name != "kustomization.yaml")
+    if root.exists():
+        return [root]
+    raise ClientError(f"{path}: no such file or directory")
 
 
-async def apply_files(client: AdminClient, path: str, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    result = await client.call("POST", "/api/v1/manifests", text=read_manifests(path))
+def read_manifests(paths: str | list[str]) -> str:
+    """Files, directories (every YAML file, in name order) and `-` (stdin, once), in the order given, as one
+    multi-document text: `kubectl apply -f a -f dir/ -f -`."""
+    texts: list[str] = []
+    for path in [paths] if isinstance(paths, str) else paths:
+        if path == "-":
+            texts.append(sys.stdin.read())
+        else:
+            texts += [f.read_text(encoding="utf-8") for f in _files(path)]
+    return "\n---\n".join(texts)
+
+
+async def apply_files(
+    client: AdminClient, paths: str | list[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr
+) -> int:
+    result = await client.call("POST", "/api/v1/manifests", text=read_manifests(paths))
     for notice in result.get("notices", []):
         print(f"Warning: {notice}", file=err)
     for line in result.get("results", []):
@@ -123,35 +146,97 @@ async def apply_files(client: AdminClient, path: str, out: TextIO = sys.stdout, 
     return 0
 
 
-async def rollout_action(client: AdminClient, name: str, action: str, body: dict[str, Any], out: TextIO) -> int:
-    result = await client.call("POST", f"/api/v1/rollouts/{name}/{action}", json_body=body)
+async def delete_files(
+    client: AdminClient, paths: str | list[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr
+) -> int:
+    """`kubectl delete -f`: what existed is deleted and printed; what did not is an error (exit 1)."""
+    try:
+        result = await client.call("DELETE", "/api/v1/manifests", text=read_manifests(paths))
+    except ClientError as exc:
+        for line in exc.data.get("results", []):
+            print(line, file=out)
+        print(f"Error from server (NotFound): {exc}", file=err)
+        return 1
+    for line in result.get("results", []):
+        print(line, file=out)
+    return 0
+
+
+def _ns(namespace: str) -> str:
+    return f"?namespace={namespace}" if namespace != "default" else ""
+
+
+async def rollout_action(
+    client: AdminClient, name: str, action: str, body: dict[str, Any], out: TextIO, namespace: str = "default"
+) -> int:
+    result = await client.call("POST", f"/api/v1/rollouts/{name}/{action}{_ns(namespace)}", json_body=body)
     print(result.get("message", ""), file=out)
     return 0
 
 
-async def get(
-    client: AdminClient, name: str, *, output: str, watch: bool, color: bool, out: TextIO, interval: float = 1.0
+LIST_COLUMNS = ("NAME", "STRATEGY", "STATUS", "STEP", "SET-WEIGHT", "READY", "DESIRED", "UP-TO-DATE", "AVAILABLE")
+
+
+async def list_rollouts(
+    client: AdminClient, *, namespace: str | None, name: str | None, out: TextIO = sys.stdout, err: TextIO = sys.stderr
 ) -> int:
-    if watch:
-        async with EventFeed(client) as feed:
-            return await _get(client, name, output=output, feed=feed, color=color, out=out, interval=interval)
-    return await _get(client, name, output=output, feed=None, color=color, out=out, interval=interval)
+    """`list rollouts [-A] [--name N]`: Argo's table (STEP and SET-WEIGHT are canary columns: `-`)."""
+    query = f"?namespace={namespace}" if namespace else ""
+    items = (await client.call("GET", "/api/v1/rollouts" + query))["rollouts"]
+    items = [i for i in items if name is None or i["name"] == name]
+    if not items:
+        where = f'"{namespace}" namespace' if namespace else "any namespace"
+        print(f"No resources found in {where}.", file=err)
+        return 0
+    rows = [
+        [
+            i["name"],
+            i["strategy"],
+            i["phase"],
+            "-",
+            "-",
+            f"{i['ready']}/{i['current']}",
+            str(i["desired"]),
+            str(i["updated"]),
+            str(i["available"]),
+        ]
+        for i in items
+    ]
+    header = list(LIST_COLUMNS)
+    if namespace is None:
+        header = ["NAMESPACE", *header]
+        rows = [[i["namespace"], *row] for i, row in zip(items, rows, strict=True)]
+    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(), file=out)
+    return 0
 
 
-async def _get(
+async def get(
     client: AdminClient,
     name: str,
     *,
     output: str,
-    feed: EventFeed | None,
+    watch: bool,
     color: bool,
     out: TextIO,
-    interval: float,
+    interval: float = 1.0,
+    namespace: str = "default",
+) -> int:
+    path = f"/api/v1/rollouts/{name}?namespace={namespace}" + ("&color=true" if color else "")
+    if watch:
+        async with EventFeed(client) as feed:
+            return await _get(client, path, output=output, feed=feed, out=out, interval=interval)
+    return await _get(client, path, output=output, feed=None, out=out, interval=interval)
+
+
+async def _get(
+    client: AdminClient, path: str, *, output: str, feed: EventFeed | None, out: TextIO, interval: float
 ) -> int:
     watch = feed is not None
     previous = None
     while True:
-        data = await client.call("GET", f"/api/v1/rollouts/{name}" + ("?color=true" if color else ""))
+        data = await client.call("GET", path)
         if output == "json":
             text = json.dumps({k: data[k] for k in ("rollout", "replicaSets", "pods", "analysisRuns")}, indent=2)
         else:
@@ -167,7 +252,15 @@ async def _get(
 
 
 async def status(
-    client: AdminClient, name: str, *, give_up_after: str, watch: bool, out: TextIO, err: TextIO, interval: float = 0.5
+    client: AdminClient,
+    name: str,
+    *,
+    give_up_after: str,
+    watch: bool,
+    out: TextIO,
+    err: TextIO,
+    interval: float = 0.5,
+    namespace: str = "default",
 ) -> int:
     """Argo's `status`: print each change; exit 0 on Healthy, 1 on Degraded or timeout. Paused waits."""
     try:
@@ -178,7 +271,7 @@ async def status(
     deadline = loop.time() + limit if limit > 0 else None
     last = None
     while True:
-        data = await client.call("GET", f"/api/v1/rollouts/{name}")
+        data = await client.call("GET", f"/api/v1/rollouts/{name}{_ns(namespace)}")
         phase, message = str(data["phase"]), str(data["message"])
         line = phase if not message or phase in (HEALTHY, DEGRADED) else f"{phase} - {message}"
         if line != last:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from proxy.control.api import (
     ConflictError,
@@ -18,6 +18,7 @@ class FakeProxy:
     def __init__(self, pools: dict[str, list[str]] | None = None, active: str = "blue", preview: str = "green") -> None:
         self.pools: dict[str, list[str]] = pools if pools is not None else {"blue": [], "green": []}
         self.unhealthy: set[str] = set()
+        self.labels: dict[str, dict[str, str]] = {}
         self._routes = Routes(active, preview, 1)
         self.calls: list[tuple[str, ...]] = []
         self.history: list[Routes] = [self._routes]
@@ -37,9 +38,11 @@ class FakeProxy:
     async def routes(self) -> Routes:
         return self._routes
 
-    async def set_endpoints(self, pool: str, endpoints: Sequence[str]) -> None:
+    async def set_endpoints(self, pool: str, endpoints: Sequence[str], labels: Mapping[str, str] | None = None) -> None:
         self.calls.append(("set_endpoints", pool, *endpoints))
         self.pools[pool] = list(endpoints)
+        if labels is not None:
+            self.labels[pool] = dict(labels)
 
     async def delete_pool(self, pool: str) -> None:
         if pool not in self.pools:
@@ -47,6 +50,7 @@ class FakeProxy:
         if pool in (self._routes.active, self._routes.preview):
             raise ConflictError(f"pool {pool!r} is routed")
         del self.pools[pool]
+        self.labels.pop(pool, None)
 
     async def switch(
         self, active: str, preview: str | None = None, *, force: bool = False, generation: int | None = None

@@ -47,14 +47,14 @@ kind: Rollout
 metadata: {name: x}
 spec:
   restartAt: "2026-01-01T00:00:00Z"
-  selector: {matchLabels: {app: x}}
+  selector: {matchLabels: {app: x}, matchExpressions: []}
   template: {metadata: {labels: {app: x}}, spec: {containers: [{name: x, image: nginx}]}}
   strategy:
     blueGreen: {activeService: x, antiAffinity: {preferredDuringSchedulingIgnoredDuringExecution: {weight: 1}}}
 """
     )
     assert loaded.notices == [
-        "Rollout/x: spec.restartAt is not implemented by the simulator; ignored",
+        "Rollout/x: spec.selector.matchExpressions is not implemented by the simulator; ignored",
         "Rollout/x: spec.strategy.blueGreen.antiAffinity is not implemented by the simulator; ignored",
     ]
 
