@@ -20,6 +20,7 @@ OWNERS = {
     "switch": "proxy",
     "demo": "simulator",
     "apply": "simulator",
+    "delete": "simulator",
     "rollouts": "simulator",
     "loadtest": "loadtest",
 }
