@@ -61,7 +61,7 @@ def run_client(coro_fn: Callable[[Any], Coroutine[Any, Any, int]], args: argpars
     try:
         return asyncio.run(main())
     except ControlError as exc:
-        return fail(exc.message)
+        return fail(f"{exc.status}: {exc.message}")
     except (TimeoutError, OSError) as exc:
         return fail(f"cannot reach the admin API at {args.admin}: {exc}")
     except Exception as exc:  # aiohttp.ClientError and friends: one line, no traceback

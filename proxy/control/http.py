@@ -8,6 +8,7 @@ from typing import Any
 import aiohttp
 
 from proxy.control.api import (
+    AckTimeoutError,
     ConflictError,
     ControlError,
     InvalidRequestError,
@@ -15,9 +16,14 @@ from proxy.control.api import (
     PoolStatus,
     ProxyStatus,
     Routes,
+    UnavailableError,
 )
 
-_ERRORS: dict[int, type[ControlError]] = {400: InvalidRequestError, 404: NotFoundError, 409: ConflictError}
+# The admin API answers a refused call with its ControlError's status and message (`{"error": message}`), so
+# a remote caller gets the error an in-process caller gets: the same type and the same message.
+_ERRORS: dict[int, type[ControlError]] = {
+    cls.status: cls for cls in (InvalidRequestError, NotFoundError, ConflictError, UnavailableError, AckTimeoutError)
+}
 
 
 class HttpControl:
@@ -48,7 +54,9 @@ class HttpControl:
                 data = {"error": (await resp.text())[:200]}
             if resp.status >= 400:
                 message = data.get("error", resp.reason) if isinstance(data, dict) else str(data)
-                raise _ERRORS.get(resp.status, ControlError)(f"{resp.status}: {message}")
+                error = _ERRORS.get(resp.status, ControlError)(str(message))
+                error.status = resp.status  # also for statuses without a class of their own (401, 413, 5xx)
+                raise error
             return data
 
     async def status(self) -> ProxyStatus:

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,22 +10,23 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO, Process, child_pids, free_port, wait_until
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def child_pids(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
+__all__ = [
+    "REPO",
+    "EtcdProcess",
+    "ProxyProcess",
+    "RawClient",
+    "Response",
+    "UpstreamProcess",
+    "child_pids",
+    "keep_requesting",
+]
 
 
 class ProxyProcess:
-    """`bluegreen proxy --config FILE` as a child process, on free loopback ports."""
+    """`bluegreen proxy --config FILE` as a child process, on free loopback ports: `await proxy.start()`,
+    `code, output = await proxy.stop()`."""
 
     def __init__(self, tmp: Path, pools: dict[str, list[str]], active: str, preview: str | None, **extra: Any) -> None:
         self.ports = {"active": free_port(), "preview": free_port(), "admin": free_port()}
@@ -45,41 +42,23 @@ class ProxyProcess:
         config.update(extra)
         self.path = tmp / "proxy.yaml"
         self.path.write_text(yaml.safe_dump(config))
-        self.proc: subprocess.Popen[str] | None = None
-        self.args: list[str] = []
+        self.process: Process | None = None
 
-    def start(self, *args: str) -> ProxyProcess:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bluegreen", "proxy", "--config", str(self.path), *args],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    @property
+    def proc(self) -> Process | None:
+        return self.process
+
+    async def start(self, *args: str) -> ProxyProcess:
+        self.process = await Process.start(
+            [sys.executable, "-m", "bluegreen", "proxy", "--config", str(self.path), *args], name="bluegreen proxy"
         )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"proxy exited: {self.proc.stdout.read() if self.proc.stdout else ''}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.ports["admin"]), timeout=0.2):
-                    pass
-                with socket.create_connection(("127.0.0.1", self.ports["active"]), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("proxy did not start in time")
+        await self.process.wait_listening(self.ports["admin"], self.ports["active"])
+        return self
 
-    def stop(self, timeout: float = 15) -> tuple[int, str]:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            out, _ = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, _ = self.proc.communicate()
-        return self.proc.returncode, out
+    async def stop(self, grace: float = 15) -> tuple[int, str]:
+        """SIGTERM (SIGKILL after `grace` s); the exit status and everything it printed."""
+        assert self.process is not None
+        return await self.process.stop(grace)
 
     def url(self, role: str = "active") -> str:
         return f"http://127.0.0.1:{self.ports[role]}"
@@ -99,6 +78,7 @@ class RawClient:
         self.port = port
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.sent = 0  # requests written so far: a test can wait until one is on the wire
 
     async def request(
         self, path: str = "/color", *, method: str = "GET", body: bytes = b"", close: bool = False
@@ -112,6 +92,7 @@ class RawClient:
         if close:
             head += "Connection: close\r\n"
         self.writer.write(head.encode() + b"\r\n" + body)
+        self.sent += 1
         raw = await self.reader.readuntil(b"\r\n\r\n")
         lines = raw[:-4].split(b"\r\n")
         status = int(lines[0].split()[1])
@@ -166,34 +147,29 @@ async def keep_requesting(port: int, stop: float, failures: list[str], colors: l
 
 
 class UpstreamProcess:
-    """The test upstream app in its own process, so a test can kill it mid-request."""
+    """The test upstream app in its own process, so a test can kill it mid-request:
+    `up = await UpstreamProcess.start("blue")`, then `await up.kill()`."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.proxy.upstream_app", name, str(self.port)],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+    def __init__(self, name: str, process: Process, port: int) -> None:
+        self.name, self.process, self.port = name, process, port
+        self.address = f"127.0.0.1:{port}"
+
+    @classmethod
+    async def start(cls, name: str) -> UpstreamProcess:
+        port = free_port()
+        process = await Process.start(
+            [sys.executable, "-m", "tests.proxy.upstream_app", name, str(port)], name=f"upstream {name}", output=False
         )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("upstream did not start")
+        await process.wait_listening(port)
+        return cls(name, process, port)
 
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
+    async def kill(self) -> None:
+        await self.process.kill()
 
 
 class EtcdProcess:
-    """A real etcd (Debian's etcd-server) on free loopback ports with a temporary data dir.
+    """A real etcd (Debian's etcd-server) on free loopback ports with a temporary data dir:
+    `await etcd.start()` (again after `await etcd.kill()`: same ports, same data).
 
     Fast election settings (the reference measured 22-107 ms to ready instead of up to a second).
     """
@@ -202,12 +178,12 @@ class EtcdProcess:
         self.data_dir = data_dir
         self.port, self.peer = free_port(), free_port()
         self.endpoint = f"127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.process: Process | None = None
 
-    def start(self) -> EtcdProcess:
+    async def start(self) -> EtcdProcess:
         peer = f"http://127.0.0.1:{self.peer}"
         client = f"http://{self.endpoint}"
-        self.proc = subprocess.Popen(
+        self.process = await Process.start(
             [
                 "etcd",
                 "--name=test",
@@ -221,22 +197,22 @@ class EtcdProcess:
                 "--election-timeout=100",
                 "--log-level=error",
             ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            output=False,
         )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"GET /health HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n")
-                    if b'"health":"true"' in s.recv(4096):
-                        return self
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("etcd did not start")
+        await wait_until(self._healthy, 20, message="etcd healthy", ignore=(OSError, asyncio.IncompleteReadError))
+        return self
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+    async def _healthy(self) -> bool:
+        assert self.process is not None
+        if self.process.returncode is not None:
+            raise RuntimeError(f"etcd exited with {self.process.returncode}")
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        try:
+            writer.write(b"GET /health HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n")
+            return b'"health":"true"' in await reader.read()
+        finally:
+            writer.close()
+
+    async def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            await self.process.kill()

@@ -61,7 +61,7 @@ async def test_token_never_logged(upstream: StartUpstream, tmp_path: Path) -> No
         admin={"host": "127.0.0.1", "port": 0, "token": token},
     )
     proxy.path.write_text(proxy.path.read_text().replace("port: 0", f"port: {proxy.ports['admin']}"))
-    proxy.start()
+    await proxy.start()
     try:
         base = f"http://127.0.0.1:{proxy.ports['admin']}"
         async with aiohttp.ClientSession() as session:
@@ -73,6 +73,6 @@ async def test_token_never_logged(upstream: StartUpstream, tmp_path: Path) -> No
             async with session.get(f"{base}/metrics") as resp:
                 assert token not in await resp.text()
     finally:
-        code, out = proxy.stop()
+        code, out = await proxy.stop()
     assert code == 0
     assert token not in out

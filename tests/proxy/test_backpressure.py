@@ -7,6 +7,7 @@ import asyncio
 import aiohttp
 
 from tests.proxy.conftest import StartProxy, StartUpstream
+from tests.support import wait_until
 
 MIB = 1024 * 1024
 
@@ -17,11 +18,21 @@ async def test_slow_reader_pauses_the_upstream(upstream: StartUpstream, start_pr
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.ports["active"], limit=65536)
     writer.write(b"GET /firehose?mb=64 HTTP/1.1\r\nHost: a\r\n\r\n")
     await reader.readuntil(b"\r\n\r\n")
-    await reader.readexactly(256 * 1024)  # then stop reading for a while
-    await asyncio.sleep(1.0)
+    await reader.readexactly(256 * 1024)  # then stop reading
     async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://{blue}/progress") as resp:
-            sent = (await resp.json())["firehose"]
+
+        async def progress() -> int:
+            async with session.get(f"http://{blue}/progress") as resp:
+                return int((await resp.json()).get("firehose", 0))
+
+        readings = [await progress()]
+
+        async def stalled() -> bool:  # the upstream sent nothing more for 3 readings 0.1 s apart
+            readings.append(await progress())
+            return len(readings) > 3 and len(set(readings[-4:])) == 1
+
+        await wait_until(stalled, 10, 0.1, message="the upstream stalled")
+        sent = readings[-1]
     # Socket buffers on both hops hold a few MiB at most; without backpressure all 64 MiB would be sent.
     assert sent < 24 * MIB, sent
     got = 256 * 1024

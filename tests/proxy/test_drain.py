@@ -7,8 +7,15 @@ import asyncio
 import aiohttp
 import pytest
 
+from proxy.server import ProxyServer
 from tests.proxy.conftest import StartProxy, StartUpstream
 from tests.proxy.support import RawClient
+from tests.support import wait_until
+
+
+async def in_flight(proxy: ProxyServer, pool: str) -> int:
+    status = (await proxy.control.status()).pool(pool)
+    return status.in_flight if status is not None else 0
 
 
 async def pools(upstream: StartUpstream) -> dict[str, list[str]]:
@@ -71,7 +78,7 @@ async def test_unrouted_pool_drains_and_reports(upstream: StartUpstream, start_p
     base = f"http://127.0.0.1:{proxy.ports['preview']}"
     async with aiohttp.ClientSession() as session:
         slow = asyncio.ensure_future(session.get(f"{base}/slow?ms=300"))
-        await asyncio.sleep(0.1)
+        await wait_until(lambda: in_flight(proxy, "green"), message="the slow request in flight on green")
         await proxy.control.switch("blue", "yellow")  # green is named by no route now: it drains
         green = (await proxy.control.status()).pool("green")
         assert green is not None and green.draining and green.in_flight == 1
@@ -91,7 +98,7 @@ async def test_drain_deadline_cuts_what_is_left(upstream: StartUpstream, start_p
     client = RawClient(proxy.ports["preview"])  # no hidden retry: aiohttp would re-send the GET on yellow
     try:
         slow = asyncio.ensure_future(client.request("/slow?ms=5000"))
-        await asyncio.sleep(0.1)
+        await wait_until(lambda: in_flight(proxy, "green"), message="the slow request in flight on green")
         await proxy.control.switch("blue", "yellow")
         async with asyncio.timeout(3):
             with pytest.raises((asyncio.IncompleteReadError, ConnectionError)):

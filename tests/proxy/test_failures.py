@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 import pytest
 
 from tests.proxy.conftest import RawUpstream, StartProxy, StartUpstream
 from tests.proxy.support import RawClient
+from tests.support import wait_until
 
 
 async def test_refused_endpoint_retried_then_ejected(upstream: StartUpstream, start_proxy: StartProxy) -> None:
@@ -57,7 +57,12 @@ async def test_active_health_check_fails_closed(upstream: StartUpstream, start_p
         pools,
         health_check={"path": "/status/500", "interval": "50ms", "timeout": "40ms", "unhealthy_threshold": 1},
     )
-    await asyncio.sleep(0.2)
+
+    async def all_ejected() -> bool:
+        status = await proxy.control.status()
+        return not any(ep.healthy for p in status.pools for ep in p.endpoints)
+
+    await wait_until(all_ejected, message="every endpoint failing its health check")
     status = await proxy.control.status()
     assert not any(ep.healthy for p in status.pools for ep in p.endpoints)
     from proxy.control.api import ConflictError

@@ -7,20 +7,28 @@ already sent, retries only what is safe, ejects the endpoint and keeps serving w
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
 
+from proxy.server import ProxyServer
 from tests.proxy.conftest import RawUpstream, StartProxy, StartUpstream
 from tests.proxy.support import RawClient, UpstreamProcess
+from tests.support import wait_until
 
 
 @pytest.fixture
-def victim() -> Iterator[UpstreamProcess]:
-    up = UpstreamProcess("blue")
+async def victim() -> AsyncIterator[UpstreamProcess]:
+    up = await UpstreamProcess.start("blue")
     yield up
-    up.kill()
+    await up.kill()
+
+
+async def in_flight_on(proxy: ProxyServer, address: str) -> bool:
+    """Whether the proxy has a request in flight on the endpoint `address` (of pool blue)."""
+    pool = (await proxy.control.status()).pool("blue")
+    return pool is not None and any(e.address == address and e.in_flight for e in pool.endpoints)
 
 
 async def test_killed_mid_request_get_retried_on_the_rest(
@@ -33,8 +41,8 @@ async def test_killed_mid_request_get_retried_on_the_rest(
     try:
         # Round robin: the first request goes to the victim, which dies before answering.
         slow_get = asyncio.ensure_future(get_client.request("/slow?ms=2000"))
-        await asyncio.sleep(0.3)
-        victim.kill()
+        await wait_until(lambda: in_flight_on(proxy, victim.address), message="the GET in flight on the victim")
+        await victim.kill()
         get_resp = await asyncio.wait_for(slow_get, 10)
         assert get_resp.status == 200  # idempotent, no response byte yet: retried on the survivor
         assert get_resp.headers[b"x-served-by-color"] == b"blue"
@@ -51,8 +59,8 @@ async def test_post_on_killed_upstream_is_502_not_replayed(victim: UpstreamProce
     client = RawClient(proxy.ports["active"])
     try:
         post = asyncio.ensure_future(client.request("/slow?ms=3000", method="POST", body=b"x"))
-        await asyncio.sleep(0.3)
-        victim.kill()
+        await wait_until(lambda: in_flight_on(proxy, victim.address), message="the POST in flight on the victim")
+        await victim.kill()
         assert (await asyncio.wait_for(post, 10)).status == 502
     finally:
         await client.close()
@@ -65,7 +73,7 @@ async def test_killed_mid_stream_cuts_the_client(victim: UpstreamProcess, start_
     head = await reader.readuntil(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head
     await reader.readuntil(b"chunk 1\n")
-    victim.kill()
+    await victim.kill()
     rest = await asyncio.wait_for(reader.read(), 5)  # the proxy closes: no terminating 0-chunk
     assert not rest.endswith(b"0\r\n\r\n")
     writer.close()
@@ -77,7 +85,7 @@ async def test_killed_mid_websocket_closes_the_client(victim: UpstreamProcess, s
         async with session.ws_connect(f"http://127.0.0.1:{proxy.ports['active']}/ws") as ws:
             await ws.send_str("a")
             assert await ws.receive_str() == "blue:a"
-            victim.kill()
+            await victim.kill()
             msg = await asyncio.wait_for(ws.receive(), 5)
             assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
     status = await proxy.control.status()

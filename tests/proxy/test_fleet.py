@@ -6,7 +6,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +15,16 @@ import pytest
 
 from tests.proxy.conftest import StartUpstream
 from tests.proxy.support import EtcdProcess, ProxyProcess, RawClient, child_pids
+from tests.support import wait_until
 
 TTL = 2
 
 
 @pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdProcess]:
-    server = EtcdProcess(tmp_path / "etcd").start()
+async def etcd(tmp_path: Path) -> AsyncIterator[EtcdProcess]:
+    server = await EtcdProcess(tmp_path / "etcd").start()
     yield server
-    server.kill()
+    await server.kill()
 
 
 async def start_fleet(
@@ -42,8 +43,7 @@ async def start_fleet(
             **state_extra,
         }
         proxies.append(ProxyProcess(d, pools, "blue", "green", state=state))
-    loop = asyncio.get_running_loop()
-    await asyncio.gather(*(loop.run_in_executor(None, p.start) for p in proxies))
+    await asyncio.gather(*(p.start() for p in proxies))
     return proxies
 
 
@@ -61,9 +61,13 @@ def signal_all(pids: list[int], sig: signal.Signals) -> None:
             pass
 
 
-def stop_all(proxies: list[ProxyProcess]) -> None:
-    for p in proxies:
-        p.stop()
+async def stop_all(proxies: list[ProxyProcess]) -> None:
+    await asyncio.gather(*(p.stop() for p in proxies if p.proc is not None))
+
+
+async def fleet_store(session: aiohttp.ClientSession, proxy: ProxyProcess, state: str) -> bool:
+    async with session.get(f"http://127.0.0.1:{proxy.ports['admin']}/api/v1/fleet") as r:
+        return bool((await r.json())["store"] == state)
 
 
 async def switch(session: aiohttp.ClientSession, proxy: ProxyProcess, color: str) -> tuple[int, dict[str, Any]]:
@@ -117,7 +121,7 @@ async def test_fleet_flips_under_load_every_proxy_acknowledges(
                 flips.append((started, time.monotonic(), color))
                 color = "blue" if color == "green" else "green"
                 n += 1
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # paces the flips (about 20/s), it waits for nothing
             await traffic
             async with session.get(f"http://127.0.0.1:{proxies[0].ports['admin']}/api/v1/fleet") as r:
                 fleet = await r.json()
@@ -134,7 +138,7 @@ async def test_fleet_flips_under_load_every_proxy_acknowledges(
             )
             assert got in allowed
     finally:
-        stop_all(proxies)
+        await stop_all(proxies)
 
 
 async def test_frozen_proxy_is_reported_and_never_serves_the_old_color(
@@ -156,24 +160,22 @@ async def test_frozen_proxy_is_reported_and_never_serves_the_old_color(
         assert body["fleet"]["dropped"] == ["p2"] and body["fleet"]["acked"] == ["p0", "p1"]
         assert waited < 3 * TTL  # it waited for p2's lease to expire, not forever
         request = asyncio.ensure_future(client.request())  # queued while frozen: answered on wake
-        await asyncio.sleep(0.1)
+        await wait_until(lambda: client.sent == 2, message="the request written to the frozen proxy")
         signal_all(pids, signal.SIGCONT)
         resp = await asyncio.wait_for(request, 10)
         # Fenced (503) or already updated (green): never the old color after the acknowledged flip.
         assert resp.status == 503 or resp.headers[b"x-served-by-color"] == b"green", resp.status
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+
+        async def served() -> Any:
             resp = await client.request()
-            if resp.status == 200:
-                assert resp.headers[b"x-served-by-color"] == b"green"
-                break
-            await asyncio.sleep(0.1)
-        else:
-            raise AssertionError("the woken proxy did not rejoin")
+            return resp if resp.status == 200 else None
+
+        resp = await wait_until(served, 10, 0.1, message="the woken proxy rejoining")
+        assert resp.headers[b"x-served-by-color"] == b"green"
         await client.close()
     finally:
         signal_all(pids, signal.SIGCONT)
-        stop_all(proxies)
+        await stop_all(proxies)
 
 
 async def test_etcd_restart_traffic_never_stops_and_no_flip_is_missed(
@@ -187,17 +189,21 @@ async def test_etcd_restart_traffic_never_stops_and_no_flip_is_missed(
             failures: list[str] = []
             stop = time.monotonic() + 2.5
             traffic = asyncio.ensure_future(load(proxies, stop, seen, failures))
-            await asyncio.sleep(0.3)
-            etcd.kill()
-            await asyncio.sleep(0.3)
+            await wait_until(lambda: {i for i, *_ in seen} == {0, 1, 2}, message="traffic through every proxy")
+            await etcd.kill()
+            # Traffic goes on while etcd is down: the proxies see it down (their next lease renewal fails).
+            await wait_until(lambda: fleet_store(session, proxies[0], "down"), TTL * 2, message="etcd seen down")
+            before = len(seen)
+            await wait_until(lambda: len(seen) > before + 30, message="traffic with etcd down")
             status, body = await switch(session, proxies[0], "green")
             assert status == 503 and "etcd" in body["error"]  # refused with a clear error, nothing changed
-            await asyncio.get_running_loop().run_in_executor(None, etcd.start)
-            for _ in range(50):  # the proxies reconnect on their own
+            await etcd.start()
+
+            async def flipped() -> tuple[int, dict[str, Any]] | None:  # the proxies reconnect on their own
                 status, body = await switch(session, proxies[1], "green")
-                if status == 200:
-                    break
-                await asyncio.sleep(0.1)
+                return (status, body) if status == 200 else None
+
+            status, body = await wait_until(flipped, 10, 0.1, message="a flip once etcd is back")
             assert status == 200 and body["fleet"]["acked"] == ["p0", "p1", "p2"], body
             await traffic
         assert failures == []  # traffic never stopped: the last routes kept serving while etcd was down
@@ -206,7 +212,7 @@ async def test_etcd_restart_traffic_never_stops_and_no_flip_is_missed(
             assert (await client.request()).headers[b"x-served-by-color"] == b"green"
             await client.close()
     finally:
-        stop_all(proxies)
+        await stop_all(proxies)
 
 
 async def test_flip_names_the_laggards_after_ack_timeout(
@@ -225,4 +231,4 @@ async def test_flip_names_the_laggards_after_ack_timeout(
                 assert (await r.json())["active"] == "green"  # the rest of the fleet serves it
     finally:
         signal_all(pids, signal.SIGCONT)
-        stop_all(proxies)
+        await stop_all(proxies)

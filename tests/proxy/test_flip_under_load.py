@@ -83,7 +83,7 @@ async def flipper(admin: int, flips: list[Flip], stop: float) -> None:
                 assert (await resp.json())["active"] == color
             flips.append(Flip(started, time.monotonic(), color))
             color = "blue" if color == "green" else "green"
-            await asyncio.sleep(FLIP_EVERY)
+            await asyncio.sleep(FLIP_EVERY)  # paces the flips: it waits for nothing
 
 
 def stale(records: list[Record], flips: list[Flip]) -> list[str]:
@@ -106,7 +106,9 @@ def stale(records: list[Record], flips: list[Flip]) -> list[str]:
 async def test_flip_under_load_zero_failures_zero_stale(upstream: StartUpstream, tmp_path: Path, workers: int) -> None:
     blue = [await upstream("blue"), await upstream("blue")]
     green = [await upstream("green"), await upstream("green")]
-    proxy = ProxyProcess(tmp_path, {"blue": blue, "green": green}, "blue", "green").start("--workers", str(workers))
+    proxy = await ProxyProcess(tmp_path, {"blue": blue, "green": green}, "blue", "green").start(
+        "--workers", str(workers)
+    )
     try:
         load, flips = Load(), list[Flip]()
         stop = time.monotonic() + DURATION
@@ -114,7 +116,7 @@ async def test_flip_under_load_zero_failures_zero_stale(upstream: StartUpstream,
         tasks += [client_loop(proxy.ports["active"], load, stop, fresh=True) for _ in range(4)]
         await asyncio.gather(flipper(proxy.ports["admin"], flips, stop), *tasks)
     finally:
-        code, out = proxy.stop()
+        code, out = await proxy.stop()
     assert code == 0, out
     assert load.failures == [], load.failures[:5]
     assert len(flips) >= 20

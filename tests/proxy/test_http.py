@@ -243,7 +243,7 @@ class PiecewiseUpstream:
                 for piece in self.pieces:
                     writer.write(piece)
                     await writer.drain()
-                    await asyncio.sleep(0.01)
+                    await asyncio.sleep(0.01)  # the pause between pieces (the point of this upstream)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:

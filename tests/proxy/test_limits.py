@@ -6,6 +6,7 @@ import asyncio
 
 from tests.proxy.conftest import StartProxy, StartUpstream, raw_request
 from tests.proxy.support import RawClient
+from tests.support import wait_until
 
 
 async def test_slowloris_gets_408_and_others_are_served(upstream: StartUpstream, start_proxy: StartProxy) -> None:
@@ -68,12 +69,14 @@ async def test_connection_limit_sheds_with_503(upstream: StartUpstream, start_pr
     proxy = await start_proxy({"blue": [await upstream("blue")]}, preview=None, limits={"max_connections": 3})
     port = proxy.ports["active"]
     held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
-    await asyncio.sleep(0.05)
+    dp = proxy.dataplane
+    assert dp is not None
+    await wait_until(lambda: len(dp.clients) == 3, message="3 client connections accepted")
     data = await raw_request(port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 503")
     for _, writer in held:
         writer.close()
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: not dp.clients, message="the held connections closed")
     assert (await raw_request(port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")).startswith(
         b"HTTP/1.1 200"
     )
@@ -126,7 +129,7 @@ async def test_header_size_limit(upstream: StartUpstream, start_proxy: StartProx
         for i in range(0, len(head), 500):
             writer.write(head[i : i + 500])
             await writer.drain()
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # trickles the head in pieces on purpose
         answer = await asyncio.wait_for(reader.read(), 5)
     finally:
         writer.close()

@@ -8,8 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
+
 from tests.proxy.conftest import StartUpstream
 from tests.proxy.support import REPO, ProxyProcess, RawClient
+from tests.support import wait_until
 
 
 def cli(*args: str, admin: int) -> subprocess.CompletedProcess[str]:
@@ -23,16 +26,23 @@ def cli(*args: str, admin: int) -> subprocess.CompletedProcess[str]:
     )
 
 
+async def in_flight(admin: int) -> bool:
+    """Whether the proxy behind `admin` has a request in flight (its admin API says so)."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{admin}/api/v1/pools") as resp:
+            return any(p["in_flight"] for p in (await resp.json())["pools"])
+
+
 async def test_sigterm_finishes_in_flight_then_exits_0(upstream: StartUpstream, tmp_path: Path) -> None:
-    proxy = ProxyProcess(tmp_path, {"blue": [await upstream("blue")]}, "blue", None).start()
+    proxy = await ProxyProcess(tmp_path, {"blue": [await upstream("blue")]}, "blue", None).start()
     client, idle = RawClient(proxy.ports["active"]), RawClient(proxy.ports["active"])
     try:
         assert (await idle.request()).status == 200  # an idle keep-alive connection: closed at once
         slow = asyncio.ensure_future(client.request("/slow?ms=700"))
-        await asyncio.sleep(0.2)
-        loop = asyncio.get_running_loop()
-        stopping = loop.run_in_executor(None, proxy.stop)
-        await asyncio.sleep(0.2)
+        await wait_until(lambda: in_flight(proxy.ports["admin"]), message="the slow request in flight")
+        stopping = asyncio.ensure_future(proxy.stop())
+        assert idle.reader is not None
+        await asyncio.wait_for(idle.reader.read(), 5)  # the proxy is stopping: it closed the idle connection
         resp = await slow
         assert resp.status == 200 and resp.body == b'"blue"'
         assert resp.headers[b"connection"] == b"close"
@@ -46,7 +56,7 @@ async def test_sigterm_finishes_in_flight_then_exits_0(upstream: StartUpstream, 
 
 async def test_status_and_switch_commands(upstream: StartUpstream, tmp_path: Path) -> None:
     pools = {"blue": [await upstream("blue")], "green": [await upstream("green")]}
-    proxy = ProxyProcess(tmp_path, pools, "blue", "green").start()
+    proxy = await ProxyProcess(tmp_path, pools, "blue", "green").start()
     admin = proxy.ports["admin"]
     try:
         loop = asyncio.get_running_loop()
@@ -60,7 +70,7 @@ async def test_status_and_switch_commands(upstream: StartUpstream, tmp_path: Pat
         assert (await client.request()).body == b'"green"'
         await client.close()
     finally:
-        code, output = proxy.stop()
+        code, output = await proxy.stop()
     assert code == 0, output
     down = await asyncio.get_running_loop().run_in_executor(None, lambda: cli("status", admin=admin))
     assert down.returncode == 1 and "cannot reach the admin API" in down.stderr

@@ -13,6 +13,7 @@ import yaml
 
 from tests.proxy.conftest import StartUpstream
 from tests.proxy.support import ProxyProcess, RawClient, keep_requesting
+from tests.support import wait_until
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -20,7 +21,7 @@ async def test_reload_applies_atomically_and_refuses_bad_config(
     upstream: StartUpstream, tmp_path: Path, workers: str
 ) -> None:
     pools = {"blue": [await upstream("blue")], "green": [await upstream("green")]}
-    proxy = ProxyProcess(tmp_path, pools, "blue", "green").start("--workers", workers)
+    proxy = await ProxyProcess(tmp_path, pools, "blue", "green").start("--workers", workers)
     admin = f"http://127.0.0.1:{proxy.ports['admin']}"
     good = yaml.safe_load(proxy.path.read_text())
     try:
@@ -29,7 +30,7 @@ async def test_reload_applies_atomically_and_refuses_bad_config(
             colors: list[str] = []
             stop = time.monotonic() + 1.5
             load = asyncio.gather(*(keep_requesting(proxy.ports["active"], stop, failures, colors) for _ in range(8)))
-            await asyncio.sleep(0.3)
+            await wait_until(lambda: "blue" in colors, message="traffic on blue")
             # 1. A valid new config over the admin API: routes and a new pool, in one step.
             new = dict(good, routes={"active": "green", "preview": "yellow"})
             new["pools"] = dict(good["pools"], yellow={"endpoints": [await upstream("yellow")]})
@@ -54,13 +55,12 @@ async def test_reload_applies_atomically_and_refuses_bad_config(
             # 3. SIGHUP with a valid file flips back.
             proxy.path.write_text(yaml.safe_dump(dict(new, routes={"active": "blue", "preview": "green"})))
             proxy.proc.send_signal(signal.SIGHUP)
-            for _ in range(300):  # up to 15 s on a loaded machine
+
+            async def reloaded() -> bool:
                 async with session.get(f"{admin}/api/v1/routes") as resp:
-                    if (await resp.json())["generation"] == 3:
-                        break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("SIGHUP did not reload")
+                    return bool((await resp.json())["generation"] == 3)
+
+            await wait_until(reloaded, 15, message="the reload on SIGHUP")  # 15 s: a loaded machine
             client = RawClient(proxy.ports["active"])
             assert (await client.request()).headers[b"x-served-by-color"] == b"blue"
             await client.close()
@@ -68,7 +68,7 @@ async def test_reload_applies_atomically_and_refuses_bad_config(
         assert "blue" in colors and "green" in colors
         assert colors.index("green") > colors.index("blue")
     finally:
-        code, out = proxy.stop()
+        code, out = await proxy.stop()
     assert code == 0, out
     assert "reload refused" in out and "Traceback" not in out
 

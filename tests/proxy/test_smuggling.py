@@ -283,7 +283,7 @@ async def test_request_trailers_are_bounded(start_proxy: StartProxy, origin: Mak
         for i in range(400):  # 400 × 1 KiB of trailer fields that never end, until the proxy answers
             writer.write(b"X-Fill-%d: %b\r\n" % (i, b"v" * 1000))
             await writer.drain()
-            await asyncio.sleep(0.002)
+            await asyncio.sleep(0.002)  # trickles the fields, so the proxy reads them as they come
             if reader.at_eof() or len(reader._buffer):  # type: ignore[attr-defined]
                 break
         async with asyncio.timeout(5):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -14,12 +13,8 @@ import aiohttp
 import yaml
 
 from tests.proxy.conftest import StartUpstream
-from tests.proxy.support import ProxyProcess, RawClient, keep_requesting
-
-
-def children(pid: int) -> set[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return {int(p) for p in out.split()}
+from tests.proxy.support import ProxyProcess, RawClient, child_pids as children, keep_requesting
+from tests.support import wait_until
 
 
 async def colors_on_fresh_connections(port: int, n: int) -> set[str]:
@@ -34,7 +29,7 @@ async def colors_on_fresh_connections(port: int, n: int) -> set[str]:
 
 async def test_dead_worker_restarts_on_current_generation(upstream: StartUpstream, tmp_path: Path) -> None:
     pools = {"blue": [await upstream("blue")], "green": [await upstream("green")]}
-    proxy = ProxyProcess(tmp_path, pools, "blue", "green").start("--workers", "2")
+    proxy = await ProxyProcess(tmp_path, pools, "blue", "green").start("--workers", "2")
     assert proxy.proc is not None
     admin = f"http://127.0.0.1:{proxy.ports['admin']}"
     try:
@@ -47,14 +42,13 @@ async def test_dead_worker_restarts_on_current_generation(upstream: StartUpstrea
 
             victim = sorted(workers)[0]
             os.kill(victim, signal.SIGKILL)
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline:
-                now = children(proxy.proc.pid)
-                if len(now) == 2 and victim not in now:
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("the killed worker was not restarted")
+            supervisor = proxy.proc.pid
+
+            def restarted() -> bool:
+                now = children(supervisor)
+                return len(now) == 2 and victim not in now
+
+            await wait_until(restarted, 15, message="the killed worker restarted")
             # The new worker serves generation 2 from its first request.
             assert await colors_on_fresh_connections(proxy.ports["active"], 40) == {"green"}
             async with session.post(f"{admin}/api/v1/switch", json={"active": "blue"}) as resp:
@@ -67,7 +61,7 @@ async def test_dead_worker_restarts_on_current_generation(upstream: StartUpstrea
                 text = await resp.text()
             assert 'bluegreen_requests_total{pool="blue",status_class="2xx"}' in text
     finally:
-        code, out = proxy.stop()
+        code, out = await proxy.stop()
     assert code == 0, out
 
 
@@ -76,7 +70,7 @@ async def test_a_flip_needs_no_round_trip_to_the_workers(upstream: StartUpstream
     message a worker must acknowledge), nobody is killed as a laggard, and each worker's first request after
     it wakes up is served by the new routes."""
     pools = {"blue": [await upstream("blue")], "green": [await upstream("green")]}
-    proxy = ProxyProcess(tmp_path, pools, "blue", "green").start("--workers", "2")
+    proxy = await ProxyProcess(tmp_path, pools, "blue", "green").start("--workers", "2")
     assert proxy.proc is not None
     admin = f"http://127.0.0.1:{proxy.ports['admin']}"
     workers = children(proxy.proc.pid)
@@ -97,7 +91,7 @@ async def test_a_flip_needs_no_round_trip_to_the_workers(upstream: StartUpstream
         assert await colors_on_fresh_connections(proxy.ports["active"], 40) == {"green"}
         assert children(proxy.proc.pid) == workers
     finally:
-        code, out = proxy.stop()
+        code, out = await proxy.stop()
     assert code == 0, out
 
 
@@ -105,7 +99,7 @@ async def test_reload_replacing_the_active_pool_keeps_serving(upstream: StartUps
     """A reload that removes the active pool and routes a new one: workers learn the new pool before the route
     word names it, and drop the old one only after the word moved, so no request meets a missing pool."""
     pools = {"blue": [await upstream("blue")], "green": [await upstream("green")]}
-    proxy = ProxyProcess(tmp_path, pools, "blue", "green").start("--workers", "2")
+    proxy = await ProxyProcess(tmp_path, pools, "blue", "green").start("--workers", "2")
     admin = f"http://127.0.0.1:{proxy.ports['admin']}"
     config = yaml.safe_load(proxy.path.read_text())
     failures: list[str] = []
@@ -114,7 +108,7 @@ async def test_reload_replacing_the_active_pool_keeps_serving(upstream: StartUps
     try:
         stop = time.monotonic() + 1.5
         load = asyncio.gather(*(keep_requesting(proxy.ports["active"], stop, failures, colors) for _ in range(8)))
-        await asyncio.sleep(0.3)
+        await wait_until(lambda: "blue" in colors, message="traffic on blue")
         config["pools"] = {"green": config["pools"]["green"], "teal": {"endpoints": [await upstream("teal")]}}
         config["routes"] = {"active": "teal", "preview": "green"}
         proxy.path.write_text(yaml.safe_dump(config))
@@ -133,5 +127,5 @@ async def test_reload_replacing_the_active_pool_keeps_serving(upstream: StartUps
         # Requests started after the answer may finish on blue only if their head was read before it.
         assert set(colors[after + 16 :]) == {"teal"}
     finally:
-        code, out = proxy.stop()
+        code, out = await proxy.stop()
     assert code == 0, out
