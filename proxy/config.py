@@ -37,6 +37,24 @@ __all__ = [
 T = TypeVar("T")
 
 BALANCERS = ("round_robin", "least_in_flight")
+# A pool's `labels` become labels of its metrics: Prometheus label names, none of the proxy's own.
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+RESERVED_LABELS = frozenset({"pool", "listener", "status_class", "endpoint", "state", "le", "app", "quantile"})
+
+
+def label_problem(name: object, value: object) -> str | None:
+    """Why `name: value` cannot be a pool label, or None."""
+    if not isinstance(name, str) or not _LABEL_NAME.match(name) or name.startswith("__"):
+        return f"label name {name!r} is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, no leading __)"
+    if name in RESERVED_LABELS:
+        return f"label name {name!r} is the proxy's own"
+    if not isinstance(value, str):
+        return f'label {name!r}: the value must be a string (quote numbers: "3")'
+    if len(value) > 256:
+        return f"label {name!r}: the value is longer than 256 characters"
+    return None
+
+
 LISTENER_ROLES = ("active", "preview")
 _POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _SUBST = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -91,6 +109,7 @@ class PoolConfig:
     endpoints: tuple[tuple[str, int], ...]
     balancer: str = "round_robin"
     health_check: HealthCheckConfig = HealthCheckConfig()
+    labels: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +189,10 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
     text = _SUBST.sub(hold, text)
     try:
+        _refuse_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
         data = yaml.safe_load(text)
+    except ConfigError as exc:
+        raise ConfigError(source, exc.path, exc.reason) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
@@ -179,6 +201,23 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     if refs:
         data = _restore(data, refs)
     return parse_config(data, source)
+
+
+def _refuse_duplicate_keys(node: yaml.Node | None, path: str = "") -> None:
+    """PyYAML keeps the last of two equal keys without a word; a config that says a thing twice is refused,
+    naming the key's path and line."""
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            where = f"{path}.{key}" if path else key
+            if key in seen:
+                raise ConfigError("", where, f"line {key_node.start_mark.line + 1}: duplicate key {key!r}")
+            seen.add(key)
+            _refuse_duplicate_keys(value_node, where)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, f"{path}[{i}]")
 
 
 def _restore(value: Any, refs: list[tuple[str, str | None]]) -> Any:
@@ -540,7 +579,7 @@ def _health_check(node: _Node, base: HealthCheckConfig) -> HealthCheckConfig:
 
 
 def _pool(name: str, node: _Node, default_hc: HealthCheckConfig) -> PoolConfig:
-    pm = node.mapping(required=("endpoints",), optional=("balancer", "health_check"))
+    pm = node.mapping(required=("endpoints",), optional=("balancer", "health_check", "labels"))
     endpoints = []
     for item in pm["endpoints"].sequence():
         address = item.convert(parse_address, item.string())
@@ -552,4 +591,15 @@ def _pool(name: str, node: _Node, default_hc: HealthCheckConfig) -> PoolConfig:
         endpoints=tuple(endpoints),
         balancer=pm["balancer"].choice(BALANCERS) if "balancer" in pm else "round_robin",
         health_check=_health_check(pm["health_check"], default_hc) if "health_check" in pm else default_hc,
+        labels=_labels(pm["labels"]) if "labels" in pm else (),
     )
+
+
+def _labels(node: _Node) -> tuple[tuple[str, str], ...]:
+    labels = []
+    for key, child in node.mapping(any_keys=True).items():
+        problem = label_problem(key, child.value)
+        if problem:
+            raise child.fail(problem)
+        labels.append((key, child.value))
+    return tuple(sorted(labels))

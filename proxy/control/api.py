@@ -8,7 +8,7 @@ This module imports nothing else from `proxy`, so the simulator may depend on it
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -63,6 +63,7 @@ class PoolStatus:
     endpoints: tuple[EndpointStatus, ...]
     in_flight: int
     draining: bool
+    labels: tuple[tuple[str, str], ...] = ()  # become labels of the pool's metrics (`revision`, `image`...)
 
     @property
     def healthy_endpoints(self) -> int:
@@ -74,6 +75,7 @@ class PoolStatus:
             "endpoints": [e.to_json() for e in self.endpoints],
             "in_flight": self.in_flight,
             "draining": self.draining,
+            "labels": dict(self.labels),
         }
 
     @classmethod
@@ -83,6 +85,7 @@ class PoolStatus:
             endpoints=tuple(EndpointStatus.from_json(e) for e in data["endpoints"]),
             in_flight=int(data["in_flight"]),
             draining=bool(data["draining"]),
+            labels=tuple(sorted(data.get("labels", {}).items())),
         )
 
 
@@ -140,8 +143,9 @@ class ProxyControl(Protocol):
 
     async def routes(self) -> Routes: ...
 
-    async def set_endpoints(self, pool: str, endpoints: Sequence[str]) -> None:
-        """Create `pool` or replace its endpoints (`host:port`); the same list again changes nothing."""
+    async def set_endpoints(self, pool: str, endpoints: Sequence[str], labels: Mapping[str, str] | None = None) -> None:
+        """Create `pool` or replace its endpoints (`host:port`) and, when given, its labels (metric labels such
+        as `revision`; None keeps them); the same list again changes nothing."""
         ...
 
     async def delete_pool(self, pool: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -75,8 +75,11 @@ class HttpControl:
     async def routes(self) -> Routes:
         return Routes.from_json(await self._call("GET", "/api/v1/routes"))
 
-    async def set_endpoints(self, pool: str, endpoints: Sequence[str]) -> None:
-        await self._call("PUT", f"/api/v1/pools/{pool}", {"endpoints": list(endpoints)})
+    async def set_endpoints(self, pool: str, endpoints: Sequence[str], labels: Mapping[str, str] | None = None) -> None:
+        body: dict[str, Any] = {"endpoints": list(endpoints)}
+        if labels is not None:
+            body["labels"] = dict(labels)
+        await self._call("PUT", f"/api/v1/pools/{pool}", body)
 
     async def delete_pool(self, pool: str) -> None:
         await self._call("DELETE", f"/api/v1/pools/{pool}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from proxy.control.api import ProxyStatus, Routes
 from proxy.controlplane.switch import Switch
@@ -23,8 +23,8 @@ class LocalControl:
         async with self._switch.lock:
             return self._switch.routes()
 
-    async def set_endpoints(self, pool: str, endpoints: Sequence[str]) -> None:
-        await self._switch.set_endpoints(pool, endpoints)
+    async def set_endpoints(self, pool: str, endpoints: Sequence[str], labels: Mapping[str, str] | None = None) -> None:
+        await self._switch.set_endpoints(pool, endpoints, labels)
 
     async def delete_pool(self, pool: str) -> None:
         await self._switch.delete_pool(pool)

@@ -131,10 +131,11 @@ def make_admin_app(
 
     async def put_pool(request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        body = await read_json(request, {"endpoints"})
+        body = await read_json(request, {"endpoints", "labels"})
         endpoints = _field(body, "endpoints", list, required=True)
+        labels = _field(body, "labels", dict)
         before = (await control.status()).pool(name)
-        await control.set_endpoints(name, endpoints)
+        await control.set_endpoints(name, endpoints, labels)
         after = (await control.status()).pool(name)
         assert after is not None
         return web.json_response(after.to_json(), status=201 if before is None else 200)

@@ -6,9 +6,11 @@ touches prometheus_client (whose `inc()` takes a lock and whose `labels()` is a 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
+from itertools import accumulate
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -18,15 +20,19 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from proxy.controlplane.stats import Counters
-from proxy.controlplane.switch import Switch
-from proxy.dataplane.pool import LATENCY_BOUNDS, Health
+from proxy.controlplane.switch import FLIP_BOUNDS, Switch
+from proxy.dataplane.pool import BUCKETS, LATENCY_BOUNDS, LISTENERS, Health
 
 _CLASSES = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 
 class ProxyCollector(Collector):
     """`counters`: each pool's counters (the data plane's pools, or the workers' sums); endpoint health
-    comes from the Switch's pools, routes from its desired state."""
+    comes from the Switch's pools, routes and pool labels from its desired state.
+
+    A pool's `labels` (config or `PUT /api/v1/pools/{name}`) ride on its series, so one query selects one
+    revision's traffic on one listener; every family carries the union of the label names (a pool without
+    one has it empty, which Prometheus reads as absent)."""
 
     def __init__(
         self,
@@ -42,32 +48,47 @@ class ProxyCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         pools = list(self.counters())
+        specs = self.switch.state.pools
+        names = sorted({name for spec in specs.values() for name, _ in spec.labels})
+
+        def extra(pool: str) -> list[str]:
+            spec = specs.get(pool)
+            given = dict(spec.labels) if spec is not None else {}
+            return [given.get(name, "") for name in names]
+
         requests = CounterMetricFamily(
-            "bluegreen_requests", "Responses sent, by pool and status class", labels=["pool", "status_class"]
+            "bluegreen_requests",
+            "Responses sent, by pool, listener and status class",
+            labels=["pool", "listener", "status_class", *names],
         )
-        in_flight = GaugeMetricFamily("bluegreen_in_flight_requests", "Requests in flight, by pool", labels=["pool"])
+        in_flight = GaugeMetricFamily(
+            "bluegreen_in_flight_requests", "Requests in flight, by pool", labels=["pool", *names]
+        )
         draining = GaugeMetricFamily(
-            "bluegreen_pool_draining", "1 while a pool no route names still drains", labels=["pool"]
+            "bluegreen_pool_draining", "1 while a pool no route names still drains", labels=["pool", *names]
         )
         latency = HistogramMetricFamily(
             "bluegreen_upstream_latency_seconds",
-            "Upstream latency: request sent to response head received",
-            labels=["pool"],
+            "Upstream latency: request sent to response head received, by pool and listener",
+            labels=["pool", "listener", *names],
         )
         health = GaugeMetricFamily(
             "bluegreen_endpoint_healthy", "1 when the endpoint is routable", labels=["pool", "endpoint", "state"]
         )
+        bounds = [repr(b) for b in LATENCY_BOUNDS] + ["+Inf"]
         for pool in pools:
-            for i, cls in enumerate(_CLASSES):
-                if pool.counts[i] or cls in ("2xx", "5xx"):
-                    requests.add_metric([pool.name, cls], pool.counts[i])
-            in_flight.add_metric([pool.name], pool.in_flight)
-            draining.add_metric([pool.name], 1 if pool.draining else 0)
-            cumulative, buckets = 0, []
-            for bound, count in zip((*LATENCY_BOUNDS, float("inf")), pool.latency_buckets, strict=True):
-                cumulative += count
-                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-            latency.add_metric([pool.name], buckets, pool.latency_sum)
+            more = extra(pool.name)
+            for li, listener in enumerate(LISTENERS):
+                counts = pool.counts[li * 6 : li * 6 + 6]
+                for i, cls in enumerate(_CLASSES):
+                    if counts[i] or (li == 0 and cls in ("2xx", "5xx")):
+                        requests.add_metric([pool.name, listener, cls, *more], counts[i])
+                part = pool.latency_buckets[li * BUCKETS : (li + 1) * BUCKETS]
+                if li == 0 or any(part):
+                    buckets = list(zip(bounds, accumulate(part), strict=True))
+                    latency.add_metric([pool.name, listener, *more], buckets, pool.latency_sum[li])
+            in_flight.add_metric([pool.name, *more], pool.in_flight)
+            draining.add_metric([pool.name, *more], 1 if pool.draining else 0)
         for live in list(self.switch.pools.values()):
             for ep in live.endpoints:
                 state = Health(ep.health).name.lower()
@@ -78,13 +99,23 @@ class ProxyCollector(Collector):
         yield latency
         yield health
         routes = self.switch.routes()
-        route = GaugeMetricFamily("bluegreen_route", "1 for the pool each listener serves", labels=["listener", "pool"])
-        route.add_metric(["active", routes.active], 1)
+        route = GaugeMetricFamily(
+            "bluegreen_route", "1 for the pool each listener serves", labels=["listener", "pool", *names]
+        )
+        route.add_metric(["active", routes.active, *extra(routes.active)], 1)
         if routes.preview is not None:
-            route.add_metric(["preview", routes.preview], 1)
+            route.add_metric(["preview", routes.preview, *extra(routes.preview)], 1)
         yield route
         yield GaugeMetricFamily("bluegreen_route_generation", "Generation of the route table served", routes.generation)
         yield CounterMetricFamily("bluegreen_switches", "Route changes applied", self.switch.switches)
+        flips = HistogramMetricFamily(
+            "bluegreen_switch_duration_seconds", "Time from a flip's call to its answer (the new routes served)"
+        )
+        flip_bounds = [repr(b) for b in FLIP_BOUNDS] + ["+Inf"]
+        flips.add_metric(
+            [], list(zip(flip_bounds, accumulate(self.switch.flip_seconds), strict=True)), self.switch.flip_seconds_sum
+        )
+        yield flips
         yield GaugeMetricFamily("bluegreen_client_connections", "Open client connections", self.clients())
         if self.store_up is not None:
             yield GaugeMetricFamily(
@@ -92,12 +123,49 @@ class ProxyCollector(Collector):
             )
 
 
+class WorkerCollector(Collector):
+    """CPU, memory and open descriptors of each `--workers` process, read from /proc at scrape time (the
+    supervisor's own come from prometheus_client's process collector)."""
+
+    def __init__(self, workers: Callable[[], Iterable[tuple[int, int]]]) -> None:
+        self.workers = workers  # (index, pid) of each live worker
+        self.ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+    def collect(self) -> Iterator[Metric]:
+        cpu = CounterMetricFamily("bluegreen_worker_cpu_seconds", "CPU time of a worker process", labels=["worker"])
+        rss = GaugeMetricFamily(
+            "bluegreen_worker_resident_memory_bytes", "Resident memory of a worker process", labels=["worker"]
+        )
+        fds = GaugeMetricFamily("bluegreen_worker_open_fds", "Open file descriptors of a worker", labels=["worker"])
+        for index, pid in list(self.workers()):
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+                with open(f"/proc/{pid}/statm", "rb") as f:
+                    resident = int(f.read().split()[1])
+                open_fds = len(os.listdir(f"/proc/{pid}/fd"))
+            except (OSError, IndexError, ValueError):
+                continue  # not Linux, or the worker just exited
+            label = [str(index)]
+            cpu.add_metric(label, (int(fields[11]) + int(fields[12])) / self.ticks)  # utime + stime
+            rss.add_metric(label, resident * self.page)
+            fds.add_metric(label, open_fds)
+        yield cpu
+        yield rss
+        yield fds
+
+
 def make_registry(
     switch: Switch,
     counters: Callable[[], Iterable[Counters]],
     clients: Callable[[], int],
     store_up: Callable[[], bool] | None = None,
+    workers: Callable[[], Iterable[tuple[int, int]]] | None = None,
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ProxyCollector(switch, counters, clients, store_up))
+    ProcessCollector(registry=registry)  # this process: CPU, memory, open fds, start time
+    if workers is not None:
+        registry.register(WorkerCollector(workers))
     return registry

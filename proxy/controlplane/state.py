@@ -31,7 +31,10 @@ class DesiredState:
 
     @classmethod
     def from_config(cls, config: Config, generation: int = 1) -> DesiredState:
-        pools = {pc.name: PoolSpec(tuple(_address(h, p) for h, p in pc.endpoints), pc.balancer) for pc in config.pools}
+        pools = {
+            pc.name: PoolSpec(tuple(_address(h, p) for h, p in pc.endpoints), pc.balancer, pc.labels)
+            for pc in config.pools
+        }
         return cls(MappingProxyType(pools), config.active, config.preview, generation)
 
     def routes(self) -> Routes:
@@ -60,7 +63,9 @@ class DesiredState:
     def to_json(self) -> dict[str, Any]:
         return {
             "pools": {
-                name: {"endpoints": list(spec.endpoints)} | ({"balancer": spec.balancer} if spec.balancer else {})
+                name: {"endpoints": list(spec.endpoints)}
+                | ({"balancer": spec.balancer} if spec.balancer else {})
+                | ({"labels": dict(spec.labels)} if spec.labels else {})
                 for name, spec in self.pools.items()
             },
             "routes": {"active": self.active, "preview": self.preview, "generation": self.generation},
@@ -72,7 +77,12 @@ class DesiredState:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> DesiredState:
-        pools = {name: PoolSpec(tuple(spec["endpoints"]), spec.get("balancer")) for name, spec in data["pools"].items()}
+        pools = {
+            name: PoolSpec(
+                tuple(spec["endpoints"]), spec.get("balancer"), tuple(sorted(spec.get("labels", {}).items()))
+            )
+            for name, spec in data["pools"].items()
+        }
         routes = data["routes"]
         return cls(MappingProxyType(pools), routes["active"], routes.get("preview"), int(routes["generation"]))
 

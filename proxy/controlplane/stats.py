@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from proxy.dataplane.plane import DataPlane
-from proxy.dataplane.pool import LATENCY_BOUNDS, Pool
+from proxy.dataplane.pool import BUCKETS, LISTENERS, Pool
 
 
 class Counters(Protocol):
@@ -24,7 +24,7 @@ class Counters(Protocol):
     @property
     def latency_buckets(self) -> list[int]: ...
     @property
-    def latency_sum(self) -> float: ...
+    def latency_sum(self) -> list[float]: ...
     @property
     def draining(self) -> bool: ...
 
@@ -33,9 +33,9 @@ class Counters(Protocol):
 class PoolCounters:
     name: str
     in_flight: int = 0
-    counts: list[int] = field(default_factory=lambda: [0] * 6)
-    latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS) + 1))
-    latency_sum: float = 0.0
+    counts: list[int] = field(default_factory=lambda: [0] * (6 * len(LISTENERS)))
+    latency_buckets: list[int] = field(default_factory=lambda: [0] * (BUCKETS * len(LISTENERS)))
+    latency_sum: list[float] = field(default_factory=lambda: [0.0] * len(LISTENERS))
     draining: bool = False
     endpoints: dict[str, int] = field(default_factory=dict)  # in flight, by address
 
@@ -83,7 +83,7 @@ class WorkerStats:
                 c.in_flight += part["in_flight"]
                 c.counts = [a + b for a, b in zip(c.counts, part["counts"], strict=True)]
                 c.latency_buckets = [a + b for a, b in zip(c.latency_buckets, part["latency_buckets"], strict=True)]
-                c.latency_sum += part["latency_sum"]
+                c.latency_sum = [a + b for a, b in zip(c.latency_sum, part["latency_sum"], strict=True)]
                 c.draining = c.draining or part["draining"]
                 for address, (in_flight, answered) in part["endpoints"].items():
                     c.endpoints[address] = c.endpoints.get(address, 0) + in_flight

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+import time
+from bisect import bisect_left
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
-from proxy.config import Config, parse_address
+from proxy.config import Config, label_problem, parse_address
 from proxy.control.api import (
     ConflictError,
     EndpointStatus,
@@ -28,6 +31,7 @@ from proxy.controlplane.state import DesiredState
 from proxy.dataplane.pool import Health, Pool, PoolSpec
 
 Applier = Callable[[DesiredState], Awaitable[None]]
+FLIP_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 log = logging.getLogger("bluegreen.switch")
 
 
@@ -57,13 +61,17 @@ class Switch:
         self.describe = describe
         self.configure = configure
         self.switches = 0
+        self.flip_seconds = [0] * (len(FLIP_BOUNDS) + 1)  # how long flips took to be served (histogram)
+        self.flip_seconds_sum = 0.0
         self.lock = asyncio.Lock()  # serialises control changes (never taken on the hot path)
 
     def routes(self) -> Routes:
         return self.state.routes()
 
     def status(self) -> ProxyStatus:
-        return ProxyStatus(self.routes(), tuple(self.describe()))
+        pools = self.state.pools
+        described = (replace(p, labels=pools[p.name].labels) if p.name in pools else p for p in self.describe())
+        return ProxyStatus(self.routes(), tuple(described))
 
     async def adopt(self, state: DesiredState) -> None:
         """Serve `state` (lock held by the caller): apply it, then follow the pools with health checks."""
@@ -78,9 +86,15 @@ class Switch:
         if (before.active, before.preview) != (state.active, state.preview):
             self.switches += 1
 
+    def record_flip(self, seconds: float) -> None:
+        """A flip's time from the call to the answer (every worker, or the fleet, serving it)."""
+        self.flip_seconds[bisect_left(FLIP_BOUNDS, seconds)] += 1
+        self.flip_seconds_sum += seconds
+
     async def switch(
         self, active: str, preview: str | None = None, *, force: bool = False, generation: int | None = None
     ) -> Routes:
+        started = time.monotonic()
         async with self.lock:
             current = self.state
             plan = await self.plan(active, preview, force=force, generation=generation)
@@ -89,6 +103,7 @@ class Switch:
             if self.state is not current:
                 raise ConflictError("routes changed while checking the target; retry")
             await self.adopt(current.with_routes(*plan))
+            self.record_flip(time.monotonic() - started)
             return self.state.routes()
 
     async def plan(
@@ -125,16 +140,17 @@ class Switch:
             raise ConflictError(f"pool {name!r} is named by a route; switch away from it first")
         return pool
 
-    async def set_endpoints(self, name: str, endpoints: Sequence[str]) -> bool:
-        """Create or replace a pool's endpoints; returns True when the pool was created."""
-        spec = PoolSpec(tuple(normalize_endpoints(endpoints)))
+    async def set_endpoints(self, name: str, endpoints: Sequence[str], labels: object = None) -> bool:
+        """Create or replace a pool's endpoints (and labels; None keeps them); True when the pool was created."""
+        addresses = tuple(normalize_endpoints(endpoints))
+        wanted = None if labels is None else check_labels(labels)
         async with self.lock:
             current = self.state.pools.get(name)
-            if current is not None and current.endpoints == spec.endpoints:
+            kept = current.labels if current else ()
+            spec = PoolSpec(addresses, current.balancer if current else None, kept if wanted is None else wanted)
+            if current is not None and current == spec:
                 return False
-            await self.adopt(
-                self.state.with_pool(name, PoolSpec(spec.endpoints, current.balancer if current else None))
-            )
+            await self.adopt(self.state.with_pool(name, spec))
             return current is None
 
     async def delete_pool(self, name: str) -> None:
@@ -226,6 +242,17 @@ def parse_endpoints(endpoints: Sequence[object]) -> list[tuple[str, int]]:
             raise InvalidRequestError(f"endpoints[{i}]: duplicate endpoint {item!r}")
         addresses.append(address)
     return addresses
+
+
+def check_labels(labels: object) -> tuple[tuple[str, str], ...]:
+    """A pool's labels from an admin call: refused (400) unless each is a Prometheus label of the pool's own."""
+    if not isinstance(labels, Mapping):
+        raise InvalidRequestError("labels: expected an object of strings")
+    for name, value in labels.items():
+        problem = label_problem(name, value)
+        if problem:
+            raise InvalidRequestError(f"labels: {problem}")
+    return tuple(sorted(labels.items()))
 
 
 def normalize_endpoints(endpoints: Sequence[object]) -> list[str]:

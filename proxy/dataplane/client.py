@@ -18,6 +18,7 @@ ignored, as RFC 9110 §7.8 allows: llhttp would take such a body for tunnel data
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import deque
 from typing import TYPE_CHECKING, cast
 
@@ -64,6 +65,10 @@ _PROTO_VIA = b"x-forwarded-proto: http\r\nvia: " + VIA + b"\r\n"
 
 LINGER = 2.0  # seconds a client that was answered early may go on sending before the connection closes
 _HOST_NAME = frozenset({b"host"})
+_EXPECT_NAME = frozenset({b"expect"})
+# RFC 9110 §7.2 / RFC 3986 §3.2.2: an IP literal or a reg-name (unreserved, pct-encoded, sub-delims except
+# the comma, which would make a list), then an optional port of digits.
+_HOST_VALUE = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|(?:%[0-9A-Fa-f]{2}|[A-Za-z0-9\-._~!$&'()*+;=])+)(?::[0-9]*)?")
 
 
 class _Reject(Exception):
@@ -140,7 +145,9 @@ class ClientConnection(Sender, asyncio.Protocol):
         "held",
         "http11",
         "in_head",
+        "last_host",
         "lingering",
+        "listener",
         "outbox",
         "parser",
         "parsing",
@@ -162,6 +169,7 @@ class ClientConnection(Sender, asyncio.Protocol):
         # Per listener.
         self.dp = dp
         self.role = role
+        self.listener = 0 if role == "active" else 1  # its index in a pool's counters
         self.outbox: Outbox = dp.outbox
         # Per connection.
         self.transport: asyncio.Transport | None = None
@@ -181,6 +189,7 @@ class ClientConnection(Sender, asyncio.Protocol):
         self.deadline = 0.0
         self.http11 = True
         self.lingering = False
+        self.last_host: bytes | None = None  # the last Host value found valid on this connection
         self.upgrade_body = -2  # an Upgrade request with a body being parsed: its length (-1: chunked)
         # Per request (the head being parsed).
         self.in_head = False
@@ -417,6 +426,17 @@ class ClientConnection(Sender, asyncio.Protocol):
                 raise _Reject(RESPONSE_505)
         if hosts > 1 or (hosts == 0 and self.http11):
             raise _Reject(RESPONSE_400)  # RFC 9112 §3.2
+        if host is not None and host != self.last_host:
+            # RFC 9110 §7.2: `uri-host [":" port]`, nothing else (no userinfo, path, list, empty value). A
+            # keep-alive connection sends the same Host each time: checked once per connection and value.
+            if _HOST_VALUE.fullmatch(host) is None:
+                raise _Reject(RESPONSE_400)
+            self.last_host = host
+        if expect_continue and not self.http11:
+            # RFC 9110 §10.1.1: no 1xx to an HTTP/1.0 client, so the upstream is not asked for one either.
+            expect_continue = False
+            parts = drop_fields(parts, _EXPECT_NAME, 4)
+            extend = parts.extend
         if chunked and not self.http11:
             raise _Reject(RESPONSE_400)  # RFC 9112 §6.1: faulty framing in HTTP/1.0
         limit = dp.limits.max_body_bytes
@@ -431,12 +451,18 @@ class ClientConnection(Sender, asyncio.Protocol):
         if connection_tokens is not None:
             parts = drop_fields(parts, connection_tokens, 4)
             extend = parts.extend
-        if self.url[:1] != b"/" and self.url != b"*":
-            # Absolute-form (RFC 9112 §3.2.2): origin-form upstream, the target's authority as the one Host.
-            parts[2], host = _origin_form(self.url)
-            parts = drop_fields(parts, _HOST_NAME, 4)
-            extend = parts.extend
-            extend((b"host: ", host, b"\r\n"))
+        if self.url[:1] != b"/":
+            if self.url == b"*":
+                if method != b"OPTIONS":
+                    raise _Reject(RESPONSE_400)  # RFC 9112 §3.2.4: asterisk-form is for OPTIONS only
+            else:
+                # Absolute-form (RFC 9112 §3.2.2): origin-form upstream, the target's authority as the one Host.
+                parts[2], host = _origin_form(self.url)
+                if _HOST_VALUE.fullmatch(host) is None:
+                    raise _Reject(RESPONSE_400)
+                parts = drop_fields(parts, _HOST_NAME, 4)
+                extend = parts.extend
+                extend((b"host: ", host, b"\r\n"))
 
         if host is None:
             # HTTP/1.0 without Host: name the authority the client reached, as the upstream needs one.

@@ -126,6 +126,7 @@ class Exchange:
         "head_index",
         "method",
         "is_head",
+        "listener",
         "out",
         "pending",
         "pending_size",
@@ -161,6 +162,7 @@ class Exchange:
     ) -> None:
         self.dp = dp
         self.client = client
+        self.listener = client.listener
         self.pool = pool
         self.head = head
         self.method = method
@@ -330,7 +332,7 @@ class Exchange:
         ep = self.endpoint
         assert ep is not None
         ep.responded()
-        self.pool.observe(status, self.dp.loop.time() - self.sent_at)
+        self.pool.observe(status, self.dp.loop.time() - self.sent_at, self.listener)
         self.upstream_reusable = parser.should_keep_alive()
         self.resp_no_body = self.is_head or status == 204 or status == 304 or status == 101
         if self.upgrade and status != 101:
@@ -546,7 +548,7 @@ class Exchange:
     def _finish_with(self, response: bytes, status: int) -> None:
         self.out.clear()
         self.client.write(response)
-        self.pool.counts[status // 100] += 1
+        self.pool.counts[self.listener * 6 + status // 100] += 1
         self._finish(status)
 
     def _drop_upstream(self) -> None:

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 # Upstream latency histogram bounds in seconds (request sent -> response head received).
 LATENCY_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BUCKETS = len(LATENCY_BOUNDS) + 1
+LISTENERS = ("active", "preview")  # a listener's index in a pool's counters
 
 
 class Health(IntEnum):
@@ -148,9 +150,11 @@ class Pool:
         self.drain_deadline = 0.0
         # Precomputed once: every response served by this pool says so (testers and smoke tests verify it).
         self.color_header = b"x-served-by-color: " + name.encode() + b"\r\n"
-        self.counts = [0, 0, 0, 0, 0, 0]  # responses by status class: index 1..5 (0: no response)
-        self.latency_buckets = [0] * (len(LATENCY_BOUNDS) + 1)
-        self.latency_sum = 0.0
+        # By listener (active 0, preview 1), flat for one index per update: responses by status class at
+        # listener * 6 + class (class 0: no response), latency buckets at listener * BUCKETS + bucket.
+        self.counts = [0] * (6 * len(LISTENERS))
+        self.latency_buckets = [0] * (BUCKETS * len(LISTENERS))
+        self.latency_sum = [0.0] * len(LISTENERS)
 
     def addresses(self) -> list[tuple[str, int]]:
         return [(ep.host, ep.port) for ep in self.endpoints]
@@ -186,11 +190,11 @@ class Pool:
             return exclude  # the only endpoint left: retry it on a fresh connection
         return None
 
-    def observe(self, status: int, latency: float) -> None:
-        self.counts[status // 100 if 100 <= status < 600 else 0] += 1
+    def observe(self, status: int, latency: float, listener: int = 0) -> None:
+        self.counts[listener * 6 + (status // 100 if 100 <= status < 600 else 0)] += 1
         if latency >= 0.0:
-            self.latency_buckets[bisect_left(LATENCY_BOUNDS, latency)] += 1
-            self.latency_sum += latency
+            self.latency_buckets[listener * BUCKETS + bisect_left(LATENCY_BOUNDS, latency)] += 1
+            self.latency_sum[listener] += latency
 
     def replace_endpoints(self, addresses: Iterable[tuple[str, int]]) -> list[Endpoint]:
         """New endpoint list; kept addresses keep their state, dropped ones finish in-flight work and retire.
@@ -215,10 +219,12 @@ class Pool:
 
 @dataclass(frozen=True, slots=True)
 class PoolSpec:
-    """What a pool should be: its endpoints (`host:port`) and balancer (None: keep the current one)."""
+    """What a pool should be: its endpoints (`host:port`), balancer (None: keep the current one) and the
+    labels its metrics carry (`revision`, `image`...)."""
 
     endpoints: tuple[str, ...]
     balancer: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
 
     def addresses(self) -> list[tuple[str, int]]:
         return [parse_address(a) for a in self.endpoints]

@@ -49,6 +49,8 @@ class Fleet:
         switch: Switch,
         set_fence: Callable[[float], Awaitable[None]],
         admin_url: str,
+        *,
+        membership: dict[str, Any] | None = None,
     ) -> None:
         sc = config.state
         self.config = config
@@ -59,6 +61,12 @@ class Fleet:
         self.fence = sc.on_partition == "fence"
         self.ack_timeout = sc.ack_timeout or 2 * sc.lease_ttl
         self.id = sc.name or f"{socket.gethostname()}-{os.getpid()}"
+        # A hot upgrade takes its predecessor's place in the fleet: the same member id and, while alive, lease.
+        self._inherited_lease = 0
+        if membership is not None:
+            self.id = str(membership["id"])
+            self._inherited_lease = int(membership["lease"])
+        self.detached = False  # handed over to a successor: follow the state (draining), acknowledge nothing
         self.admin_url = admin_url
         self.state_key = sc.prefix + "state"
         self.members_prefix = sc.prefix + "proxies/"
@@ -77,7 +85,10 @@ class Fleet:
     async def start(self) -> None:
         """Join the fleet: lease, state (initialised from this config if the fleet has none), ack, watch."""
         sent = time.monotonic()
-        self.lease = await self.client.grant(self.ttl)
+        if self._inherited_lease and await self.client.keepalive(self._inherited_lease):
+            self.lease = self._inherited_lease
+        else:
+            self.lease = await self.client.grant(self.ttl)
         self.valid_until = sent + self.ttl * FENCE_MARGIN
         rev, kvs = await self.client.get(self.state_key)
         if not kvs:
@@ -95,9 +106,19 @@ class Fleet:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        with contextlib.suppress(StoreUnavailableError):
-            await self.client.revoke(self.lease)  # leave at once rather than after the TTL
+        if not self.detached:
+            with contextlib.suppress(StoreUnavailableError):
+                await self.client.revoke(self.lease)  # leave at once rather than after the TTL
         await self.client.close()
+
+    def membership(self) -> dict[str, Any]:
+        """What a successor needs to take this proxy's place in the fleet (hot upgrade)."""
+        return {"id": self.id, "lease": self.lease}
+
+    def detach(self) -> None:
+        """A successor took this proxy's place: its lease and member key are the successor's now (kept alive by
+        both until this one exits, never revoked by it); this one still applies states to its draining workers."""
+        self.detached = True
 
     def fence_until(self) -> float:
         return self.valid_until if self.fence else 0.0
@@ -132,6 +153,8 @@ class Fleet:
         await self._ack()
 
     async def _ack(self) -> None:
+        if self.detached:
+            return
         value = {"generation": self.local.state.generation, "admin": self.admin_url, "pid": os.getpid()}
         await self.client.put(self.members_prefix + self.id, self._encode(value), lease=self.lease)
 
@@ -230,6 +253,7 @@ class Fleet:
         return {"changed": True, "acked": sorted(acked), "dropped": sorted(dropped)}
 
     async def switch(self, active: str, preview: str | None, *, force: bool, generation: int | None) -> Routes:
+        started = time.monotonic()
         plan = await self.local.plan(active, preview, force=force, generation=generation)
         if plan is None:
             return self.local.routes()
@@ -241,14 +265,17 @@ class Fleet:
             return state.with_routes(new_active, new_preview)
 
         self.last_report = await self.change(edit)
+        self.local.record_flip(time.monotonic() - started)
         return self.local.routes()
 
-    async def set_endpoints(self, pool: str, endpoints: list[str]) -> None:
+    async def set_endpoints(
+        self, pool: str, endpoints: list[str], labels: tuple[tuple[str, str], ...] | None = None
+    ) -> None:
         def edit(state: DesiredState) -> DesiredState | None:
             spec = state.pools.get(pool)
-            if spec is not None and spec.endpoints == tuple(endpoints):
-                return None
-            return state.with_pool(pool, PoolSpec(tuple(endpoints), spec.balancer if spec else None))
+            kept = spec.labels if spec else ()
+            new = PoolSpec(tuple(endpoints), spec.balancer if spec else None, kept if labels is None else labels)
+            return None if new == spec else state.with_pool(pool, new)
 
         self.last_report = await self.change(edit)
 

@@ -18,7 +18,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -31,7 +31,7 @@ from proxy.controlplane.health import HealthChecker
 from proxy.controlplane.metrics import make_registry
 from proxy.controlplane.state import DesiredState
 from proxy.controlplane.stats import WorkerStats
-from proxy.controlplane.switch import Switch, normalize_endpoints, pool_status
+from proxy.controlplane.switch import Switch, check_labels, normalize_endpoints, pool_status
 from proxy.dataplane.pool import PoolSet
 from proxy.dataplane.routes import MAX_SLOT, NO_SLOT, encode
 from proxy.fleet.etcd import StoreUnavailableError
@@ -78,8 +78,10 @@ class FleetControl(SupervisedControl):
     ) -> Routes:
         return await self._fleet.switch(active, preview, force=force, generation=generation)
 
-    async def set_endpoints(self, pool: str, endpoints: Sequence[str]) -> None:
-        await self._fleet.set_endpoints(pool, normalize_endpoints(endpoints))
+    async def set_endpoints(self, pool: str, endpoints: Sequence[str], labels: Mapping[str, str] | None = None) -> None:
+        await self._fleet.set_endpoints(
+            pool, normalize_endpoints(endpoints), None if labels is None else check_labels(labels)
+        )
 
     async def delete_pool(self, pool: str) -> None:
         await self._fleet.delete_pool(pool)
@@ -140,6 +142,7 @@ class Supervisor:
                 lambda: self.stats.pools.values(),
                 lambda: self.stats.clients,
                 store_up=(lambda: fleet.store_up) if fleet else None,
+                workers=lambda: [(w.index, w.proc.pid) for w in self.workers.values() if w.alive],
             ),
             token=self.config.admin.token,
             serving=lambda: not self._stopping,
