@@ -6,6 +6,7 @@ import asyncio
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -74,9 +75,9 @@ async def test_reload_applies_atomically_and_refuses_bad_config(
 
 
 async def reload_with(
-    session: aiohttp.ClientSession, admin: str, path: Path, config: dict[str, object]
-) -> tuple[int, dict]:
-    path.write_text(yaml.safe_dump(config))
+    session: aiohttp.ClientSession, admin: str, path: Path, config: dict[str, Any]
+) -> tuple[int, dict[str, Any]]:
+    await asyncio.to_thread(path.write_text, yaml.safe_dump(config))
     async with session.post(f"{admin}/api/v1/reload") as resp:
         return resp.status, await resp.json()
 
