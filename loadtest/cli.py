@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from loadtest import run
+from proxy.duration import parse_duration
 
 
 def _duration(text: str) -> float:
+    """A command-line duration (`30s`, `0.5s`, `1m30s`; a plain number is seconds), in the project's one grammar."""
     try:
-        return run.parse_duration(text)
+        return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

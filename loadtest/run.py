@@ -17,7 +17,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -46,7 +45,6 @@ from loadtest.bench import (
 LOCUSTFILE = Path(__file__).resolve().with_name("locustfile.py")
 ROOT = LOCUSTFILE.parents[1]
 SCENARIOS = ("steady", "slow-pool", "replace-endpoints")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 PROXY_CONF = """\
 listeners:
@@ -59,19 +57,6 @@ pools:
 routes: {{active: blue, preview: green}}
 drain: {{timeout: 30s}}
 """
-
-
-def parse_duration(text: str) -> float:
-    """`30s`, `0.5s`, `200ms`, `2m`, `1m30s` or plain seconds."""
-    text = text.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"bad duration {text!r} (e.g. 30s, 500ms, 2m)")
-    return sum(float(n) * _UNITS[u] for n, u in parts)
 
 
 @dataclass(frozen=True, slots=True)

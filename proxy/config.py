@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from proxy.duration import parse_duration
+
 __all__ = [
     "AdminConfig",
     "Config",
@@ -31,7 +33,6 @@ __all__ = [
     "load_config",
     "parse_address",
     "parse_config",
-    "parse_duration",
 ]
 
 T = TypeVar("T")
@@ -59,7 +60,6 @@ LISTENER_ROLES = ("active", "preview")
 _POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _SUBST = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _PLACEHOLDER = re.compile(r"__bgvar(\d+)__")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 
 
 class ConfigError(Exception):
@@ -379,22 +379,6 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         state=state,
         health_check=default_hc,
     )
-
-
-def parse_duration(value: Any) -> float:
-    """`5s`, `500ms`, `1m`, `1h` or a number of seconds."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration like 5s or 500ms")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("must not be negative")
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            number, unit = float(match.group(1)), match.group(2) or "s"
-            return number * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
-    raise ValueError(f"expected a duration like 5s or 500ms, got {value!r}")
 
 
 def parse_address(value: str) -> tuple[str, int]:

@@ -7,9 +7,12 @@ implement are collected separately as notices: they never stop a load, and they 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from typing import Any
+
+# Durations as Argo writes them (Go's `1m30s`): the one grammar of the project, shared with the proxy config
+# and the CLI. A field's problem is reported as `path: reason`, the reason from the parser.
+from proxy.duration import parse_duration
 
 __all__ = ["Fields", "ManifestError", "parse_duration"]
 
@@ -21,25 +24,6 @@ class ManifestError(Exception):
         self.obj = obj
         self.problems = problems
         super().__init__("\n".join(f"{obj}: {p}" if obj else p for p in problems))
-
-
-_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(h|ms|m|s))+$")
-_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
-_UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-
-
-def parse_duration(value: object) -> float:
-    """Go duration strings as Argo accepts them (`5s`, `1m30s`, `500ms`); a bare number is seconds."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")
-    if isinstance(value, int | float):
-        return float(value)
-    text = str(value).strip()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    if not _DURATION.fullmatch(text):
-        raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 5m, 1h)")
-    return sum(float(n) * _UNIT[u] for n, u in _PART.findall(text))
 
 
 class Fields:

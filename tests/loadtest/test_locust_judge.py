@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from loadtest.flipcheck import ACTIVE, PREVIEW, FlipJudge, Histogram
-from loadtest.run import parse_duration
+from proxy.duration import parse_duration
 
 
 def judge_with_flips() -> FlipJudge:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import ConfigError, load_config, parse_duration
+from proxy.config import ConfigError, load_config
+from proxy.duration import parse_duration
 
 REPO = Path(__file__).resolve().parents[2]
 

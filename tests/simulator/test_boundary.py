@@ -1,4 +1,5 @@
-"""The simulator core reaches the proxy only through `proxy.control.api` (DESIGN.md, the boundary)."""
+"""The simulator core reaches the proxy only through `proxy.control.api` (DESIGN.md, the boundary), and reads
+durations with `proxy.duration`, the grammar the proxy config and the CLI share (it imports nothing)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import simulator
 
 ROOTS = {"cli.py", "demo.py"}  # composition roots may start a real proxy (paths inside `simulator/`)
+SHARED = {"proxy.control.api", "proxy.duration"}  # the control interface, and the one duration grammar
 
 
 def proxy_imports(path: Path) -> set[str]:
@@ -25,10 +27,9 @@ def proxy_imports(path: Path) -> set[str]:
 def test_core_imports_only_the_control_interface() -> None:
     package = Path(simulator.__file__).parent
     offenders = {
-        rel: sorted(imports - {"proxy.control.api"})
+        rel: sorted(imports - SHARED)
         for path in sorted(package.rglob("*.py"))
-        if (rel := path.relative_to(package).as_posix()) not in ROOTS
-        and (imports := proxy_imports(path)) - {"proxy.control.api"}
+        if (rel := path.relative_to(package).as_posix()) not in ROOTS and (imports := proxy_imports(path)) - SHARED
     }
     assert offenders == {}
 
@@ -39,4 +40,4 @@ def test_core_import_does_not_load_proxy_internals() -> None:
         "print(sorted(m for m in sys.modules if m.startswith('proxy')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['proxy', 'proxy.control', 'proxy.control.api']"
+    assert out.strip() == "['proxy', 'proxy.control', 'proxy.control.api', 'proxy.duration']"
