@@ -20,6 +20,7 @@ from simulator.web import client as sim_client
 from simulator.web.api import setup_api
 from simulator.web.client import AdminClient, ClientError
 from tests.simulator.harness import EXAMPLES
+from tests.support import wait_until
 
 CANONICAL = EXAMPLES / "argo-rollouts" / "examples" / "rollout-bluegreen.yaml"
 NAME = "rollout-bluegreen"
@@ -97,13 +98,14 @@ async def test_status_waits_through_pause_and_fails_on_degraded(served: tuple[Cl
             "Error: Rollout status watch exceeded timeout\n",
         )
 
-        async def abort_soon() -> None:
-            await asyncio.sleep(0.1)
+        out, err = io.StringIO(), io.StringIO()
+
+        async def abort_once_watching() -> None:
+            await wait_until(lambda: "Paused" in out.getvalue(), message="the watch under way")
             await sim_client.rollout_action(client, NAME, "abort", {}, io.StringIO())
             await cluster.settle()
 
-        out, err = io.StringIO(), io.StringIO()
-        aborting = asyncio.create_task(abort_soon())
+        aborting = asyncio.create_task(abort_once_watching())
         code = await sim_client.status(client, NAME, give_up_after="", watch=True, out=out, err=err, interval=0.05)
         await aborting
         assert code == 1

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -21,6 +20,7 @@ from simulator.k8s.objects import AnalysisTemplate, Rollout
 from simulator.manifests import load_path
 from simulator.operations import merge_patch
 from simulator.workloads.kubelet import PodTiming
+from tests.support import wait_until
 
 pytestmark = pytest.mark.slow
 NAME = "rollout-bluegreen"
@@ -75,17 +75,10 @@ async def api(http: aiohttp.ClientSession, demo: Demo, method: str, path: str, b
 
 
 async def eventually(check: Callable[[], Any], within: float = 15.0, explain: Callable[[], Any] | None = None) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            if await check():
-                return
-        except (aiohttp.ClientError, ValueError, AssertionError):
-            pass
-        if time.monotonic() > deadline:
-            detail = await explain() if explain is not None else ""
-            raise AssertionError(f"condition not reached in time{detail}")
-        await asyncio.sleep(0.1)
+    async def message() -> str:
+        return "condition" + (await explain() if explain is not None else "")
+
+    await wait_until(check, within, 0.1, message=message, ignore=(aiohttp.ClientError, ValueError, AssertionError))
 
 
 def rollout_view(http: aiohttp.ClientSession, demo: Demo) -> Callable[[], Any]:
@@ -120,7 +113,12 @@ class Traffic:
                 self.answers[await color(self.http, self.demo, "active")] += 1
             except aiohttp.ClientError as exc:
                 self.answers[f"error {type(exc).__name__}"] += 1
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # paces the requests (about 100/s with their latency)
+
+    async def more(self, color: str, n: int = 20) -> None:
+        """Until `n` more requests were answered by `color`: traffic seen after the change, not only during it."""
+        target = self.answers[color] + n
+        await wait_until(lambda: self.answers[color] >= target, message=f"{n} more answers from {color}")
 
     def __enter__(self) -> Traffic:
         self._task = asyncio.create_task(self._run())
@@ -152,7 +150,7 @@ async def test_demo_manual_gate_promote_and_smoke_test_abort() -> None:
             await api(http, demo, "POST", f"/api/v1/rollouts/{NAME}/promote", {})
             await eventually(lambda: _is(phase(http, demo), "Healthy"), explain=rollout_view(http, demo))
             await eventually(lambda: _is(color(http, demo, "active"), "green"))
-            await asyncio.sleep(0.3)
+            await traffic.more("green")
         assert traffic.answers["blue"] > 0 and traffic.answers["green"] > 0
         assert traffic.failures() == {}
 
@@ -176,7 +174,7 @@ async def test_demo_manual_gate_promote_and_smoke_test_abort() -> None:
                 {"container": "*", "image": "argoproj/rollouts-demo:bad-red"},
             )
             await eventually(lambda: _is(phase(http, demo), "Degraded"))
-            await asyncio.sleep(0.3)
+            await traffic.more("green")
         view = await api(http, demo, "GET", f"/api/v1/rollouts/{NAME}")
         assert "pre-promotion analysis phase error/failed" in view["message"]
         assert traffic.answers["green"] > 0 and traffic.failures() == {} and traffic.answers["red"] == 0
@@ -194,7 +192,7 @@ async def test_demo_smoke_test_passes_and_auto_promotes() -> None:
                 {"container": "*", "image": "argoproj/rollouts-demo:yellow"},
             )
             await eventually(lambda: _is(color(http, demo, "active"), "yellow"))
-            await asyncio.sleep(0.3)
+            await traffic.more("yellow")
         view = await api(http, demo, "GET", f"/api/v1/rollouts/{NAME}")
         assert view["phase"] == "Healthy"
         runs = view["analysisRuns"]

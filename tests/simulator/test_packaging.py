@@ -14,12 +14,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
+
+from tests.support import wait_until_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("pyproject.toml", "README.md", "bluegreen", "proxy", "simulator", "loadtest")
@@ -106,17 +107,13 @@ def serve_and_check(proc: subprocess.Popen[str], installed: Path, err: Path) -> 
     assert _get(f"http://127.0.0.1:{admin}/healthz")[0] == 200
     status, page = _get(f"http://127.0.0.1:{admin}/")  # the dashboard's static files came with the wheel
     assert status == 200 and b"<html" in page.lower()
-    deadline = time.monotonic() + 60
-    while True:  # the bundled Rollout comes up and the proxy serves its pods
-        try:
-            status, body = _get(f"http://127.0.0.1:{ports['live traffic']}/color")
-            if status == 200:
-                assert json.loads(body) == "blue"
-                return
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "the live listener never served the bundled rollout"
-        time.sleep(0.3)
+
+    def served() -> bytes:  # the bundled Rollout comes up and the proxy serves its pods (b"" until then)
+        status, body = _get(f"http://127.0.0.1:{ports['live traffic']}/color")
+        return body if status == 200 else b""
+
+    body = wait_until_sync(served, 60, 0.3, message="the live listener serving the bundled rollout", ignore=(OSError,))
+    assert json.loads(body) == "blue"
 
 
 @pytest.mark.timeout(240)

@@ -9,6 +9,7 @@ import pytest
 from simulator.k8s.clock import VirtualClock
 from simulator.k8s.objects import ObjectMeta, Service
 from simulator.k8s.store import AlreadyExistsError, ConflictError, EventType, NotFoundError, Store
+from tests.support import wait_until
 
 
 def svc(name: str) -> Service:
@@ -27,7 +28,7 @@ async def test_versions_conflicts_and_watch() -> None:
                 return
 
     watcher = asyncio.create_task(watch())
-    await asyncio.sleep(0)
+    await wait_until(lambda: store._watchers, message="the watch subscribed")  # it sees changes from now on
     created = store.create(svc("a"))
     assert created.metadata.resource_version == 1 and created.metadata.generation == 1
     with pytest.raises(AlreadyExistsError):

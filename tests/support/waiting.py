@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, overload
 
-__all__ = ["wait_until"]
+__all__ = ["wait_until", "wait_until_sync"]
 
 T = TypeVar("T")
 Explain = str | Callable[[], str | Awaitable[str]]
@@ -56,7 +57,7 @@ async def wait_until(
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
-    last: BaseException | None = None
+    last = ""  # the last ignored exception, as text: the exception itself would keep its frames alive
     while True:
         try:
             value = predicate()
@@ -65,12 +66,36 @@ async def wait_until(
             if value:
                 return value
         except ignore as exc:
-            last = exc
+            last = repr(exc)
         if loop.time() >= deadline:
             break
         await asyncio.sleep(interval)
     text = message if isinstance(message, str) else message()
     if inspect.isawaitable(text):
         text = await text
-    detail = f" (last error: {last!r})" if last is not None else ""
+    detail = f" (last error: {last})" if last else ""
     raise AssertionError(f"{text} not reached within {within:g} s{detail}")
+
+
+def wait_until_sync(
+    predicate: Callable[[], T],
+    within: float = 10.0,
+    interval: float = 0.05,
+    *,
+    message: str = "condition",
+    ignore: tuple[type[BaseException], ...] = (),
+) -> T:
+    """`wait_until` for a test without an event loop (a blocking test driving a child process)."""
+    deadline = time.monotonic() + within
+    last = ""  # the last ignored exception, as text: the exception itself would keep its frames alive
+    while True:
+        try:
+            if value := predicate():
+                return value
+        except ignore as exc:
+            last = repr(exc)
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(interval)
+    detail = f" (last error: {last})" if last else ""
+    raise AssertionError(f"{message} not reached within {within:g} s{detail}")
