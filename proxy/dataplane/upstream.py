@@ -6,8 +6,9 @@ must not have). The parser is per connection and survives keep-alive reuse. Resp
 straight to the Exchange bound to the connection, which relays to the client.
 
 The parser validates and frames; the response head itself is taken from the bytes received, whole
-(no per-field callback: for nginx's five fields, callbacks, tuples and a loop over them cost ~18,000
-instructions, a fifth of a request). A head starts at the first byte after the request was sent, or
+(no per-field callback: for nginx's five fields, callbacks, tuples and a loop over them were a large
+share of a request's instructions; `python -m loadtest.hotpath --instructions` measures them, and
+docs/benchmarks.md has the figures). A head starts at the first byte after the request was sent, or
 right after an interim (1xx) head, so its start is always known; it may arrive across several reads,
 up to `limits.max_header_bytes` (then the upstream is failed: 502).
 
