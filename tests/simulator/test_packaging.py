@@ -78,6 +78,7 @@ def test_wheel_carries_manifests_static_files_and_locustfile(installed: Path) ->
     where = subprocess.run(
         [str(python), "-c", "import simulator, loadtest; print(simulator.__file__); print(loadtest.__file__)"],
         cwd=installed.parent,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},  # a checkout on the path would shadow it
         capture_output=True,
         text=True,
         check=True,
