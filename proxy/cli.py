@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -21,6 +22,11 @@ def register(sub: Any) -> None:
     p = sub.add_parser("proxy", help="run the edge proxy")
     p.add_argument("--config", required=True, metavar="FILE", help="proxy config (YAML)")
     p.add_argument("--workers", type=int, default=None, metavar="N", help="worker processes (default: config)")
+    p.add_argument(
+        "--upgrade",
+        action="store_true",
+        help="take the listening sockets and live state over from the running proxy of this config (hot upgrade)",
+    )
     p.set_defaults(func=cmd_proxy)
 
     s = sub.add_parser("status", help="show the route table and pools")
@@ -113,26 +119,81 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     workers = args.workers if args.workers is not None else config.workers
     if workers < 1:
         return fail("--workers must be at least 1", 2)
+    from proxy.workers.upgrade import UpgradeError
+
     try:
-        return run_proxy(config, workers)
+        return run_proxy(config, workers, upgrade=args.upgrade)
+    except UpgradeError as exc:
+        return fail(f"cannot upgrade: {exc}")
     except (OSError, ValueError) as exc:
         return fail(f"cannot start: {exc}")
 
 
-def run_proxy(config: Config, workers: int = 1) -> int:
+def run_proxy(config: Config, workers: int = 1, *, upgrade: bool = False) -> int:
     from proxy.dataplane.loop import new_event_loop
     from proxy.workers.supervisor import Supervisor
+    from proxy.workers.upgrade import socket_path, take_over
 
     async def main() -> int:
         # The control plane (admin API, Switch, health checks) runs in this process and the data plane in
         # N worker processes, so a flip never waits behind client traffic. (ProxyServer is the embedded,
         # single-loop variant used in-process by the simulator and the tests.)
-        server = Supervisor(config, workers)
-        await server.start()
+        started = time.monotonic()
         loop = asyncio.get_running_loop()
+        ready = False
+        successors: set[asyncio.Task[None]] = set()
+
+        def on_usr2() -> None:
+            if not ready or server.upgrade.busy or successors:
+                print("bluegreen proxy: not upgrading: starting or an upgrade is in progress", flush=True)
+                return
+            task = loop.create_task(spawn_successor())
+            successors.add(task)
+            task.add_done_callback(successors.discard)
+
+        loop.add_signal_handler(signal.SIGUSR2, on_usr2)  # before anything binds: its default action kills
+        handover = await take_over(socket_path(config)) if upgrade else None
+        server = Supervisor(config, workers, handover)
+        try:
+            await server.start()
+        except BaseException as exc:
+            if handover is not None:
+                await handover.failed(str(exc) or type(exc).__name__)
+            await server.stop()
+            raise
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if handover is not None:
+            predecessor = await server.complete_takeover()
+            print(
+                f"bluegreen proxy: took over from pid {predecessor} in {(time.monotonic() - started) * 1000:.0f} ms "
+                f"(generation {server.switch.state.generation})",
+                flush=True,
+            )
+
+        async def spawn_successor() -> None:
+            """SIGUSR2: start the new proxy (this program as installed now) with --upgrade; it takes over."""
+            argv = [sys.executable, "-m", "bluegreen", "proxy", "--config", config.source, "--upgrade"]
+            argv += ["--workers", str(workers)]
+            proc = await asyncio.create_subprocess_exec(*argv)
+            print(f"bluegreen proxy: upgrading: started pid {proc.pid}", flush=True)
+            waiting = loop.create_task(server.handed_over.wait())
+            exited = loop.create_task(proc.wait())
+            await asyncio.wait({waiting, exited}, return_when=asyncio.FIRST_COMPLETED)
+            if not waiting.done():
+                waiting.cancel()
+                print(
+                    f"bluegreen proxy: upgrade failed: pid {proc.pid} exited with status {proc.returncode} "
+                    "before taking over; this proxy goes on serving",
+                    flush=True,
+                )
+            else:
+                exited.cancel()
+
+        ready = True
+        handed = loop.create_task(server.handed_over.wait())
+        handed.add_done_callback(lambda _: stop.set())
         reloads: set[asyncio.Task[None]] = set()
 
         async def reload() -> None:
@@ -157,7 +218,8 @@ def run_proxy(config: Config, workers: int = 1) -> int:
         mode = f"{workers} workers" if workers > 1 else "1 worker"
         print(f"bluegreen proxy ({mode}): {listeners}; admin http://{config.admin.host}:{ports['admin']}", flush=True)
         await stop.wait()
-        print("bluegreen proxy: stopping, draining in-flight requests", flush=True)
+        if not server.handed_over.is_set():
+            print("bluegreen proxy: stopping, draining in-flight requests", flush=True)
         await server.stop()
         return 0
 

@@ -272,6 +272,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         )
         if admin.token is None and not _is_loopback(admin.host):
             raise ConfigError(source, "admin.token", f"an admin listener on {admin.host} (not loopback) needs a token")
+    _refuse_shared_addresses(source, {**{f"listeners.{r}": lc for r, lc in listeners.items()}, "admin": admin})
 
     default_hc = _health_check(m["health_check"], HealthCheckConfig()) if "health_check" in m else HealthCheckConfig()
 
@@ -534,6 +535,20 @@ def _kind(value: Any) -> str:
     if value is None:
         return "nothing"
     return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(type(value), repr(value))
+
+
+_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+
+
+def _refuse_shared_addresses(source: str, bound: Mapping[str, ListenerConfig | AdminConfig]) -> None:
+    """Two listeners (or a listener and the admin API) on one address: the second would take the first's
+    traffic, so refuse it. A wildcard host overlaps every address of its port; port 0 is any free port."""
+    seen: list[tuple[str, str, int]] = []
+    for key, lc in bound.items():
+        for other, host, port in seen:
+            if lc.port and lc.port == port and (lc.host == host or {lc.host, host} & _WILDCARD_HOSTS):
+                raise ConfigError(source, f"{key}.port", f"{lc.host}:{lc.port} is already the address of {other}")
+        seen.append((key, lc.host, lc.port))
 
 
 def _listener(node: _Node) -> ListenerConfig:

@@ -18,7 +18,10 @@ ignored, as RFC 9110 §7.8 allows: llhttp would take such a body for tunnel data
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import re
+import struct
+import termios
 from collections import deque
 from typing import TYPE_CHECKING, cast
 
@@ -63,6 +66,7 @@ _REQ_FIRST = frozenset(name[0] for name in _REQ_FIELDS)
 _PROTO_VIA = b"x-forwarded-proto: http\r\nvia: " + VIA + b"\r\n"
 
 
+IDLE_GRACE = 1.0  # at a graceful stop, an idle keep-alive connection closes once idle this long (seconds)
 LINGER = 2.0  # seconds a client that was answered early may go on sending before the connection closes
 _HOST_NAME = frozenset({b"host"})
 _EXPECT_NAME = frozenset({b"expect"})
@@ -156,6 +160,7 @@ class ClientConnection(Sender, asyncio.Protocol):
         "queue",
         "reject",
         "role",
+        "served",
         "transport",
         "trusted",
         "tunnel",
@@ -190,6 +195,7 @@ class ClientConnection(Sender, asyncio.Protocol):
         self.http11 = True
         self.lingering = False
         self.last_host: bytes | None = None  # the last Host value found valid on this connection
+        self.served = False  # a response was sent and the connection waits for its next request
         self.upgrade_body = -2  # an Upgrade request with a body being parsed: its length (-1: chunked)
         # Per request (the head being parsed).
         self.in_head = False
@@ -210,10 +216,12 @@ class ClientConnection(Sender, asyncio.Protocol):
         self.trusted = dp.is_trusted(ip)
         self.deadline = dp.now + dp.timeouts.client_header
         dp.clients.add(self)
-        if len(dp.clients) > dp.limits.max_connections or dp.shutting_down:
+        if len(dp.clients) > dp.limits.max_connections:
             self.closing = True
             self.write(dp.overloaded_response)
             self.close()
+        elif dp.shutting_down:
+            self.closing = True  # accepted as the listeners closed: its one request is answered (Connection: close)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -619,8 +627,10 @@ class ClientConnection(Sender, asyncio.Protocol):
         if aborted:
             self.abort()
             return
-        if ex.client_close or self.closing:
-            # The connection ends with this response: pipelined requests behind it never go upstream.
+        if ex.client_close or (self.closing and not self.dp.shutting_down):
+            # The connection ends with this response: pipelined requests behind it never go upstream. (At a
+            # graceful stop, a response that went out promising keep-alive is followed like an idle connection:
+            # the client may already be sending its next request, answered with `Connection: close`.)
             self.closing = True
             while queue:
                 queue.popleft().discard()
@@ -641,7 +651,8 @@ class ClientConnection(Sender, asyncio.Protocol):
         elif self.half_closed:
             self.close()
         else:
-            self.deadline = self.dp.now + self.dp.timeouts.keepalive
+            self.served = True
+            self.deadline = self.dp.now + (IDLE_GRACE if self.closing else self.dp.timeouts.keepalive)
             if self.paused:
                 self.resume_reading(self.P_PIPELINE)
 
@@ -661,9 +672,27 @@ class ClientConnection(Sender, asyncio.Protocol):
             self.close()
 
     def shutdown(self) -> None:
-        """Graceful stop: an idle connection closes now, a busy one after its current response."""
+        """Graceful stop: a busy connection closes after its current response (with `Connection: close`), an idle
+        one once it has been idle for `IDLE_GRACE` (the sweep closes it then). Never under a client that is
+        sending: a request that arrives meanwhile (or already waits unread in the socket, or is the first of a
+        connection just accepted) is answered with `Connection: close`, then the connection closes."""
         self.closing = True
-        if self.transport is None or self.closed:
+        if self.transport is None or self.closed or self.queue or self.in_head or self.tunnel is not None:
             return
-        if not self.queue and not self.in_head and self.tunnel is None:
+        dp = self.dp
+        idle_since = self.deadline - (dp.timeouts.keepalive if self.served else dp.timeouts.client_header)
+        if dp.now - idle_since >= IDLE_GRACE and not _unread(self.transport):
             self.close()
+        else:
+            self.deadline = min(self.deadline, idle_since + IDLE_GRACE)
+
+
+def _unread(transport: asyncio.Transport) -> bool:
+    """Bytes the kernel holds for this connection that the loop has not read yet (FIONREAD)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]) > 0
+    except OSError:
+        return False

@@ -111,13 +111,21 @@ class DataPlane:
 
         return factory
 
-    async def stop(self, grace: float) -> None:
-        """Stop accepting, let in-flight requests finish within `grace` seconds, then cut what is left."""
+    def stop_accepting(self) -> None:
+        """Close the listeners (this process's copies: a supervisor or a successor keeps them open) and shut
+        every client connection down gracefully (`ClientConnection.shutdown`). Loop only; idempotent."""
         self.shutting_down = True
         for server in self.servers.values():
             server.close()
         for conn in list(self.clients):
             conn.shutdown()
+        if not self.clients:
+            self.all_closed.set()
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting, let in-flight requests finish within `grace` seconds, then cut what is left."""
+        if not self.shutting_down:
+            self.stop_accepting()
         if self.clients:
             try:
                 async with asyncio.timeout(grace):

@@ -1,8 +1,10 @@
 """The supervisor of `bluegreen proxy --workers N`: one control plane, N data-plane processes.
 
 The admin API, the Switch and the health checks live here, on a loop that carries no client
-traffic, so a flip never queues behind the data plane. Workers share the listeners with
-SO_REUSEPORT. The Switch's apply callback is `publish`: pools are pushed to every worker and
+traffic, so a flip never queues behind the data plane. The supervisor binds every listening socket
+once (no SO_REUSEPORT: nobody else can join it) and its workers inherit them; it keeps them open, so a
+restarted worker accepts on the same sockets and a hot upgrade (`proxy.workers.upgrade`) hands them
+on. The Switch's apply callback is `publish`: pools are pushed to every worker and
 answered only when each has acknowledged them; routes are one shared word (`proxy.workers.routeword`)
 that every worker's next request reads, written only after the pools it names were acknowledged. A
 worker that dies is restarted on the current state. The supervisor's own Pool objects serve health
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -24,7 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.config import Config
-from proxy.control.api import EndpointStatus, PoolStatus, ProxyStatus, Routes
+from proxy.control.api import EndpointStatus, PoolStatus, ProxyStatus, Routes, UnavailableError
 from proxy.control.local import LocalControl
 from proxy.controlplane.admin import make_admin_app
 from proxy.controlplane.health import HealthChecker
@@ -38,11 +41,23 @@ from proxy.fleet.etcd import StoreUnavailableError
 from proxy.fleet.member import Fleet
 from proxy.server import read_config_for_reload
 from proxy.workers.channel import Channel
+from proxy.workers.ports import bind_listener
 from proxy.workers.routeword import shared_word
+from proxy.workers.upgrade import (
+    PROTOCOL,
+    Handover,
+    Link,
+    UpgradeError,
+    UpgradeListener,
+    proxy_version,
+    socket_path,
+)
 from proxy.workers.worker import raise_priority
 
 log = logging.getLogger("bluegreen.supervisor")
 ACK_TIMEOUT = 5.0
+SUCCESSOR_TIMEOUT = 60.0  # a new process that took the sockets has this long to serve, else the old one goes on
+HANDING_OVER = "an upgrade is handing this proxy over to a new process: nothing was changed; retry"
 
 
 class Worker:
@@ -88,9 +103,7 @@ class FleetControl(SupervisedControl):
 
 
 class Supervisor:
-    def __init__(self, config: Config, workers: int) -> None:
-        if any(lc.port == 0 for lc in config.listeners.values()):
-            raise ValueError("listeners need fixed ports with --workers (port 0 would differ per worker)")
+    def __init__(self, config: Config, workers: int, takeover: Handover | None = None) -> None:
         self.config = config
         self.n = workers
         self.workers: dict[int, Worker] = {}
@@ -116,15 +129,65 @@ class Supervisor:
         self._pushed_health: dict[str, dict[str, int]] = {}  # and the health verdicts sent with it
         self._pushed_epoch = 0
         self._slots: dict[str, int] = {}
+        self.sockets: dict[str, socket.socket] = {}  # listeners by role, and "admin": bound here, inherited
+        self.takeover = takeover
+        self.owner = takeover is None  # changes are accepted (a successor waits until its predecessor stopped)
+        self._frozen = False  # handing over to a successor: changes are refused (503 + Retry-After)
+        self.handed_over = asyncio.Event()  # a successor serves: this one drains and exits
+        self.upgrade = UpgradeListener(socket_path(config))
+        if takeover is not None:
+            self._adopt_takeover(takeover.state)
+
+    def _adopt_takeover(self, taken: dict[str, Any]) -> None:
+        """The predecessor's live state: routes and pools with their generation, what its file said when last
+        loaded (so a reload flips only if the file changed since), and its health verdicts."""
+        state = DesiredState.from_json(taken["state"])
+        self._reshape(state)
+        self.switch.state = state
+        loaded = taken.get("loaded") or [state.active, state.preview]
+        self.switch.loaded = (loaded[0], loaded[1])
+        self.registry.apply_verdicts(taken.get("health", {}))
+
+    def _bind(self) -> None:
+        """Every listening socket, once: inherited from the predecessor where its address is the configured
+        one, else bound here (PortError: one line naming the port and its owner)."""
+        inherited = dict(self.takeover.sockets) if self.takeover is not None else {}
+        wanted = {f"listeners.{role}": (role, lc.host, lc.port) for role, lc in self.config.listeners.items()}
+        wanted["admin"] = ("admin", self.config.admin.host, self.config.admin.port)
+        try:
+            for key, (role, host, port) in wanted.items():
+                sock = inherited.pop(role, None)
+                if sock is not None and not _same_address(sock, host, port):
+                    sock.close()
+                    sock = None
+                # The admin port accepts once everything serves (the readiness signal): its site listens last.
+                self.sockets[role] = sock or bind_listener(key, host, port, listen=role != "admin")
+        except OSError:
+            for sock in self.sockets.values():
+                sock.close()
+            self.sockets = {}
+            raise
+        finally:
+            for sock in inherited.values():
+                sock.close()  # a listener the new config no longer has: the predecessor's copy serves until it stops
+        for sock in self.sockets.values():
+            sock.set_inheritable(True)
+
+    def check_changes(self) -> None:
+        """Refuse a change while a handover is under way (UnavailableError, answered 503 + Retry-After)."""
+        if self._frozen or not self.owner:
+            raise UnavailableError(HANDING_OVER)
 
     async def start(self) -> None:
         raise_priority()
+        self._bind()
         for pool in self.registry.pools.values():
             self.health.watch(pool)
         control: SupervisedControl = SupervisedControl(self.switch, self)
         if self.config.state.backend == "etcd":
             admin = f"http://{self.config.admin.host}:{self.config.admin.port}"
-            self.fleet = Fleet(self.config, self.switch, self._push_fence, admin)
+            membership = self.takeover.state.get("fleet") if self.takeover is not None else None
+            self.fleet = Fleet(self.config, self.switch, self._push_fence, admin, membership=membership)
             try:
                 await self.fleet.start()  # the fleet's state, before any worker serves
             except StoreUnavailableError as exc:
@@ -151,16 +214,115 @@ class Supervisor:
             fleet_status=fleet.status if fleet else None,
             switch_report=(lambda: fleet.last_report) if fleet else None,
         )
+        app.middlewares.append(self._handover_guard)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.admin.host, self.config.admin.port)
+        site = web.SockSite(self._runner, self.sockets["admin"])
         await site.start()
-        self.ports = {role: lc.port for role, lc in self.config.listeners.items()}
-        self.ports["admin"] = self.config.admin.port
+        self.ports = {role: sock.getsockname()[1] for role, sock in self.sockets.items()}
+        if self.owner:
+            self._listen_for_successor()
+
+    @web.middleware
+    async def _handover_guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """During a handover a change is refused with 503 and Retry-After (never applied by one process only)."""
+        if request.method in ("POST", "PUT", "DELETE", "PATCH") and request.path.startswith("/api/"):
+            try:
+                self.check_changes()
+                return await handler(request)  # type: ignore[no-any-return]
+            except UnavailableError as exc:
+                retry = {"Retry-After": "1"} if exc.message == HANDING_OVER else {}
+                return web.json_response({"error": exc.message}, status=503, headers=retry)
+        return await handler(request)  # type: ignore[no-any-return]
+
+    def _listen_for_successor(self) -> None:
+        try:
+            self.upgrade.bind()
+        except OSError as exc:
+            log.warning("no hot upgrade for this proxy: %s", exc)
+            return
+        self.upgrade.serve(self._hand_over)
+
+    # -- hot upgrade ------------------------------------------------------------------------
+
+    async def complete_takeover(self) -> int:
+        """A successor serves: tell the predecessor, which stops accepting; then accept changes. Returns its pid."""
+        assert self.takeover is not None
+        handover, self.takeover = self.takeover, None
+        try:
+            await handover.serving(ACK_TIMEOUT * 3)
+        except (OSError, TimeoutError, ValueError, UpgradeError) as exc:
+            log.warning("the old proxy (pid %d) did not confirm it stopped: %s", handover.peer_pid, exc)
+            handover.link.close()
+        self.owner = True
+        self._listen_for_successor()
+        return handover.peer_pid
+
+    async def _hand_over(self, link: Link, hello: dict[str, Any]) -> None:
+        """Give a successor the sockets and the live state; once it serves, stop accepting and drain."""
+        pid = hello.get("pid")
+        async with self.switch.lock:  # a change under way completes first, and none starts after
+            if self._stopping or not self.owner:
+                await link.send({"op": "refused", "reason": "this proxy is stopping", "protocol": PROTOCOL})
+                return
+            self._frozen = True
+        try:
+            roles = list(self.sockets)
+            await link.send(
+                {"op": "sockets", "protocol": PROTOCOL, "version": proxy_version(), "pid": os.getpid(), "roles": roles},
+                fds=[self.sockets[role].fileno() for role in roles],
+            )
+            await link.send(
+                {
+                    "op": "state",
+                    "state": self.switch.state.to_json(),
+                    "loaded": list(self.switch.loaded),
+                    "health": self._verdicts(),
+                    "fleet": self.fleet.membership() if self.fleet is not None else None,
+                }
+            )
+            print(f"bluegreen proxy: handing over to pid {pid}: sockets and state sent", flush=True)
+            try:
+                async with asyncio.timeout(SUCCESSOR_TIMEOUT):
+                    reply = await link.receive()
+            except TimeoutError:
+                reply = {"op": "failed", "reason": f"it did not serve within {SUCCESSOR_TIMEOUT:g} s"}
+            if reply is None or reply.get("op") != "serving":
+                why = reply.get("reason", reply) if reply is not None else "it went away before serving"
+                print(f"bluegreen proxy: upgrade failed (pid {pid}): {why}; this proxy goes on serving", flush=True)
+                self._frozen = False
+                return
+            await self._drain_for_successor()
+            await link.send({"op": "stopped"})
+            print(f"bluegreen proxy: pid {reply.get('pid')} serves now; draining and exiting", flush=True)
+            self.handed_over.set()
+        except BaseException:
+            if not self.handed_over.is_set() and not self._stopping:
+                self._frozen = False
+            raise
+
+    async def _drain_for_successor(self) -> None:
+        """Stop accepting everywhere (workers, admin), keep what runs; workers exit once drained."""
+        self._stopping = True  # no worker restarts from now on
+        live = [w for w in self.workers.values() if w.alive]
+        results = await asyncio.gather(*(self._call(w, {"op": "drain"}) for w in live), return_exceptions=True)
+        for worker, result in zip(live, results, strict=True):
+            if isinstance(result, BaseException) and worker.alive:
+                worker.proc.send_signal(signal.SIGTERM)  # it stops accepting on its way out
+        if self.fleet is not None:
+            self.fleet.detach()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        self.upgrade.close(unlink=False)  # the successor binds the path anew
+        for sock in self.sockets.values():
+            sock.close()  # the successor holds its own copies
 
     async def _spawn(self, index: int, restarts: int = 0) -> None:
         """Start worker `index` on the current state (called with the switch lock held)."""
         parent, child = socket.socketpair()
+        listen = [f"--listen={role}={sock.fileno()}" for role, sock in self.sockets.items() if role != "admin"]
+        listen_fds = tuple(sock.fileno() for role, sock in self.sockets.items() if role != "admin")
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -171,7 +333,8 @@ class Supervisor:
             str(child.fileno()),
             "--routes-fd",
             str(self.word_fd),
-            pass_fds=(child.fileno(), self.word_fd),
+            *listen,
+            pass_fds=(child.fileno(), self.word_fd, *listen_fds),
         )
         child.close()
         worker = Worker(index, proc, await Channel.open(parent), restarts)
@@ -272,6 +435,8 @@ class Supervisor:
         Health verdicts follow in the background: a flip does not wait for them (workers also eject
         failing endpoints by themselves).
         """
+        if self._frozen and self.fleet is None:
+            raise UnavailableError(HANDING_OVER)  # the state was handed over: a change here would be lost
         self._reshape(state)
         pushed = self._pushed.pools if self._pushed is not None else {}
         kept = {name: pushed[name] for name in self._word_names if name not in state.pools and name in pushed}
@@ -334,11 +499,13 @@ class Supervisor:
 
     async def stop(self) -> None:
         self._stopping = True
+        self.upgrade.close(unlink=not self.handed_over.is_set())
         for worker in self.workers.values():
             if worker.alive:
                 worker.proc.send_signal(signal.SIGTERM)
+        grace = max(self.config.shutdown_timeout, self.config.drain_timeout if self.handed_over.is_set() else 0)
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.config.shutdown_timeout + 5):
+            async with asyncio.timeout(grace + 5):
                 await asyncio.gather(*(w.proc.wait() for w in self.workers.values()))
         for worker in self.workers.values():
             if worker.alive:
@@ -351,6 +518,20 @@ class Supervisor:
         await self.health.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        for sock in self.sockets.values():
+            sock.close()
+
+
+def _same_address(sock: socket.socket, host: str, port: int) -> bool:
+    """Whether an inherited listening socket is bound where the config says (by address, or any port for 0)."""
+    bound_host, bound_port = sock.getsockname()[:2]
+    if port and bound_port != port:
+        return False
+    try:
+        wanted = {info[4][0] for info in socket.getaddrinfo(host, port or None, type=socket.SOCK_STREAM)}
+    except OSError:
+        return False
+    return bound_host in wanted or (host in ("0.0.0.0", "::", "") and bound_host in ("0.0.0.0", "::"))
 
 
 def worker_pids(supervisor: Supervisor) -> Sequence[int]:

@@ -1,4 +1,4 @@
-"""A worker process: one DataPlane on SO_REUSEPORT listeners, driven by the supervisor's channel.
+"""A worker process: one DataPlane on the supervisor's listening sockets (inherited), driven by its channel.
 
 Routes come from the supervisor's shared route word (`proxy.workers.routeword`): a flip is a store the
 next request sees, with no message. Pools, health verdicts and settings come as state messages; it
@@ -54,7 +54,9 @@ def send(stream: BinaryIO, message: dict[str, Any]) -> None:
     stream.flush()
 
 
-def control_loop(stream: BinaryIO, dp: DataPlane, config_path: str, epoch: int, stop: asyncio.Event) -> None:
+def control_loop(
+    stream: BinaryIO, dp: DataPlane, config_path: str, epoch: int, stop: asyncio.Event, grace: list[float]
+) -> None:
     """The control thread: apply each state and acknowledge it; stop the worker when the supervisor goes."""
     raise_priority(threading.get_native_id())
     loop = dp.loop
@@ -74,12 +76,23 @@ def control_loop(stream: BinaryIO, dp: DataPlane, config_path: str, epoch: int, 
                 send(stream, {"op": "ack", "generation": served(dp)})
             elif op == "stats":
                 send(stream, {"op": "stats", "stats": collect(dp)})
+            elif op == "drain":
+                # A successor serves the listeners now: stop accepting, shut idle connections, acknowledge; what
+                # runs finishes within the drain timeout, then the worker exits.
+                asyncio.run_coroutine_threadsafe(_stop_accepting(dp), loop).result(timeout=10)
+                grace[0] = dp.config.drain_timeout
+                loop.call_soon_threadsafe(stop.set)
+                send(stream, {"op": "ack", "generation": served(dp)})
             else:
                 send(stream, {"op": "error", "error": f"unknown op {op!r}"})
-    except (OSError, ValueError):
+    except (OSError, ValueError, TimeoutError):
         pass
     # The supervisor is gone: stop gracefully rather than serve routes nobody can change.
     loop.call_soon_threadsafe(stop.set)
+
+
+async def _stop_accepting(dp: DataPlane) -> None:
+    dp.stop_accepting()
 
 
 def apply(dp: DataPlane, message: dict[str, Any]) -> None:
@@ -96,8 +109,9 @@ def served(dp: DataPlane) -> int:
     return decode(dp.route_word[0])[0]
 
 
-async def serve(config_path: str, fd: int, word_fd: int) -> int:
+async def serve(config_path: str, fd: int, word_fd: int, listen: dict[str, int]) -> int:
     config = load_config(config_path)
+    sockets = {role: socket.socket(fileno=lfd) for role, lfd in listen.items()}
     sock = socket.socket(fileno=fd)
     stream = cast(BinaryIO, sock.makefile("rwb"))
     dp = DataPlane(config)
@@ -109,23 +123,24 @@ async def serve(config_path: str, fd: int, word_fd: int) -> int:
     apply(dp, message)
     dp.follow_routes()
     dp.fence_until = message.get("fence_until", 0.0)
-    await dp.start(reuse_port=True)
+    await dp.start(sockets=sockets)
     send(stream, {"op": "ack", "generation": served(dp)})
 
     stop = asyncio.Event()
+    grace = [dp.config.shutdown_timeout]  # the drain timeout after a handover (set by the control thread)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     sys.setswitchinterval(SWITCH_INTERVAL)
     thread = threading.Thread(
         target=control_loop,
-        args=(stream, dp, config_path, message.get("settings_epoch", 0), stop),
+        args=(stream, dp, config_path, message.get("settings_epoch", 0), stop, grace),
         name="bluegreen-control",
         daemon=True,
     )
     thread.start()
     await stop.wait()
-    await dp.stop(dp.config.shutdown_timeout)
+    await dp.stop(grace[0])
     return 0
 
 
@@ -134,6 +149,7 @@ def main() -> None:
     parser.add_argument("--config", required=True)
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--routes-fd", type=int, required=True)
+    parser.add_argument("--listen", action="append", default=[], metavar="ROLE=FD", help="an inherited listener")
     args = parser.parse_args()
     from proxy.dataplane.loop import new_event_loop
 
@@ -144,7 +160,8 @@ def main() -> None:
         pass
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            sys.exit(runner.run(serve(args.config, args.fd, args.routes_fd)))
+            listen = {role: int(fd) for role, _, fd in (item.partition("=") for item in args.listen)}
+            sys.exit(runner.run(serve(args.config, args.fd, args.routes_fd, listen)))
     except ConfigError as exc:
         print(f"bluegreen worker: config error: {exc}", file=sys.stderr)
         sys.exit(2)
