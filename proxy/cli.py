@@ -114,6 +114,9 @@ def cmd_switch(args: argparse.Namespace) -> int:
 def cmd_proxy(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
+        from proxy.dataplane.tls import check_config
+
+        check_config(config)  # a missing, mismatched or expired certificate: one line, before anything binds
     except ConfigError as exc:
         return fail(f"config error: {exc}", 2)
     workers = args.workers if args.workers is not None else config.workers

@@ -72,9 +72,41 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class CertificateConfig:
+    cert: str  # PEM certificate chain, leaf first (a path, relative ones from the config file's folder)
+    key: str  # PEM private key
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """TLS termination on a listener: the first certificate is the default; SNI picks among the others by
+    the names they carry (exact and wildcard). TLS 1.2 and 1.3 only."""
+
+    certificates: tuple[CertificateConfig, ...]
+    alpn: tuple[str, ...] = ("http/1.1",)
+    min_version: str = "1.2"  # or "1.3"
+    ciphers: str | None = None  # TLS 1.2 suites (OpenSSL syntax); None: the modern default
+    path: str = ""  # where it sits in the config, for errors found when certificates are loaded
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTlsConfig:
+    """Re-encryption to a pool's endpoints: verified against `ca` (or the system's) unless `verify: false`."""
+
+    ca: str | None = None
+    verify: bool = True
+    server_name: str | None = None  # SNI and the name verified; None: each endpoint's host
+    path: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ListenerConfig:
     host: str
     port: int
+    tls: TlsConfig | None = None
+
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +114,7 @@ class AdminConfig:
     host: str = "127.0.0.1"
     port: int = 8090
     token: str | None = None
+    tls: TlsConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +143,7 @@ class PoolConfig:
     balancer: str = "round_robin"
     health_check: HealthCheckConfig = HealthCheckConfig()
     labels: tuple[tuple[str, str], ...] = ()
+    tls: UpstreamTlsConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,16 +293,18 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
 
     listeners_node = m["listeners"]
     lm = listeners_node.mapping(required=("active",), optional=("preview",))
-    listeners = {role: _listener(node) for role, node in lm.items()}
+    base = _base_dir(source)
+    listeners = {role: _listener(node, base) for role, node in lm.items()}
 
     admin = AdminConfig()
     if "admin" in m:
-        am = m["admin"].mapping(optional=("host", "port", "token"))
+        am = m["admin"].mapping(optional=("host", "port", "token", "tls"))
         token = am["token"].optional_str() if "token" in am else None
         admin = AdminConfig(
             host=am["host"].host() if "host" in am else admin.host,
             port=am["port"].port() if "port" in am else admin.port,
             token=token or None,
+            tls=_tls(am["tls"], base) if "tls" in am else None,
         )
         if admin.token is None and not _is_loopback(admin.host):
             raise ConfigError(source, "admin.token", f"an admin listener on {admin.host} (not loopback) needs a token")
@@ -284,7 +320,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     for name, node in pm.items():
         if not _POOL_NAME.match(name):
             raise ConfigError(source, node.path, "a pool name is 1-63 letters, digits, '-', '_' or '.'")
-        pools.append(_pool(name, node, default_hc))
+        pools.append(_pool(name, node, default_hc, base))
 
     rm = m["routes"].mapping(required=("active",), optional=("preview",))
     active = rm["active"].string()
@@ -488,6 +524,11 @@ class _Node:
             raise self.fail(f"expected a non-empty string, got {_kind(self.value)}")
         return self.value
 
+    def boolean(self) -> bool:
+        if not isinstance(self.value, bool):
+            raise self.fail(f"expected true or false, got {_kind(self.value)}")
+        return self.value
+
     def optional_str(self) -> str | None:
         if self.value is None or self.value == "":
             return None
@@ -551,9 +592,59 @@ def _refuse_shared_addresses(source: str, bound: Mapping[str, ListenerConfig | A
         seen.append((key, lc.host, lc.port))
 
 
-def _listener(node: _Node) -> ListenerConfig:
-    lm = node.mapping(required=("port",), optional=("host",))
-    return ListenerConfig(host=lm["host"].host() if "host" in lm else "127.0.0.1", port=lm["port"].port())
+def _listener(node: _Node, base: Path | None) -> ListenerConfig:
+    lm = node.mapping(required=("port",), optional=("host", "tls"))
+    return ListenerConfig(
+        host=lm["host"].host() if "host" in lm else "127.0.0.1",
+        port=lm["port"].port(),
+        tls=_tls(lm["tls"], base) if "tls" in lm else None,
+    )
+
+
+def _base_dir(source: str) -> Path | None:
+    """Relative certificate paths are read from the config file's folder (not the working directory)."""
+    return None if source.startswith("<") else Path(source).resolve().parent
+
+
+def _file(node: _Node, base: Path | None) -> str:
+    path = Path(node.string())
+    return str(base / path) if base is not None and not path.is_absolute() else str(path)
+
+
+def _tls(node: _Node, base: Path | None) -> TlsConfig:
+    tm = node.mapping(required=("certificates",), optional=("alpn", "min_version", "ciphers"))
+    certificates = []
+    items = tm["certificates"].sequence()
+    if not items:
+        raise tm["certificates"].fail("at least one certificate is required")
+    for item in items:
+        cm = item.mapping(required=("cert", "key"))
+        certificates.append(CertificateConfig(cert=_file(cm["cert"], base), key=_file(cm["key"], base)))
+    alpn: tuple[str, ...] = ("http/1.1",)
+    if "alpn" in tm:
+        alpn = tuple(i.choice(("http/1.1",)) for i in tm["alpn"].sequence())  # h2 comes with an HTTP/2 data plane
+        if not alpn:
+            raise tm["alpn"].fail("name at least one protocol (http/1.1)")
+    return TlsConfig(
+        certificates=tuple(certificates),
+        alpn=alpn,
+        min_version=tm["min_version"].choice(("1.2", "1.3")) if "min_version" in tm else "1.2",
+        ciphers=tm["ciphers"].string() if "ciphers" in tm else None,
+        path=node.path,
+    )
+
+
+def _upstream_tls(node: _Node, base: Path | None) -> UpstreamTlsConfig:
+    if node.value is True:
+        return UpstreamTlsConfig(path=node.path)
+    um = node.mapping(optional=("ca", "verify", "server_name"))
+    verify = um["verify"].boolean() if "verify" in um else True
+    return UpstreamTlsConfig(
+        ca=_file(um["ca"], base) if "ca" in um else None,
+        verify=verify,
+        server_name=um["server_name"].string() if "server_name" in um else None,
+        path=node.path,
+    )
 
 
 def _health_check(node: _Node, base: HealthCheckConfig) -> HealthCheckConfig:
@@ -577,8 +668,8 @@ def _health_check(node: _Node, base: HealthCheckConfig) -> HealthCheckConfig:
     return hc
 
 
-def _pool(name: str, node: _Node, default_hc: HealthCheckConfig) -> PoolConfig:
-    pm = node.mapping(required=("endpoints",), optional=("balancer", "health_check", "labels"))
+def _pool(name: str, node: _Node, default_hc: HealthCheckConfig, base: Path | None) -> PoolConfig:
+    pm = node.mapping(required=("endpoints",), optional=("balancer", "health_check", "labels", "tls"))
     endpoints = []
     for item in pm["endpoints"].sequence():
         address = item.convert(parse_address, item.string())
@@ -591,6 +682,7 @@ def _pool(name: str, node: _Node, default_hc: HealthCheckConfig) -> PoolConfig:
         balancer=pm["balancer"].choice(BALANCERS) if "balancer" in pm else "round_robin",
         health_check=_health_check(pm["health_check"], default_hc) if "health_check" in pm else default_hc,
         labels=_labels(pm["labels"]) if "labels" in pm else (),
+        tls=_upstream_tls(pm["tls"], base) if "tls" in pm else None,
     )
 
 

@@ -21,6 +21,7 @@ from proxy.controlplane.state import DesiredState, apply_to
 from proxy.controlplane.stats import served_pools
 from proxy.controlplane.switch import Switch, pool_status
 from proxy.dataplane.plane import DataPlane
+from proxy.dataplane.tls import ServerTls, check_config
 
 AdminSetup = Callable[[web.Application], None]
 
@@ -72,7 +73,13 @@ class ProxyServer:
             self._admin_setup(app)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.admin.host, self.config.admin.port)
+        admin_tls = ServerTls(self.config.admin.tls, self.config.source) if self.config.admin.tls else None
+        site = web.TCPSite(
+            self._runner,
+            self.config.admin.host,
+            self.config.admin.port,
+            ssl_context=admin_tls.context if admin_tls is not None else None,
+        )
         await site.start()
         self.ports = dict(dp.ports)
         server = site._server
@@ -101,6 +108,8 @@ def read_config_for_reload(current: Config) -> Config:
     if current.source.startswith("<"):
         raise InvalidRequestError("this proxy was not started from a config file")
     try:
-        return load_config(current.source)
+        config = load_config(current.source)
+        check_config(config)  # certificates, keys and CA files load before anything changes
     except ConfigError as exc:
         raise InvalidRequestError(f"config error, nothing changed: {exc}") from None
+    return config

@@ -61,8 +61,12 @@ class HealthChecker:
         try:
             async with asyncio.timeout(hc.timeout):
                 if hc.path:
-                    url = f"http://{ep.address}{hc.path}"
-                    async with self._client().get(url, allow_redirects=False) as resp:
+                    tls = pool.ssl
+                    url = f"{'https' if tls is not None else 'http'}://{ep.address}{hc.path}"
+                    name = (pool.server_name or ep.host) if tls is not None else None
+                    async with self._client().get(
+                        url, allow_redirects=False, ssl=tls if tls is not None else True, server_hostname=name
+                    ) as resp:
                         await resp.read()
                         return resp.status < 400
                 _, writer = await asyncio.open_connection(ep.host, ep.port)

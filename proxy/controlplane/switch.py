@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from proxy.config import Config, label_problem, parse_address
+from proxy.config import Config, ListenerConfig, label_problem, parse_address
 from proxy.control.api import (
     ConflictError,
     EndpointStatus,
@@ -168,9 +168,19 @@ class Switch:
         """
         async with self.lock:
             old = self.config
-            restart = [f"listeners.{r}" for r in config.listeners if config.listeners[r] != old.listeners.get(r)]
+
+            def moved(new: ListenerConfig, before: ListenerConfig | None) -> bool:
+                """A new address or TLS switched on or off needs a restart; new certificates do not."""
+                return before is None or new.address() != before.address() or (new.tls is None) != (before.tls is None)
+
+            restart = [f"listeners.{r}" for r in config.listeners if moved(config.listeners[r], old.listeners.get(r))]
             restart += ["listeners.preview"] if "preview" in old.listeners and "preview" not in config.listeners else []
-            if config.admin != old.admin:
+            if (config.admin.host, config.admin.port, config.admin.token, config.admin.tls) != (
+                old.admin.host,
+                old.admin.port,
+                old.admin.token,
+                old.admin.tls,
+            ):
                 restart.append("admin")
             current = self.state
             wanted = DesiredState.from_config(config)

@@ -63,7 +63,6 @@ _REQ_FIELDS = {name: _DROP for name in HOP_BY_HOP} | {
     b"forwarded": _FORWARDED_FIELD,
 }
 _REQ_FIRST = frozenset(name[0] for name in _REQ_FIELDS)
-_PROTO_VIA = b"x-forwarded-proto: http\r\nvia: " + VIA + b"\r\n"
 
 
 IDLE_GRACE = 1.0  # at a graceful stop, an idle keep-alive connection closes once idle this long (seconds)
@@ -157,6 +156,7 @@ class ClientConnection(Sender, asyncio.Protocol):
         "parsing",
         "paused",
         "peer",
+        "proto_via",
         "queue",
         "reject",
         "role",
@@ -175,6 +175,7 @@ class ClientConnection(Sender, asyncio.Protocol):
         self.dp = dp
         self.role = role
         self.listener = 0 if role == "active" else 1  # its index in a pool's counters
+        self.proto_via = dp.proto_via[role]  # X-Forwarded-Proto (http or https) and Via, built once
         self.outbox: Outbox = dp.outbox
         # Per connection.
         self.transport: asyncio.Transport | None = None
@@ -480,9 +481,10 @@ class ClientConnection(Sender, asyncio.Protocol):
             extend((b"host: ", host, b"\r\n"))
         if xff or xfp or via:
             extend((b"x-forwarded-for: ", xff + b", " + self.peer if xff else self.peer, b"\r\n"))
-            extend((b"x-forwarded-proto: ", xfp or b"http", b"\r\nvia: ", via + b", " + VIA if via else VIA, b"\r\n"))
+            proto = xfp or (b"https" if self.dp.tls.get(self.role) else b"http")
+            extend((b"x-forwarded-proto: ", proto, b"\r\nvia: ", via + b", " + VIA if via else VIA, b"\r\n"))
         else:
-            extend((self.xff_line, _PROTO_VIA))  # built once per connection / once per process
+            extend((self.xff_line, self.proto_via))  # built once per connection / once per listener
         if xfh or host:
             extend((b"x-forwarded-host: ", xfh or host, b"\r\n"))
         if chunked:

@@ -225,7 +225,14 @@ class Exchange:
         dp = self.dp
         try:
             async with asyncio.timeout(dp.timeouts.connect):
-                _, conn = await dp.loop.create_connection(lambda: UpstreamConnection(ep, dp.outbox), ep.host, ep.port)
+                pool = ep.pool
+                _, conn = await dp.loop.create_connection(
+                    lambda: UpstreamConnection(ep, dp.outbox),
+                    ep.host,
+                    ep.port,
+                    ssl=pool.ssl,
+                    server_hostname=(pool.server_name or ep.host) if pool.ssl is not None else None,
+                )
         except TimeoutError:
             self.connect_task = None
             self._connect_failed(ep, 504)

@@ -12,13 +12,15 @@ import ipaddress
 import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from proxy.config import Config
 from proxy.dataplane.client import ClientConnection
-from proxy.dataplane.http import error_response
+from proxy.dataplane.http import VIA, error_response
 from proxy.dataplane.outbox import Outbox
 from proxy.dataplane.pool import Pool, PoolSet, PoolSpec
 from proxy.dataplane.routes import RouteTable, decode, local_word
+from proxy.dataplane.tls import ServerTls
 from proxy.dataplane.upstream import UpstreamConnection
 
 
@@ -35,6 +37,12 @@ class DataPlane:
         self.shutting_down = False
         self.fence_until = 0.0  # in a fleet: past this loop time the lease may be gone, so serve nothing
         self.all_closed = asyncio.Event()  # set when the last client leaves during shutdown
+        # TLS termination per listener (certificates are loaded and checked here, before anything binds).
+        self.tls = {role: ServerTls(lc.tls, config.source) for role, lc in config.listeners.items() if lc.tls}
+        self.proto_via = {
+            role: b"x-forwarded-proto: " + (b"https" if role in self.tls else b"http") + b"\r\nvia: " + VIA + b"\r\n"
+            for role in config.listeners
+        }
         self.registry = PoolSet(config)
         self.pools: dict[str, Pool] = self.registry.pools
         for pc in config.pools:
@@ -63,6 +71,10 @@ class DataPlane:
         self.tick = max(0.01, min(0.5, shortest / 5))
         if hasattr(self, "registry"):
             self.registry.configure(config)
+            for role, server_tls in self.tls.items():
+                tls = config.listeners[role].tls if role in config.listeners else None
+                if tls is not None:
+                    server_tls.reload(tls, config.source)  # new handshakes get the new certificates
 
     def set_pool(
         self, name: str, endpoints: Iterable[tuple[str, int]], balancer: str | None = None
@@ -93,11 +105,15 @@ class DataPlane:
     async def start(self, *, reuse_port: bool = False, sockets: dict[str, socket.socket] | None = None) -> None:
         for role, lc in self.config.listeners.items():
             factory = self._factory(role)
+            tls = self.tls.get(role)
+            secure: dict[str, Any] = {}
+            if tls is not None:
+                secure = {"ssl": tls.context, "ssl_handshake_timeout": self.timeouts.client_header}
             if sockets and role in sockets:
-                server = await self.loop.create_server(factory, sock=sockets[role], backlog=2048)
+                server = await self.loop.create_server(factory, sock=sockets[role], backlog=2048, **secure)
             else:
                 server = await self.loop.create_server(
-                    factory, lc.host, lc.port, reuse_port=reuse_port or None, backlog=2048
+                    factory, lc.host, lc.port, reuse_port=reuse_port or None, backlog=2048, **secure
                 )
             self.servers[role] = server
             self.ports[role] = server.sockets[0].getsockname()[1]

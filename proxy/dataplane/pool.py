@@ -6,6 +6,7 @@ Prometheus scrapes, so the hot path never takes a lock or looks up a labelled ch
 
 from __future__ import annotations
 
+import ssl
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -14,6 +15,7 @@ from enum import IntEnum
 from typing import TYPE_CHECKING
 
 from proxy.config import Config, HealthCheckConfig, OutlierConfig, parse_address
+from proxy.dataplane.tls import client_context
 
 if TYPE_CHECKING:
     from proxy.dataplane.upstream import UpstreamConnection
@@ -125,6 +127,8 @@ class Pool:
         "removed",
         "routed",
         "rr",
+        "server_name",
+        "ssl",
     )
 
     def __init__(
@@ -144,6 +148,8 @@ class Pool:
         self.max_idle = max_idle
         self.endpoints: tuple[Endpoint, ...] = tuple(Endpoint(self, h, p) for h, p in addresses)
         self.rr = 0
+        self.ssl: ssl.SSLContext | None = None  # re-encryption to the endpoints (`tls` of the pool's config)
+        self.server_name: str | None = None  # SNI and verified name; None: each endpoint's host
         self.in_flight = 0
         self.routed = False
         self.removed = False
@@ -261,6 +267,7 @@ class PoolSet:
                 max_in_flight=config.limits.max_in_flight_per_endpoint,
                 max_idle=config.limits.max_idle_per_endpoint,
             )
+            self._secure(pool)
             return pool, "new", []
         if pool.addresses() == addresses and (balancer is None or balancer == pool.balancer):
             return pool, "", []
@@ -277,6 +284,14 @@ class PoolSet:
             pool.health_check = pc.health_check if pc else config.health_check
             pool.max_in_flight = config.limits.max_in_flight_per_endpoint
             pool.max_idle = config.limits.max_idle_per_endpoint
+            self._secure(pool)
+
+    def _secure(self, pool: Pool) -> None:
+        """The pool's upstream TLS from its config (pools made through the admin API speak plain HTTP)."""
+        pc = self.config.pool(pool.name)
+        tls = pc.tls if pc else None
+        pool.ssl = client_context(tls, self.config.source) if tls is not None else None
+        pool.server_name = tls.server_name if tls is not None else None
 
     def verdicts(self) -> dict[str, dict[str, int]]:
         """Each endpoint's last active-check verdict, by pool: what workers are told."""

@@ -37,6 +37,7 @@ from proxy.controlplane.stats import WorkerStats
 from proxy.controlplane.switch import Switch, check_labels, normalize_endpoints, pool_status
 from proxy.dataplane.pool import PoolSet
 from proxy.dataplane.routes import MAX_SLOT, NO_SLOT, encode
+from proxy.dataplane.tls import ServerTls
 from proxy.fleet.etcd import StoreUnavailableError
 from proxy.fleet.member import Fleet
 from proxy.server import read_config_for_reload
@@ -217,7 +218,10 @@ class Supervisor:
         app.middlewares.append(self._handover_guard)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.SockSite(self._runner, self.sockets["admin"])
+        admin_tls = ServerTls(self.config.admin.tls, self.config.source) if self.config.admin.tls else None
+        site = web.SockSite(
+            self._runner, self.sockets["admin"], ssl_context=admin_tls.context if admin_tls is not None else None
+        )
         await site.start()
         self.ports = {role: sock.getsockname()[1] for role, sock in self.sockets.items()}
         if self.owner:
