@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from proxy.dataplane.http import (
@@ -265,7 +266,7 @@ class Exchange:
         assert transport is not None
         if self.client.write_paused:
             transport.pause_reading()
-        self.sent_at = self.dp.loop.time()
+        self.sent_at = perf_counter()  # not the loop's clock: uvloop's steps in whole milliseconds
         if self.pending:
             conn.write(b"".join((self.head, *self.pending)))
             self.body_sent = True
@@ -339,7 +340,7 @@ class Exchange:
         ep = self.endpoint
         assert ep is not None
         ep.responded()
-        self.pool.observe(status, self.dp.loop.time() - self.sent_at, self.listener)
+        self.pool.observe(status, perf_counter() - self.sent_at, self.listener)
         self.upstream_reusable = parser.should_keep_alive()
         self.resp_no_body = self.is_head or status == 204 or status == 304 or status == 101
         if self.upgrade and status != 101:

@@ -156,3 +156,17 @@ async def test_grafana_dashboard_queries_name_metrics_the_proxy_exports(
         for name in re.findall(r"\b(?:bluegreen|process)_[a-z_]+", expr):
             # Worker metrics exist only under --workers (checked in the promtool test).
             assert name in exported or name.startswith("bluegreen_worker_"), (name, expr)
+
+
+async def test_upstream_latency_resolves_below_a_millisecond(upstream: StartUpstream, start_proxy: StartProxy) -> None:
+    """The loop's clock steps in whole milliseconds under uvloop: latency is measured with perf_counter."""
+    proxy = await start_proxy({"blue": [await upstream("blue")]}, preview=None)
+    await requests(proxy.ports["active"], 20)
+    metrics = samples(await scrape(proxy.ports["admin"]))
+    labels = {"pool": "blue", "listener": "active"}
+    total = value(metrics, "bluegreen_upstream_latency_seconds_sum", **labels)
+    count = value(metrics, "bluegreen_upstream_latency_seconds_count", **labels)
+    assert count == 20 and total > 0
+    assert abs(total * 1000 - round(total * 1000)) > 1e-6  # not a whole number of milliseconds
+    assert value(metrics, "bluegreen_upstream_latency_seconds_bucket", le="5e-05", **labels) >= 0
+    assert value(metrics, "bluegreen_upstream_latency_seconds_bucket", le="0.005", **labels) > 0

@@ -65,4 +65,4 @@ def test_observe_counts_by_class_and_latency_bucket() -> None:
     pool.observe(200, 0.0007)
     pool.observe(503, 0.2)
     assert pool.counts[2] == 1 and pool.counts[5] == 1
-    assert sum(pool.latency_buckets) == 2 and pool.latency_buckets[1] == 1
+    assert sum(pool.latency_buckets) == 2 and pool.latency_buckets[4] == 1  # (0.5 ms, 1 ms]
