@@ -59,7 +59,7 @@ class Case:
     name: str
     title: str
     path: str
-    upload: bool = False
+    script: str = "get"  # the wrk script: get (wrk's one-field head), upload, browser
     one_client: bool = False
 
 
@@ -67,11 +67,54 @@ CASES = {
     c.name: c
     for c in (
         Case("small", "GET, small body", "/small"),
+        Case(
+            "browser",
+            "GET, a browser's request head (17 fields, cookies, ~900 B) and an application's answer (14 fields, 2 KiB)",
+            "/app",
+            script="browser",
+        ),
         Case("64k-response", "GET, 64 KiB response", "/64k"),
-        Case("64k-upload", "POST, 64 KiB request body, small response", "/upload", upload=True),
+        Case("64k-upload", "POST, 64 KiB request body, small response", "/upload", script="upload"),
         Case("latency-1c", "GET, small body, one client", "/small", one_client=True),
     )
 }
+
+# What a browser sends for a page (Chromium's navigation request, with an application's and an analytics
+# tool's cookies): 17 fields, about 900 bytes with the request line. wrk adds Host.
+BROWSER_FIELDS = (
+    ("Connection", "keep-alive"),
+    ("sec-ch-ua", '"Chromium";v="131", "Not_A Brand";v="24"'),
+    ("sec-ch-ua-mobile", "?0"),
+    ("sec-ch-ua-platform", '"Linux"'),
+    ("Upgrade-Insecure-Requests", "1"),
+    ("User-Agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36"),
+    ("Accept", "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"),
+    ("Sec-Fetch-Site", "same-origin"),
+    ("Sec-Fetch-Mode", "navigate"),
+    ("Sec-Fetch-User", "?1"),
+    ("Sec-Fetch-Dest", "document"),
+    ("Referer", "http://127.0.0.1/account"),
+    ("Accept-Encoding", "gzip, deflate, br, zstd"),
+    ("Accept-Language", "en-GB,en;q=0.9,de;q=0.8"),
+    (
+        "Cookie",
+        "session=8f14e45fceea167a5a36dedd4bea2543; theme=dark; _ga=GA1.1.1432558271.1732617000; "
+        "_ga_Q8R2XK=GS1.1.1732617000.4.1.1732619102.0.0.0; _gid=GA1.1.993844822.1732617000; "
+        "consent=analytics%3Atrue%2Cads%3Afalse; cart=7d1e2f3a4b5c6d7e8f90a1b2c3d4e5f6",
+    ),
+    ("Priority", "u=0, i"),
+)
+# An application's answer: nginx's own fields (Server, Date, Content-Type, Content-Length, Last-Modified,
+# Connection, ETag, Accept-Ranges) plus these, over a 2 KiB page.
+APP_HEADERS = (
+    ("Cache-Control", '"private, no-cache"'),
+    ("Vary", '"Cookie, Accept-Encoding"'),
+    ("X-Request-Id", "5e1c2d9a-4b7f-4c1e-9a3b-2f6d8e7c1a0b"),
+    ("Set-Cookie", '"theme=dark; Path=/; SameSite=Lax"'),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Strict-Transport-Security", '"max-age=31536000"'),
+)
+APP_BODY_SIZE = 2048
 
 # The upstream. `return` is the cheapest small answer nginx has. The upload location must read the
 # whole body before answering, as an application would: `return` would answer first and discard the
@@ -97,6 +140,10 @@ http {{
     root {tmp}/www;
     location = /small {{ return 200 "hello from upstream\\n"; }}
     location = /64k {{ }}
+    location = /app {{
+      default_type "text/html; charset=utf-8";
+{app_headers}
+    }}
     location = /upload {{
       client_body_buffer_size 128k;
       mirror /_read_body;
@@ -407,12 +454,18 @@ def measure(root: int, duration: int, fn: Callable[[], tuple[str, str]]) -> Run:
 # --- wrk --------------------------------------------------------------------------------------------------
 
 
-def write_wrk_scripts(tmp: Path) -> dict[bool, Path]:
+def _lua(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_wrk_scripts(tmp: Path) -> dict[str, Path]:
+    browser = "".join(f"wrk.headers[{_lua(name)}] = {_lua(value)}\n" for name, value in BROWSER_FIELDS)
+    requests = {"get": "", "upload": WRK_UPLOAD, "browser": browser}
     scripts = {}
-    for upload in (False, True):
-        path = tmp / ("wrk-upload.lua" if upload else "wrk-get.lua")
-        path.write_text(WRK_SCRIPT.format(request=WRK_UPLOAD if upload else ""))
-        scripts[upload] = path
+    for name, request in requests.items():
+        path = tmp / f"wrk-{name}.lua"
+        path.write_text(WRK_SCRIPT.format(request=request))
+        scripts[name] = path
     return scripts
 
 
@@ -428,8 +481,8 @@ def parse_wrk(stdout: str, stderr: str) -> tuple[int, float, float, float, int]:
     return requests, duration_us / 1e6, float(p50), float(p99), errors
 
 
-def run_wrk(target: Target, case: Case, scripts: dict[bool, Path], connections: int, duration: int) -> Run:
-    argv = wrk_argv(scripts[case.upload], target.port, case.path, 1 if case.one_client else connections, duration)
+def run_wrk(target: Target, case: Case, scripts: dict[str, Path], connections: int, duration: int) -> Run:
+    argv = wrk_argv(scripts[case.script], target.port, case.path, 1 if case.one_client else connections, duration)
 
     def wrk() -> tuple[str, str]:
         done = subprocess.run(
@@ -440,9 +493,9 @@ def run_wrk(target: Target, case: Case, scripts: dict[bool, Path], connections: 
     return measure(target.cpu_root, duration, wrk)
 
 
-def run_flips(target: Target, scripts: dict[bool, Path], settings: Settings, stats: FlipStats) -> None:
+def run_flips(target: Target, scripts: dict[str, Path], settings: Settings, stats: FlipStats) -> None:
     """Saturate the target with wrk (small body) and flip it in a loop meanwhile."""
-    argv = wrk_argv(scripts[False], target.port, "/small", settings.connections, settings.duration)
+    argv = wrk_argv(scripts["get"], target.port, "/small", settings.connections, settings.duration)
 
     def wrk_with_flips() -> tuple[str, str]:
         wrk = subprocess.Popen(
@@ -547,12 +600,14 @@ def start_targets(procs: Processes, tmp: Path, names: Sequence[str], bluegreen: 
     tmp.chmod(0o755)  # nginx workers run as an unprivileged user and must read www/ and the temp paths
     (tmp / "www").mkdir()
     (tmp / "www" / "64k").write_bytes(os.urandom(BODY_SIZE))
+    (tmp / "www" / "app").write_bytes((b"<p>" + b"order line " * 200)[:APP_BODY_SIZE])
     (tmp / "www" / "upload").write_text("the static handler must find a file to answer POST with 405\n")
     upstream_port, haproxy_port, nginx_port, *ours_ports = free_ports(9)
     fmt: dict[str, Any] = {"host": HOST, "upstream": upstream_port, "temp_paths": _temp_paths(tmp)}
 
     conf = tmp / "upstream.conf"
-    conf.write_text(UPSTREAM_CONF.format(tmp=tmp, port=upstream_port, **fmt))
+    app_headers = "\n".join(f"      add_header {name} {value} always;" for name, value in APP_HEADERS)
+    conf.write_text(UPSTREAM_CONF.format(tmp=tmp, port=upstream_port, app_headers=app_headers, **fmt))
     proc = procs.start("upstream", ["nginx", "-p", str(tmp), "-c", str(conf)])
     wait_ready(procs, "upstream", proc, upstream_port, "/small")
     targets = {"direct": Target("direct", upstream_port, proc.pid)} if "direct" in names else {}
@@ -594,6 +649,7 @@ def check_answers(target: Target) -> None:
     for method, path, body, size in (
         ("GET", "/small", None, None),
         ("GET", "/64k", None, BODY_SIZE),
+        ("GET", "/app", None, APP_BODY_SIZE),
         ("POST", "/upload", upload, None),
     ):
         conn = http.client.HTTPConnection(HOST, target.port, timeout=10)
