@@ -134,6 +134,8 @@ class Supervisor:
         self.takeover = takeover
         self.owner = takeover is None  # changes are accepted (a successor waits until its predecessor stopped)
         self._frozen = False  # handing over to a successor: changes are refused (503 + Retry-After)
+        self._follower = False  # handed over: this draining proxy applies what its successor forwards
+        self._predecessor: Link | None = None  # a draining predecessor, to which each change is forwarded
         self.handed_over = asyncio.Event()  # a successor serves: this one drains and exits
         self.upgrade = UpgradeListener(socket_path(config))
         if takeover is not None:
@@ -255,6 +257,7 @@ class Supervisor:
         handover, self.takeover = self.takeover, None
         try:
             await handover.serving(ACK_TIMEOUT * 3)
+            self._predecessor = handover.link
         except (OSError, TimeoutError, ValueError, UpgradeError) as exc:
             log.warning("the old proxy (pid %d) did not confirm it stopped: %s", handover.peer_pid, exc)
             handover.link.close()
@@ -271,6 +274,7 @@ class Supervisor:
                 return
             self._frozen = True
         try:
+            begun = time.monotonic()
             roles = list(self.sockets)
             await link.send(
                 {"op": "sockets", "protocol": PROTOCOL, "version": proxy_version(), "pid": os.getpid(), "roles": roles},
@@ -297,13 +301,45 @@ class Supervisor:
                 self._frozen = False
                 return
             await self._drain_for_successor()
+            self._follower = True
             await link.send({"op": "stopped"})
-            print(f"bluegreen proxy: pid {reply.get('pid')} serves now; draining and exiting", flush=True)
+            took = (time.monotonic() - begun) * 1000
+            print(
+                f"bluegreen proxy: pid {reply.get('pid')} serves now (handover {took:.0f} ms); draining and exiting",
+                flush=True,
+            )
             self.handed_over.set()
+            await self._follow(link)
         except BaseException:
             if not self.handed_over.is_set() and not self._stopping:
                 self._frozen = False
             raise
+
+    async def _follow(self, link: Link) -> None:
+        """While draining: apply each change the successor forwards, so both route alike until this one exits."""
+        while (message := await link.receive()) is not None:
+            if message.get("op") == "adopt":
+                state = DesiredState.from_json(message["state"])
+                async with self.switch.lock:
+                    await self.switch.adopt(state)
+                await link.send({"op": "adopted", "generation": state.generation})
+
+    async def _forward(self, state: DesiredState) -> None:
+        """A change made here reaches the draining predecessor too (its keep-alive connections' last requests)."""
+        link = self._predecessor
+        if link is None:
+            return
+        try:
+            async with asyncio.timeout(ACK_TIMEOUT + 1):
+                await link.send({"op": "adopt", "state": state.to_json()})
+                reply = await link.receive()
+            if reply is None:
+                raise ConnectionError("it exited")
+        except (OSError, TimeoutError, ValueError, UpgradeError) as exc:
+            if not isinstance(exc, ConnectionError):
+                log.warning("the draining old proxy did not apply generation %d: %s", state.generation, exc)
+            self._predecessor = None
+            link.close()
 
     async def _drain_for_successor(self) -> None:
         """Stop accepting everywhere (workers, admin), keep what runs; workers exit once drained."""
@@ -439,7 +475,7 @@ class Supervisor:
         Health verdicts follow in the background: a flip does not wait for them (workers also eject
         failing endpoints by themselves).
         """
-        if self._frozen and self.fleet is None:
+        if self._frozen and not self._follower and self.fleet is None:
             raise UnavailableError(HANDING_OVER)  # the state was handed over: a change here would be lost
         self._reshape(state)
         pushed = self._pushed.pools if self._pushed is not None else {}
@@ -452,6 +488,8 @@ class Supervisor:
             await self._push_pools(state, health=False)
         if self._verdicts() != self._pushed_health:
             self._health_changed()
+        if self._predecessor is not None and self.fleet is None:  # in a fleet both follow etcd
+            await self._forward(state)
 
     def _reshape(self, state: DesiredState) -> None:
         """The supervisor's own pools follow the state (for health checks and status)."""
@@ -524,6 +562,9 @@ class Supervisor:
             await self._runner.cleanup()
         for sock in self.sockets.values():
             sock.close()
+        if self._predecessor is not None:  # kept until now: a draining successor still forwards changes through us
+            self._predecessor.close()
+            self._predecessor = None
 
 
 def _same_address(sock: socket.socket, host: str, port: int) -> bool:

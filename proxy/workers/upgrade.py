@@ -15,10 +15,14 @@ new -> old   {"op": "serving", "pid": ...}                           its workers
           or {"op": "failed", "reason": ...} / the connection closes   the old one goes on serving
 old -> new   {"op": "stopped"}      its workers stopped accepting and shut their idle connections down;
                                     in-flight requests, streams and tunnels finish there (drain timeout)
+new -> old   {"op": "adopt", "state": ...}     each change the new one makes while the old one drains
+old -> new   {"op": "adopted", "generation": N}
 ```
 
-Only after `stopped` does the new one accept changes (until then 503 + Retry-After too), so a flip is
-never applied by one process while the other still takes new requests. Only a peer of the same user
+Only after `stopped` does the new one accept changes (until then 503 + Retry-After too); from then on
+until the old one exits, every change is applied by both before it is answered: a keep-alive
+connection still open on the old one (its next request is answered with `Connection: close`) is
+routed by the same routes as the new one's. Only a peer of the same user
 is served (SO_PEERCRED). `PROTOCOL` moves whenever a message changes incompatibly; a peer speaking
 another one is refused with both versions named.
 """
@@ -156,7 +160,6 @@ class Handover:
             reply = await self.link.receive()
         if reply is None or reply.get("op") != "stopped":
             raise UpgradeError(f"the old proxy (pid {self.peer_pid}) did not confirm it stopped accepting: {reply}")
-        self.link.close()
 
     async def failed(self, reason: str) -> None:
         with contextlib.suppress(OSError):

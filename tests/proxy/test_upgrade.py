@@ -14,8 +14,9 @@ import signal
 import socket
 import sys
 import time
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 import yaml
@@ -80,6 +81,31 @@ def supervisor_serving(proxy_port: int, client_port: int) -> int | None:
             if worker is not None:
                 return _parent(worker)
     return None
+
+
+def supervisors_serving(proxy_port: int, client_ports: list[int]) -> dict[int, int]:
+    """`supervisor_serving` for many connections in one pass over /proc (client port -> supervisor)."""
+    inodes = {}
+    for fields in _tcp_entries():
+        if _port(fields[1]) == proxy_port and _port(fields[2]) in client_ports and fields[9] != "0":
+            inodes[f"socket:[{fields[9]}]"] = _port(fields[2])
+    found: dict[int, int] = {}
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                with os.scandir(f"/proc/{entry.name}/fd") as fds:
+                    for fd in fds:
+                        try:
+                            port = inodes.get(os.readlink(fd.path))
+                        except OSError:
+                            continue
+                        if port is not None:
+                            found[port] = _parent(int(entry.name))
+            except OSError:
+                continue
+    return found
 
 
 def listening_inode(port: int) -> str | None:
@@ -157,7 +183,7 @@ class Load:
         self.longest_fresh = 0.0  # the slowest fresh connection + request: the longest pause in accepting
         self.tasks: list[asyncio.Task[None]] = []
 
-    def start(self, keep_alive: int, fresh: int) -> Load:
+    def start(self, keep_alive: int, fresh: int) -> Self:
         loop = asyncio.get_running_loop()
         self.tasks = [loop.create_task(self._keep_alive()) for _ in range(keep_alive)]
         self.tasks += [loop.create_task(self._fresh()) for _ in range(fresh)]
@@ -570,3 +596,142 @@ async def test_upgrade_takes_over_fleet_membership(upstream: StartUpstream, tmp_
             if proxy.proc is not None:
                 await proxy.stop()
         await etcd.kill()
+
+
+def _more(load: Load, n: int) -> bool:
+    return load.ok >= n
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of `pid` and its children (a supervisor and its workers), KiB."""
+    total = 0
+    for p in [pid, *child_pids(pid)]:
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
+
+
+class Colors(Load):
+    """Load that records when each request started and which pool served it."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(port)
+        self.served: list[tuple[float, float, str]] = []  # started, answered, pool
+
+    async def _one(self, client: RawClient, close: bool = False) -> str | None:
+        started = time.monotonic()
+        try:
+            resp = await client.request(close=close)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            await client.close()
+            return repr(exc)
+        if resp.status != 200:
+            return f"status {resp.status}"
+        self.served.append((started, time.monotonic(), resp.headers[b"x-served-by-color"].decode()))
+        return None
+
+
+async def test_upgrades_in_a_row_with_flips_between(upstream: StartUpstream, tmp_path: Path) -> None:
+    """Ten upgrades in a row under load, a flip after each: no failed request, and no request that began
+    after a flip was acknowledged (and ended before the next was sent) served by the other pool, although the
+    old process still answers the last request of each of its keep-alive connections: every flip is applied
+    by both until it exits."""
+    proxy = await started(await ProxyProcess(tmp_path, await pools(upstream), "blue", "green", **DRAIN).start())
+    assert proxy.proc is not None
+    admin, active = proxy.ports["admin"], proxy.ports["active"]
+    generations: list[Process] = []
+    flips: list[tuple[float, float, str]] = []  # sent, acknowledged, new active
+    memory = [rss_kib(proxy.proc.pid)]
+    takeover_ms: list[float] = []
+    load = Colors(active).start(keep_alive=3, fresh=2)
+    color = "blue"
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(10):
+                begun = time.monotonic()
+                generations.append(await upgrade(proxy))
+                takeover_ms.append((time.monotonic() - begun) * 1000)
+                color = "green" if color == "blue" else "blue"
+                sent = time.monotonic()
+                resp = await flip(session, admin, color)
+                assert resp.status == 200, resp.status
+                flips.append((sent, time.monotonic(), color))
+                served = load.ok
+                await wait_until(partial(_more, load, served + 20), message="load after the flip")
+                memory.append(rss_kib(generations[-1].pid))
+        await load.finish()
+        assert load.failures == [], load.failures[:10]
+        wrong = []
+        for i, (_, acked, expected) in enumerate(flips):
+            until = flips[i + 1][0] if i + 1 < len(flips) else float("inf")
+            # Begun after the flip's answer, answered before the next flip was sent: only one pool is right.
+            wrong += [(t, c) for t, end, c in load.served if acked <= t and end < until and c != expected]
+        assert wrong == [], wrong[:10]
+        for process in generations[:-1]:
+            assert await exited(process) == 0
+        print(
+            f"requests {load.ok}, upgrades {len(generations)}, failures 0; longest fresh connection + request "
+            f"{load.longest_fresh * 1000:.1f} ms; --upgrade to took-over {min(takeover_ms):.0f}-{max(takeover_ms):.0f}"
+            f" ms; memory (supervisor + worker, KiB) first {memory[0]}, after each upgrade {memory[1:]}"
+        )
+    finally:
+        if not load.stop.is_set():
+            await load.finish()
+        for process in generations:
+            await process.stop()
+        await proxy.stop()
+
+
+async def test_a_flip_after_the_handover_reaches_the_old_process_connections(
+    upstream: StartUpstream, tmp_path: Path
+) -> None:
+    """Keep-alive connections still open on the draining old process (idle less than a second when it stopped)
+    get one more request, answered with `Connection: close`: a flip made on the new process before it is
+    routed by the new routes there too, because the new process forwards every change to the old one."""
+    proxy = await started(await ProxyProcess(tmp_path, await pools(upstream), "blue", "green", **DRAIN).start())
+    assert proxy.proc is not None
+    old, active, admin = proxy.proc.pid, proxy.ports["active"], proxy.ports["admin"]
+    clients = [RawClient(active) for _ in range(6)]
+    new: Process | None = None
+    try:
+        for client in clients:
+            assert (await client.request()).status == 200
+        upgrading = asyncio.ensure_future(upgrade(proxy))
+        deadline, turn = time.monotonic() + 30, 0
+        proc = proxy.proc
+        # Each connection busy every 60 ms or so, until the old process says it stopped accepting.
+        while "serves now" not in proc.output and not upgrading.done() and time.monotonic() < deadline:
+            client = clients[turn % len(clients)]
+            turn += 1
+            if client.writer is not None:
+                await client.request()
+            await asyncio.sleep(0.01)
+        open_ones = [c for c in clients if c.writer is not None]
+        owners = supervisors_serving(active, [local_port(c) for c in open_ones])
+        still_old = [c for c in open_ones if owners.get(local_port(c)) == old]
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100):  # the new process accepts changes once it heard the old one stopped
+                answer = await flip(session, admin, "green")
+                if answer.status != 503:
+                    break
+                await asyncio.sleep(0.01)
+            assert answer.status == 200
+        tested = 0
+        for client in still_old:
+            try:
+                resp = await client.request()
+            except (OSError, asyncio.IncompleteReadError):
+                continue  # closed by the old one meanwhile (idle for its grace): nothing to route
+            tested += 1
+            assert resp.headers[b"x-served-by-color"] == b"green"
+            assert resp.headers[b"connection"] == b"close"
+        assert tested >= 1, f"none still open on the old process: {len(open_ones)} open, {owners}, old {old}"
+        new = await upgrading
+        print(f"{tested} of {len(clients)} keep-alive connections served once more by the old process, by the flip")
+    finally:
+        for client in clients:
+            await client.close()
+        if new is not None:
+            await new.stop()
+        await proxy.stop()
