@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from proxy.control.api import ProxyControl
@@ -94,9 +94,10 @@ class Cluster:
         self.binding = Binding(self.store, control, bind) if control is not None else None
         self.store.subscribe(lambda _: self.wake())
 
-    def attach(self, control: ProxyControl, bind: str | None = None) -> None:
-        """Drive a proxy from now on (the demo starts the proxy after building the cluster)."""
-        self.binding = Binding(self.store, control, bind)
+    def attach(self, control: ProxyControl, bind: str | None = None, *, replaces: Collection[str] = ()) -> None:
+        """Drive a proxy from now on (the demo starts the proxy after building the cluster); `replaces`: the
+        proxy's placeholder pools, removed once the routes name the bound Rollout's ReplicaSets."""
+        self.binding = Binding(self.store, control, bind, replaces=replaces)
         self.wake()
 
     @classmethod

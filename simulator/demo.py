@@ -33,6 +33,7 @@ __all__ = ["BUNDLED_MANIFESTS", "Demo", "DemoConfig", "main"]
 
 # Package data (pyproject.toml), so an installed wheel finds them as a checkout does.
 BUNDLED_MANIFESTS = Path(__file__).resolve().parent / "demo_manifests"
+PLACEHOLDER_POOL = "unbound"  # the proxy config needs a routed pool before any ReplicaSet exists
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,10 @@ class Demo:
                 "preview": {"host": c.host, "port": c.preview_port},
             },
             "admin": admin,
-            # Pools start empty: the simulator fills them from the Services' ready pods.
-            "pools": {"blue": {"endpoints": []}, "green": {"endpoints": []}},
-            "routes": {"active": "blue", "preview": "green"},
+            # One empty placeholder until the binding names a pool after each ReplicaSet a Service points
+            # at (`rollout-bluegreen-547f9bd7cb`, labelled revision and image), switches to it and removes this.
+            "pools": {PLACEHOLDER_POOL: {"endpoints": []}},
+            "routes": {"active": PLACEHOLDER_POOL, "preview": PLACEHOLDER_POOL},
             "health_check": {"path": "/healthz", "interval": c.health_interval, "timeout": c.health_interval},
         }
 
@@ -81,7 +83,7 @@ class Demo:
         server = self.server = ProxyServer(parse_config(self.proxy_config(), "<demo>"), admin_setup=admin_setup)
         await server.start()
         rollouts = [o.name for o in self.manifests.objects if isinstance(o, Rollout)]
-        cluster.attach(server.control, bind=rollouts[0] if len(rollouts) == 1 else None)
+        cluster.attach(server.control, bind=rollouts[0] if len(rollouts) == 1 else None, replaces=(PLACEHOLDER_POOL,))
         operations.apply(cluster.store, self.manifests.objects)
         self._task = asyncio.create_task(cluster.run())
 

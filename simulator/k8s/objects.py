@@ -16,11 +16,11 @@ from simulator.k8s.clock import format_time
 from simulator.k8s.rollout_status import RolloutStatus
 
 __all__ = [
-    "ANNOTATION_COLOR",
     "ANNOTATION_DEADLINE",
     "ANNOTATION_DESIRED",
     "ANNOTATION_EPHEMERAL",
     "ANNOTATION_MANAGED_BY",
+    "ANNOTATION_POOL",
     "ANNOTATION_REVISION",
     "ANNOTATION_REVISION_HISTORY",
     "HASH_LABEL",
@@ -48,8 +48,8 @@ ANNOTATION_DESIRED = "rollout.argoproj.io/desired-replicas"
 ANNOTATION_DEADLINE = "scale-down-deadline"
 ANNOTATION_EPHEMERAL = "rollout.argoproj.io/ephemeral-metadata"
 ANNOTATION_MANAGED_BY = "argo-rollouts.argoproj.io/managed-by-rollouts"
-# Not Argo: which proxy pool (color) a ReplicaSet's pods serve in; shown by `get` and the dashboard.
-ANNOTATION_COLOR = "bluegreen.dev/color"
+# Not Argo: the proxy pool that serves a ReplicaSet's pods (simulator.binding); shown by the dashboard.
+ANNOTATION_POOL = "bluegreen.dev/pool"
 
 
 @dataclass

@@ -12,9 +12,14 @@
 
 The traffic generator sends `GET /color` through the proxy's active and preview listeners at a bounded
 rate (never more than `MAX_IN_FLIGHT` requests outstanding) and records, per request, the listener, the
-status, the pool (`x-served-by-color`), the pod (`X-Pod`), the color the app answered and the latency.
-It keeps requests/s per pod and per pool over a sliding window, the error rate, and a strip of the last
-`STRIP` answers per listener, like Argo's rollouts-demo page.
+status, the pool (`x-served-by-color`: the proxy pool, named after the ReplicaSet), the pod (`X-Pod`), the
+color the app answered (`GET /color`, what the strip shows) and the latency. It keeps requests/s per pod
+and per pool and the error rate over the last `WINDOW` seconds (besides the totals since the start), and
+a strip of the last `STRIP` answers per listener, like Argo's rollouts-demo page.
+
+The picture names each proxy pool by the ReplicaSet it serves, with its revision and image; colors on the
+page are the colors the pods answer, never a slot. When a listener's pool has no healthy endpoint (the
+preview while a new revision's pods start, Argo #2641), the picture says why the listener answers 503.
 
 Everything here runs on the admin app's loop; every loop is bounded and stopped on the app's shutdown.
 Only `proxy.control.api` is used to read the proxy (through the Cluster's binding).
@@ -27,7 +32,7 @@ import contextlib
 import json
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -37,7 +42,7 @@ from aiohttp import web
 
 from simulator.cluster import Cluster
 from simulator.k8s.clock import parse_time
-from simulator.k8s.objects import ANNOTATION_COLOR, ANNOTATION_DEADLINE, HASH_LABEL, Pod, Rollout, Service
+from simulator.k8s.objects import ANNOTATION_DEADLINE, ANNOTATION_POOL, HASH_LABEL, Pod, ReplicaSet, Rollout, Service
 from simulator.k8s.store import WatchEvent
 from simulator.rollouts.tree import client_phase
 from simulator.web import sse
@@ -52,7 +57,7 @@ DEFAULT_RATE: Final = 10.0  # requests/s per listener: 20 req/s in all
 MAX_RATE: Final = 50.0
 MAX_IN_FLIGHT: Final = 40  # a slow- image never piles up more than this
 REQUEST_TIMEOUT: Final = 5.0
-WINDOW: Final = 5.0  # seconds of samples behind requests/s and the error rate
+WINDOW: Final = 10.0  # seconds of samples behind requests/s and the error rate (the recent window)
 STRIP: Final = 100  # answers kept per listener
 PUBLISH_EVERY: Final = 0.5  # traffic updates per second: 2
 STATE_REFRESH: Final = 1.0  # the picture is rebuilt at least this often while someone watches (proxy health)
@@ -217,7 +222,7 @@ class Traffic:
                 },
                 "byPool": {k: round(v / span, 1) for k, v in sorted(by_pool.items())},
                 "byColor": {k: round(v / span, 1) for k, v in sorted(answers.items())},
-                "requests": self.totals[f"{name}.requests"],  # since the start
+                "requests": self.totals[f"{name}.requests"],  # since the start, as "failed"
                 "failed": self.totals[f"{name}.errors"],
                 "strip": [
                     {"color": s.color, "pool": s.pool, "pod": s.pod, "status": s.status, "error": s.error}
@@ -275,6 +280,7 @@ async def build_state(cluster: Cluster, name: str | None = None) -> dict[str, An
     rollouts = [r.name for r in cluster.store.list(Rollout)]
     state: dict[str, Any] = {"now": now, "rollouts": rollouts, "proxy": proxy, "rollout": None}
     state["events"] = [e.to_json() for e in cluster.events[-EVENTS_SHOWN:]]
+    served_pools = {p["name"]: p for p in (proxy or {}).get("pools", [])}
     rollout = _bound_rollout(cluster, name)
     view = rollout_view(cluster, rollout.name, rollout.metadata.namespace) if rollout is not None else None
     if rollout is None or view is None:
@@ -282,14 +288,15 @@ async def build_state(cluster: Cluster, name: str | None = None) -> dict[str, An
     status = rollout.status
     phase, message = client_phase(rollout)
     strategy = (rollout.spec.get("strategy") or {}).get("blueGreen") or {}
-    colors = dict(binding.colors) if binding is not None else {}
+    pools = dict(binding.pools) if binding is not None else {}
     replica_sets = sorted(view.replica_sets, key=lambda r: r.revision)
     current = next((r for r in replica_sets if status and r.pod_hash == status.current_pod_hash), None)
+    by_hash = {r.pod_hash: r for r in replica_sets}
 
-    def color_of(pod_hash: str) -> str:
-        rs = next((r for r in replica_sets if r.pod_hash == pod_hash), None)
-        annotated = rs.metadata.annotations.get(ANNOTATION_COLOR, "") if rs is not None else ""
-        return colors.get(pod_hash) or annotated
+    def pool_of(pod_hash: str) -> str:
+        rs = by_hash.get(pod_hash)
+        annotated = rs.metadata.annotations.get(ANNOTATION_POOL, "") if rs is not None else ""
+        return pools.get(pod_hash) or annotated
 
     services = []
     for role in ("active", "preview"):
@@ -300,13 +307,16 @@ async def build_state(cluster: Cluster, name: str | None = None) -> dict[str, An
         selector = service.selector
         selected = [p for p in view.pods if _selects(selector, p)]
         pod_hash = selector.get(HASH_LABEL, "")
+        rs = by_hash.get(pod_hash)
         services.append(
             {
                 "name": service.name,
                 "role": role,
                 "selector": selector,
                 "podHash": pod_hash,
-                "color": color_of(pod_hash) if pod_hash else "",
+                "pool": pool_of(pod_hash) if pod_hash else "",
+                "revision": rs.revision if rs is not None else None,
+                "image": _image((rs.spec.get("template") or {}).get("spec") or {}) if rs is not None else "",
                 "pods": [p.name for p in selected],
                 "endpoints": [p.name for p in selected if p.status.ready],
             }
@@ -341,7 +351,7 @@ async def build_state(cluster: Cluster, name: str | None = None) -> dict[str, An
                 "name": rs.name,
                 "revision": rs.revision,
                 "podHash": rs.pod_hash,
-                "color": color_of(rs.pod_hash),
+                "pool": pool_of(rs.pod_hash),
                 "image": _image((rs.spec.get("template") or {}).get("spec") or {}),
                 "replicas": rs.replicas,
                 "readyReplicas": rs.status.ready_replicas,
@@ -364,6 +374,12 @@ async def build_state(cluster: Cluster, name: str | None = None) -> dict[str, An
                 "metrics": data["metricResults"],
             }
         )
+    if proxy is not None and "routes" in proxy:
+        proxy["unavailable"] = {
+            role: why
+            for role in LISTENERS
+            if (why := _why_unavailable(role, proxy["routes"].get(role), served_pools, replica_sets, view.pods))
+        }
     state["rollout"] = {
         "name": rollout.name,
         "namespace": rollout.metadata.namespace,
@@ -389,6 +405,33 @@ async def build_state(cluster: Cluster, name: str | None = None) -> dict[str, An
         "analysisRuns": runs,
     }
     return state
+
+
+def _why_unavailable(
+    role: str, pool: str | None, served: Mapping[str, Any], replica_sets: Sequence[ReplicaSet], pods: Sequence[Pod]
+) -> str:
+    """Why the `role` listener answers 503 now (its pool has no healthy endpoint), in one sentence; "" if it serves."""
+    entry = served.get(pool or "")
+    if entry is None or any(e["healthy"] for e in entry["endpoints"]):
+        return ""
+    rs = next((r for r in replica_sets if pool in (r.name, r.pod_hash)), None)
+    if rs is None:
+        return f"The {role} listener answers 503: its pool {pool} has no endpoint yet."
+    mine = [p for p in pods if p.metadata.labels.get(HASH_LABEL) == rs.pod_hash]
+    ready = sum(1 for p in mine if p.status.ready)
+    who = f"revision {rs.revision}"
+    if rs.replicas == 0 and not mine:
+        return f"The {role} listener answers 503: {who} is scaled down, and the {role} Service still selects it."
+    if ready == 0:
+        return (
+            f"The {role} listener answers 503 while {who}'s pods start ({ready}/{rs.replicas} ready): "
+            f"the {role} Service selects them before they are ready, and the proxy sends no request to a pod "
+            "that is not ready."
+        )
+    return (
+        f"The {role} listener answers 503: {who} has {ready} ready pod(s), not yet healthy in the proxy "
+        "(its health check has to pass first)."
+    )
 
 
 class Dashboard:

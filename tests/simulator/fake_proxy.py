@@ -30,6 +30,7 @@ class FakeProxy:
                 tuple(EndpointStatus(a, a not in self.unhealthy, 0) for a in endpoints),
                 0,
                 name not in (self._routes.active, self._routes.preview),
+                tuple(sorted(self.labels.get(name, {}).items())),
             )
             for name, endpoints in self.pools.items()
         )
@@ -51,6 +52,7 @@ class FakeProxy:
             raise ConflictError(f"pool {pool!r} is routed")
         del self.pools[pool]
         self.labels.pop(pool, None)
+        self.calls.append(("delete_pool", pool))
 
     async def switch(
         self, active: str, preview: str | None = None, *, force: bool = False, generation: int | None = None

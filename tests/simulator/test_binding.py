@@ -1,69 +1,97 @@
-"""Services drive the proxy: colors alternate, endpoints follow ready pods, promotion is the flip."""
+"""Services drive the proxy: one pool per ReplicaSet, endpoints follow ready pods, promotion is the flip."""
 
 from __future__ import annotations
 
 from simulator import operations
-from simulator.k8s.objects import ANNOTATION_COLOR
+from simulator.k8s.objects import ANNOTATION_POOL
 from tests.simulator.fake_proxy import FakeProxy
 from tests.simulator.harness import EXAMPLES, Sim
 
 DEMO = EXAMPLES / "rollouts-demo" / "examples" / "blue-green"
 NAME = "bluegreen-demo"
+IMAGE = "argoproj/rollouts-demo"
 
 
 def addresses(sim: Sim, revision: int) -> list[str]:
     return sorted(p.status.address for p in sim.pods(NAME, revision) if p.status.ready)
 
 
-async def test_rollout_moves_proxy_routes() -> None:
-    proxy = FakeProxy()
-    sim = Sim(proxy=proxy)
+def pool(sim: Sim, revision: int) -> str:
+    """The pool a revision is served by: its ReplicaSet's name."""
+    return sim.rs(NAME, revision).name
+
+
+def bound(proxy: FakeProxy) -> Sim:
+    """A cluster attached to a proxy that starts, as the demo's does, with one empty placeholder pool."""
+    sim = Sim()
+    sim.proxy = proxy
+    sim.cluster.attach(proxy, replaces=("unbound",))
+    return sim
+
+
+def placeholder_proxy() -> FakeProxy:
+    return FakeProxy(pools={"unbound": []}, active="unbound", preview="unbound")
+
+
+async def test_pools_are_named_after_replica_sets_with_revision_and_image() -> None:
+    proxy = placeholder_proxy()
+    sim = bound(proxy)
     await sim.apply(DEMO)
     await sim.until(lambda: sim.phase(NAME) == "Healthy")
-    assert (proxy.routes_now(), proxy.serving("active")) == (("blue", "blue"), addresses(sim, 1))
-    assert sim.rs(NAME, 1).metadata.annotations[ANNOTATION_COLOR] == "blue"
+    rev1 = pool(sim, 1)
+    assert rev1 == f"{NAME}-{sim.hash(NAME, 1)}"
+    assert proxy.routes_now() == (rev1, rev1)
+    assert proxy.serving("active") == addresses(sim, 1)
+    assert proxy.labels[rev1] == {"revision": "1", "image": f"{IMAGE}:blue"}
+    assert set(proxy.pools) == {rev1}  # the placeholder is gone once nothing routes to it
+    assert sim.rs(NAME, 1).metadata.annotations[ANNOTATION_POOL] == rev1
 
-    operations.set_image(sim.store, NAME, "*", "argoproj/rollouts-demo:green")
+    operations.set_image(sim.store, NAME, "*", f"{IMAGE}:green")
     await sim.cluster.settle()
+    rev2 = pool(sim, 2)
     # The preview Service points at rev2 before it has pods: preview serves nothing yet (Argo #2641).
-    assert proxy.routes_now() == ("blue", "green") and proxy.serving("preview") == []
+    assert proxy.routes_now() == (rev1, rev2) and proxy.serving("preview") == []
     await sim.until(lambda: sim.phase(NAME) == "Paused")
     assert proxy.serving("active") == addresses(sim, 1)
     assert proxy.serving("preview") == addresses(sim, 2) != []
+    assert proxy.labels[rev2] == {"revision": "2", "image": f"{IMAGE}:green"}
     generation = proxy.history[-1].generation
     await sim.promote(NAME)
     await sim.until(lambda: sim.phase(NAME) == "Healthy")
-    assert proxy.routes_now() == ("green", "green")
+    assert proxy.routes_now() == (rev2, rev2)
     assert proxy.history[-1].generation == generation + 1  # one flip
     assert proxy.serving("active") == addresses(sim, 2)
 
-    # The next revision takes the idle color again: blue.
-    operations.set_image(sim.store, NAME, "*", "argoproj/rollouts-demo:yellow")
+    # The third revision is a pool of its own, labelled with its image: no slot color shared with rev1.
+    operations.set_image(sim.store, NAME, "*", f"{IMAGE}:yellow")
     await sim.until(lambda: sim.phase(NAME) == "Paused")
-    assert proxy.routes_now() == ("green", "blue")
-    assert sim.rs(NAME, 3).metadata.annotations[ANNOTATION_COLOR] == "blue"
+    rev3 = pool(sim, 3)
+    assert len({rev1, rev2, rev3}) == 3
+    assert proxy.routes_now() == (rev2, rev3)
+    assert proxy.labels[rev3] == {"revision": "3", "image": f"{IMAGE}:yellow"}
+    assert sim.rs(NAME, 3).metadata.annotations[ANNOTATION_POOL] == rev3
     await sim.abort(NAME)
     await sim.cluster.settle()
-    assert proxy.routes_now() == ("green", "blue")  # live traffic never left green
+    assert proxy.routes_now() == (rev2, rev3)  # live traffic never left rev2; preview still names rev3
     assert proxy.serving("active") == addresses(sim, 2)
 
 
 async def test_switch_refused_is_retried() -> None:
     """409 from the proxy (no healthy endpoint yet) is retried until the proxy accepts the flip."""
-    proxy = FakeProxy()
-    sim = Sim(proxy=proxy)
+    proxy = placeholder_proxy()
+    sim = bound(proxy)
     await sim.apply(DEMO)
     await sim.until(lambda: sim.phase(NAME) == "Healthy")
-    operations.set_image(sim.store, NAME, "*", "argoproj/rollouts-demo:green")
+    operations.set_image(sim.store, NAME, "*", f"{IMAGE}:green")
     await sim.until(lambda: sim.phase(NAME) == "Paused")
     proxy.unhealthy.update(addresses(sim, 2))
     await sim.promote(NAME)
     await sim.advance(5)
-    assert proxy.routes_now()[0] == "blue"
+    assert proxy.routes_now()[0] == pool(sim, 1)
     assert sim.cluster.binding is not None and "no healthy endpoint" in sim.cluster.binding.last_error
     proxy.unhealthy.clear()
     await sim.advance(1)
-    assert proxy.routes_now() == ("green", "green")
+    assert proxy.routes_now() == (pool(sim, 2), pool(sim, 2))
 
 
 async def test_crashed_pod_leaves_the_pool_and_comes_back() -> None:
@@ -82,33 +110,58 @@ async def test_crashed_pod_leaves_the_pool_and_comes_back() -> None:
 
 
 async def test_hand_made_switch_is_reconciled() -> None:
-    """The Services are the source of truth: a manual flip or lost endpoints are put back (verify call)."""
+    """The Services are the source of truth: a manual flip, lost endpoints or labels are put back (verify call)."""
     proxy = FakeProxy()
     sim = Sim(proxy=proxy)
     await sim.apply(DEMO)
     await sim.until(lambda: sim.phase(NAME) == "Healthy")
+    rev1 = pool(sim, 1)
     await proxy.set_endpoints("green", ["10.9.9.9:8080"])
     await proxy.switch("green", "green")
-    proxy.pools["blue"] = []
+    proxy.pools[rev1] = []
+    proxy.labels[rev1] = {"revision": "7"}
     await sim.advance(31)
-    assert proxy.routes_now() == ("blue", "blue")
+    assert proxy.routes_now() == (rev1, rev1)
     assert proxy.serving("active") == addresses(sim, 1)
+    assert proxy.labels[rev1]["revision"] == "1"
 
 
-async def test_scaled_down_pods_leave_the_proxy() -> None:
-    """The unrouted pool follows its ReplicaSet: warm during the scale-down delay, empty once scaled down."""
-    proxy = FakeProxy()
-    sim = Sim(proxy=proxy)
+async def test_scaled_down_replica_set_leaves_the_proxy_after_the_switch() -> None:
+    """The unrouted pool follows its ReplicaSet: warm during the scale-down delay, removed once scaled down —
+    and never while a route names it (the proxy refuses that): the switch comes first."""
+    proxy = placeholder_proxy()
+    sim = bound(proxy)
     await sim.apply(DEMO)
     await sim.until(lambda: sim.phase(NAME) == "Healthy")
-    old = addresses(sim, 1)
-    operations.set_image(sim.store, NAME, "*", "argoproj/rollouts-demo:green")
+    rev1, old = pool(sim, 1), addresses(sim, 1)
+    operations.set_image(sim.store, NAME, "*", f"{IMAGE}:green")
     await sim.until(lambda: sim.phase(NAME) == "Paused")
     await sim.promote(NAME)
     await sim.until(lambda: sim.phase(NAME) == "Healthy")
-    assert proxy.routes_now() == ("green", "green")
-    assert proxy.pools["blue"] == old != []  # the old stack, still up for a fast rollback
+    rev2 = pool(sim, 2)
+    assert proxy.routes_now() == (rev2, rev2)
+    assert proxy.pools[rev1] == old != []  # the old stack, still up for a fast rollback
     await sim.until(lambda: sim.rs(NAME, 1).spec.get("replicas") == 0 and not sim.pods(NAME, 1))
     await sim.cluster.settle()
-    assert proxy.pools["blue"] == []
-    assert proxy.pools["green"] == addresses(sim, 2) != []
+    assert set(proxy.pools) == {rev2}
+    assert proxy.pools[rev2] == addresses(sim, 2) != []
+    switched = proxy.calls.index(("switch", rev2, rev2))
+    assert proxy.calls.index(("delete_pool", rev1)) > switched
+    assert proxy.calls.index(("delete_pool", "unbound")) < switched
+
+
+async def test_rollback_relabels_the_pool_with_the_new_revision() -> None:
+    """`undo` inside the scale-down delay brings rev1's ReplicaSet back as revision 3: same pool, new label."""
+    proxy = placeholder_proxy()
+    sim = bound(proxy)
+    await sim.apply(DEMO)
+    await sim.until(lambda: sim.phase(NAME) == "Healthy")
+    rev1 = pool(sim, 1)
+    operations.set_image(sim.store, NAME, "*", f"{IMAGE}:green")
+    await sim.until(lambda: sim.phase(NAME) == "Paused")
+    await sim.promote(NAME)
+    await sim.until(lambda: sim.phase(NAME) == "Healthy")
+    operations.undo(sim.store, NAME)
+    await sim.until(lambda: sim.rs(NAME, 3).name == rev1)
+    await sim.until(lambda: proxy.routes_now()[1] == rev1 and proxy.labels[rev1]["revision"] == "3")
+    assert proxy.labels[rev1] == {"revision": "3", "image": f"{IMAGE}:blue"}

@@ -1,9 +1,11 @@
 """The dashboard in a real headless Chromium (Debian's `chromium`, driven by Playwright for Python).
 
 The demo runs on free ports with the dashboard on its admin app, exactly as `bluegreen demo` composes
-it. The page must draw the pods and Services, generate traffic, set image green and promote from its
-buttons, and show the flip live: the preview Service and strip go green first, then the active Service
-and the users' strip, with no failed request in between. It saves `docs/img/dashboard.png`.
+it. The page must draw the pods and Services, generate traffic, set image yellow and promote from its
+buttons, and show the flip live: the preview Service and strip go yellow first, then the active Service
+and the users' strip, with no failed request in between. Pools are named after ReplicaSets, with their
+revision and image; every color is the one the pods answer (yellow, not a "green slot"). The page fits a
+1280×720 projector. It saves `docs/img/dashboard.png` (1280×720).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ CHROMIUM_ARGS = [
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "dashboard.png"
 NAME = "rollout-bluegreen"
 WAIT_MS = 15_000
+VIEWPORT = (1280, 720)  # a projector
 POD_NAME = re.compile(rf"^{NAME}-[a-z0-9]+-[a-z0-9]{{5}}$")
 
 
@@ -109,7 +112,7 @@ async def browser_page(executable: str) -> AsyncIterator[Page]:
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         try:
-            page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = await browser.new_page(viewport={"width": VIEWPORT[0], "height": VIEWPORT[1]})
             page.set_default_timeout(WAIT_MS)
             yield page
         finally:
@@ -133,48 +136,64 @@ async def test_dashboard_draws_the_rollout_and_shows_a_flip_live(demo: Demo) -> 
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         await page.goto(f"http://127.0.0.1:{demo.ports['admin']}/")
 
-        # The initial state of the guide: both Services on blue, two blue pods drawn, arrows to both.
+        # The initial state of the guide: both Services on revision 1 (blue pods), two pods drawn, arrows to both.
         await page.wait_for_selector("#connection[data-state=open]")
-        await page.wait_for_selector("#svc-active[data-color=blue]")
-        await page.wait_for_selector("#svc-preview[data-color=blue]")
-        await page.wait_for_function("document.querySelectorAll('.pod[data-slot=blue][data-ready=true]').length === 2")
+        await page.wait_for_selector("#svc-active[data-color=blue][data-revision='1']")
+        await page.wait_for_selector("#svc-preview[data-color=blue][data-revision='1']")
+        await page.wait_for_function("document.querySelectorAll('.pod[data-color=blue][data-ready=true]').length === 2")
         pods = await page.eval_on_selector_all(".pod", "nodes => nodes.map(n => n.dataset.pod)")
         assert len(pods) == 2 and all(POD_NAME.match(p) for p in pods), pods
         assert await page.text_content("#svc-active .svc-name") == f"{NAME}-active"
         assert await page.text_content("#svc-preview .svc-name") == f"{NAME}-preview"
         await page.wait_for_function("document.querySelectorAll('path.arrow[data-service=active]').length === 2")
-        assert await page.text_content("#route-active") == "blue"
+        rev1 = pods[0].rsplit("-", 1)[0]  # the pool is the ReplicaSet: rollout-bluegreen-<hash>
+        await page.wait_for_function(f"document.querySelector('#route-active').textContent === '{rev1}'")
+        assert await page.text_content("#route-active-what") == "revision 1 · rollouts-demo:blue"
+        assert await page.get_attribute("#listener-active", "data-color") == "blue"
 
         # Generate traffic: the users' strip fills with blue.
         await page.click("#traffic-toggle")
         await page.wait_for_selector("#strip-active[data-last=blue]")
         await page.wait_for_function("document.querySelectorAll('#strip-active .cell[data-color=blue]').length >= 5")
+        assert "last 10s" in (await page.text_content("#rps-active") or "")
+        assert await page.text_content("#errors-window") == "errors, last 10s"
 
-        # Deploy green: the preview Service and the testers' strip go green, users stay on blue.
-        await page.select_option("#image-select", "argoproj/rollouts-demo:green")
+        # Deploy yellow: the preview Service and the testers' strip go yellow, users stay on blue.
+        await page.select_option("#image-select", "argoproj/rollouts-demo:yellow")
         await page.click("#btn-set-image")
         await page.wait_for_selector("#phase[data-phase=Paused]")  # after the smoke test passed
-        await page.wait_for_selector("#svc-preview[data-color=green]")
-        await page.wait_for_selector("#strip-preview[data-last=green]")
+        await page.wait_for_selector("#svc-preview[data-color=yellow][data-revision='2']")
+        await page.wait_for_selector("#strip-preview[data-last=yellow]")
+        await page.wait_for_selector("#listener-preview[data-color=yellow]")
+        assert await page.text_content("#route-preview-what") == "revision 2 · rollouts-demo:yellow"
         assert await page.get_attribute("#svc-active", "data-color") == "blue"
         assert await page.get_attribute("#strip-active", "data-last") == "blue"
+        assert await page.eval_on_selector_all(".pod[data-color=green]", "nodes => nodes.length") == 0
         await page.wait_for_selector(".run .run-phase[data-phase=Successful]")
         assert "BlueGreenPause" in (await page.text_content("#fact-pause") or "")
+        assert await page.is_hidden("#why-preview")  # it serves: nothing to explain
 
-        # Promote: the active Service flips to green; the users' strip changes color with no error.
+        # Promote: the active Service flips to yellow; the users' strip changes color with no error.
         await page.click("#btn-promote")
-        await page.wait_for_selector("#svc-active[data-color=green]")
+        await page.wait_for_selector("#svc-active[data-color=yellow]")
         await page.wait_for_selector("#phase[data-phase=Healthy]")
-        await page.wait_for_selector("#strip-active[data-last=green]")
-        await page.wait_for_function("document.querySelectorAll('#strip-active .cell[data-color=green]').length >= 10")
-        assert await page.text_content("#route-active") == "green"
+        await page.wait_for_selector("#strip-active[data-last=yellow]")
+        await page.wait_for_function("document.querySelectorAll('#strip-active .cell[data-color=yellow]').length >= 10")
+        assert await page.text_content("#route-active-what") == "revision 2 · rollouts-demo:yellow"
         assert "scales down in" in (await page.text_content(".rs .tag.countdown") or "")
+        assert "rollouts-demo:blue" in (await page.text_content("#fact-scaledown") or "")
         colors = await strip(page, "active")
-        first_green = colors.index("green")
-        assert set(colors[:first_green]) == {"blue"} and set(colors[first_green:]) == {"green"}, colors
+        first = colors.index("yellow")
+        assert set(colors[:first]) == {"blue"} and set(colors[first:]) == {"yellow"}, colors
         await page.wait_for_selector("body[data-arrows=still]")
 
-        await page.screenshot(path=str(SCREENSHOT), full_page=True)
+        await page.screenshot(path=str(SCREENSHOT))  # the projector's 1280×720
+        # A projector: nothing wider than 1280 px, and the diagram and the traffic above the fold.
+        width = await page.evaluate("document.documentElement.scrollWidth")
+        assert width <= VIEWPORT[0], width
+        for panel in ("#diagram-panel", "#traffic-panel", "#controls-panel"):
+            box = await page.eval_on_selector(panel, "n => n.getBoundingClientRect().toJSON()")
+            assert box["right"] <= VIEWPORT[0] and box["bottom"] <= VIEWPORT[1], (panel, box)
 
     # The server saw the same: live traffic reached both colors and not one request failed.
     async with (

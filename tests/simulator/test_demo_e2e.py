@@ -164,6 +164,24 @@ async def test_demo_manual_gate_promote_and_smoke_test_abort() -> None:
 
         await eventually(old_scaled_down, within=10)
 
+        # The proxy's pools are the ReplicaSets: the scaled-down one is gone (and the placeholder long since),
+        # the live one is labelled with its revision and image, and it names itself in x-served-by-color.
+        view = await api(http, demo, "GET", f"/api/v1/rollouts/{NAME}")
+        rev2 = next(
+            rs["metadata"]["name"]
+            for rs in view["replicaSets"]
+            if rs["metadata"]["annotations"]["rollout.argoproj.io/revision"] == "2"
+        )
+
+        async def only_rev2_served() -> bool:
+            served = await api(http, demo, "GET", "/api/v1/pools")
+            pools = {p["name"]: p["labels"] for p in served["pools"]}
+            return pools == {rev2: {"revision": "2", "image": "argoproj/rollouts-demo:green"}}
+
+        await eventually(only_rev2_served, within=10)
+        async with http.get(url(demo, "active", "/color")) as response:
+            assert response.headers["x-served-by-color"] == rev2
+
         # A bad image fails the pre-promotion smoke test: the rollout aborts, live traffic stays green.
         with Traffic(http, demo) as traffic:
             await api(

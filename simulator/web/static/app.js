@@ -29,10 +29,8 @@ const el = (tag, attrs = {}, ...children) => {
   return node;
 };
 
-function slot(color) {
-  return color === "blue" || color === "green" ? color : "none";
-}
-
+// Colors on the page are the colors the pods answer (their image's tag), never a slot: a pool is named
+// after its ReplicaSet and labelled with its revision and image.
 function demoColor(image) {
   // argoproj/rollouts-demo:bad-green -> "green" (the color its pods answer)
   const tag = (image || "").split(":").pop() || "";
@@ -42,6 +40,24 @@ function demoColor(image) {
 
 function shortImage(image) {
   return (image || "").replace(/^argoproj\//, "");
+}
+
+function servedPool(name) {
+  // The proxy's view of a pool: {name, endpoints, labels: {revision, image}} or undefined.
+  const pools = (state && state.proxy && state.proxy.pools) || [];
+  return pools.find((p) => p.name === name);
+}
+
+function poolColor(name) {
+  const pool = servedPool(name);
+  return pool ? demoColor((pool.labels || {}).image) : "";
+}
+
+function poolShort(name) {
+  // "rev 2" for a pool named after a ReplicaSet (its revision label), else the pool's own name.
+  const pool = servedPool(name);
+  const revision = pool && pool.labels ? pool.labels.revision : undefined;
+  return revision ? `rev ${revision}` : name;
 }
 
 function seconds(s) {
@@ -162,13 +178,23 @@ function renderState() {
   $("#revision").textContent = ro && ro.revision !== null ? ro.revision : "–";
   $("#image").textContent = ro ? shortImage(ro.image) : "–";
 
+  const unavailable = proxy.unavailable || {};
   for (const role of ["active", "preview"]) {
     const pool = routes[role] || "";
-    $(`#listener-${role}`).dataset.pool = pool;
-    const name = $(`#route-${role}`);
-    name.textContent = pool || "–";
-    name.className = `pool-name ${pool}`;
+    const served = servedPool(pool);
+    const labels = (served && served.labels) || {};
+    const listener = $(`#listener-${role}`);
+    listener.dataset.pool = pool;
+    listener.dataset.color = poolColor(pool);
+    listener.dataset.unavailable = String(Boolean(unavailable[role]));
+    $(`#route-${role}`).textContent = pool || "–";
+    $(`#route-${role}-what`).textContent = labels.revision
+      ? `revision ${labels.revision} · ${shortImage(labels.image)}`
+      : pool ? "no revision" : "";
     $(`#port-${role}`).textContent = ports[role] ? `:${ports[role]}` : "";
+    const why = $(`#why-${role}`);
+    why.textContent = unavailable[role] || "";
+    why.hidden = !unavailable[role];
   }
   $("#generation").textContent = routes.generation ?? "–";
 
@@ -176,14 +202,17 @@ function renderState() {
   for (const role of ["active", "preview"]) {
     const node = $(`#svc-${role}`);
     const svc = services.find((s) => s.role === role);
-    node.dataset.color = svc ? svc.color : "";
+    node.dataset.color = svc ? demoColor(svc.image) : "";
+    node.dataset.revision = svc && svc.revision !== null ? svc.revision : "";
     $(".svc-name", node).textContent = svc ? svc.name : "(none)";
     const selector = $(".selector", node);
     selector.textContent = "";
     if (svc) {
       selector.append("selects ", el("code", { text: svc.podHash ? `hash ${svc.podHash}` : "app pods (no hash yet)" }));
       selector.append(` · ${svc.endpoints.length}/${svc.pods.length} ready`);
-      if (svc.color) selector.append(" · slot ", el("strong", { class: `pool-name ${svc.color}`, text: svc.color }));
+      if (svc.revision !== null) {
+        selector.append(el("br"), el("strong", { text: `revision ${svc.revision}` }), ` · ${shortImage(svc.image)}`);
+      }
     }
   }
   renderPods(ro);
@@ -205,7 +234,7 @@ function renderPods(ro) {
       column.append(
         el(
           "div",
-          { class: "rs scaled-down", "data-rs": rs.name, "data-color": rs.color },
+          { class: "rs scaled-down", "data-rs": rs.name, "data-pool": rs.pool },
           el(
             "div",
             { class: "rs-head" },
@@ -239,33 +268,29 @@ function renderPods(ro) {
             class: "pod",
             id: `pod-${pod.name}`,
             "data-pod": pod.name,
-            "data-slot": slot(rs.color),
+            "data-color": demoColor(pod.image),
             "data-ready": String(pod.ready),
             title: `${pod.name}\n${pod.image}\n${pod.address}`,
           },
           el("div", { class: "pod-name", text: pod.name }),
+          el("span", {
+            class: `pod-status${bad ? " bad" : ""}`,
+            text: `${status} · ready ${pod.ready ? 1 : 0}/1${pod.restarts ? ` · restarts ${pod.restarts}` : ""}`,
+          }),
           el(
             "div",
             { class: "pod-image" },
             el("span", { class: "swatch", "data-color": demoColor(pod.image) }),
             el("span", { text: shortImage(pod.image) }),
           ),
-          el(
-            "div",
-            { class: "pod-status" },
-            el("span", {
-              class: bad ? "bad" : "",
-              text: `${status} · ready ${pod.ready ? 1 : 0}/1${pod.restarts ? ` · restarts ${pod.restarts}` : ""}`,
-            }),
-            el("span", { class: "pod-rps", "data-rps-pod": pod.name }),
-          ),
+          el("span", { class: "pod-rps", "data-rps-pod": pod.name }),
         ),
       );
     }
     column.append(
       el(
         "div",
-        { class: `rs${rs.replicas === 0 ? " scaled-down" : ""}`, "data-rs": rs.name, "data-color": rs.color },
+        { class: `rs${rs.replicas === 0 ? " scaled-down" : ""}`, "data-rs": rs.name, "data-pool": rs.pool },
         head,
         pods,
       ),
@@ -287,11 +312,11 @@ function tickCountdowns() {
     ? pending
         .map((rs) => {
           const left = rs.scaleDownAt - now;
-          return `revision ${rs.revision} (${rs.color || "?"}) ${left > 0 ? `in ${seconds(left)}` : "now"}`;
+          return `revision ${rs.revision} (${shortImage(rs.image)}) ${left > 0 ? `in ${seconds(left)}` : "now"}`;
         })
         .join("; ")
     : ro
-      ? `old color kept ${ro.strategy.scaleDownDelaySeconds}s after a promotion`
+      ? `old revision kept ${ro.strategy.scaleDownDelaySeconds}s after a promotion`
       : "–";
 }
 
@@ -390,7 +415,7 @@ function wanted() {
       key: `lb-${role}`,
       from: anchor($(`#listener-${role}`), "right", box),
       to: anchor($(`#svc-${role}`), "left", box),
-      cls: `slot-${slot(routes[role])}`,
+      cls: `c-${poolColor(routes[role]) || "none"}`,
     });
   }
   const ro = state && state.rollout;
@@ -406,7 +431,7 @@ function wanted() {
         key: `${svc.role}-${i}`,
         from,
         to: { x: to.x, y: to.y + shift },
-        cls: `slot-${slot(svc.color)}${ready ? "" : " not-ready"}`,
+        cls: `c-${demoColor(svc.image) || "none"}${ready ? "" : " not-ready"}`,
         service: svc.role,
         pod: name,
       });
@@ -476,30 +501,33 @@ function renderTraffic() {
       const s = i >= offset ? cells[i - offset] : null;
       const failed = s && (s.status === 0 || s.status >= 500);
       cell.className = `cell${failed ? " err" : ""}`;
-      cell.dataset.color = s && !failed ? s.color || s.pool : "";
+      cell.dataset.color = s && !failed ? s.color : ""; // what the pod answered, never the pool
       cell.dataset.pool = s ? s.pool : "";
       cell.title = s ? `${s.pod || "?"} (pool ${s.pool || "?"}): ${s.status ? `HTTP ${s.status}` : s.error} ${s.color}` : "";
     }
     strip.dataset.last = cells.length ? cells[cells.length - 1].color : "";
     const row = $(`#stats-${role}`);
     $(".rps", row).textContent = t.rps;
-    $(".pools", row).textContent = Object.entries(t.byPool).map(([k, v]) => `${k} ${v}`).join(", ") || "–";
+    $(".pools", row).textContent = Object.entries(t.byPool).map(([k, v]) => `${poolShort(k)} ${v}`).join(", ") || "–";
     $(".colors", row).textContent = "";
     for (const [color, v] of Object.entries(t.byColor)) {
       $(".colors", row).append(el("span", { class: "swatch", "data-color": color }), ` ${color} ${v}  `);
     }
     const errors = $(".errors", row);
-    errors.textContent = `${(t.errorRate * 100).toFixed(1)} %`;
+    errors.textContent = `${(t.errorRate * 100).toFixed(1)} % · ${t.failed}/${t.requests} since start`;
     errors.className = `errors${t.errors ? " bad" : ""}`;
     const lat = t.latencyMs;
     $(".latency", row).textContent = lat.p50 === null ? "–" : `${lat.p50} / ${lat.max} ms`;
-    $(`#rps-${role}`).textContent = traffic.on ? `${t.rps} req/s · errors ${(t.errorRate * 100).toFixed(1)} %` : "";
+    $(`#rps-${role}`).textContent = traffic.on
+      ? `${t.rps} req/s · errors ${(t.errorRate * 100).toFixed(1)} % (last ${traffic.window}s)`
+      : "";
   }
   for (const node of document.querySelectorAll("[data-rps-pod]")) {
     const rps = traffic.pods[node.dataset.rpsPod];
     node.textContent = rps ? `${rps} req/s` : "";
   }
-  const pools = Object.entries(traffic.pools).map(([k, v]) => `${k} ${v} req/s`).join(", ");
+  const pools = Object.entries(traffic.pools).map(([k, v]) => `${poolShort(k)} ${v} req/s`).join(", ");
+  $("#errors-window").textContent = `errors, last ${traffic.window}s`;
   $("#traffic-totals").textContent =
     `last ${traffic.window}s: ${pools || "no requests"} · error rate ${(traffic.errorRate * 100).toFixed(1)} % · ` +
     `${traffic.requests} requests, ${traffic.errors} failed since the start`;
