@@ -24,14 +24,14 @@ from tests.support import free_port
 from tests.support.certs import CertAuthority
 
 
-async def run(*argv: str, stdin: bytes = b"") -> tuple[int, str]:
+async def run(*argv: str, stdin: bytes = b"", within: float = 20) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    out, _ = await asyncio.wait_for(proc.communicate(stdin), 20)
+    out, _ = await asyncio.wait_for(proc.communicate(stdin), within)
     return proc.returncode or 0, out.decode(errors="replace")
 
 
@@ -257,3 +257,22 @@ async def test_reencryption_to_a_tls_pool_verifies_the_upstream(ca: CertAuthorit
     finally:
         await server.stop(grace=1.0)
         await runner.cleanup()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_testssl_verdicts(ca: CertAuthority, tls_proxy: ProxyServer) -> None:
+    """Debian's testssl.sh against a TLS listener: protocols, cipher categories, forward secrecy, resumption."""
+    code, out = await run(
+        "testssl", "--quiet", "--color", "0", "--warnings", "off", "-p", "-s", "-f", "-S",
+        f"127.0.0.1:{tls_proxy.ports['active']}", within=150,
+    )  # fmt: skip
+    verdicts = {line.split("  ")[0].strip(): line for line in out.splitlines() if line.startswith(" ")}
+    for protocol in ("SSLv2", "SSLv3", "TLS 1", "TLS 1.1"):
+        assert "not offered" in verdicts[protocol], verdicts.get(protocol, out)
+    assert "offered (OK)" in verdicts["TLS 1.2"] and "offered (OK)" in verdicts["TLS 1.3"]
+    for weak in ("NULL ciphers", "Anonymous NULL", "Export ciphers", "LOW: 64 Bit", "Triple DES", "Obsolete CBC"):
+        line = next(v for k, v in verdicts.items() if k.startswith(weak))
+        assert "not offered" in line, line
+    assert "PFS is offered (OK)" in out or "FS is offered (OK)" in out, out
+    assert "Tickets: yes" in out, out  # session resumption
