@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -670,6 +671,9 @@ async def test_upgrades_in_a_row_with_flips_between(upstream: StartUpstream, tmp
         assert wrong == [], wrong[:10]
         for process in generations[:-1]:
             assert await exited(process) == 0
+        handovers = [int(m) for p in [proxy.proc, *generations] for m in re.findall(r"handover (\d+) ms", p.output)]
+        assert len(handovers) == len(generations)
+        print(f"handover (sockets sent to old stopped accepting) {min(handovers)}-{max(handovers)} ms")
         print(
             f"requests {load.ok}, upgrades {len(generations)}, failures 0; longest fresh connection + request "
             f"{load.longest_fresh * 1000:.1f} ms; --upgrade to took-over {min(takeover_ms):.0f}-{max(takeover_ms):.0f}"
