@@ -739,3 +739,11 @@ async def test_a_flip_after_the_handover_reaches_the_old_process_connections(
         if new is not None:
             await new.stop()
         await proxy.stop()
+
+
+async def test_upgrade_without_a_running_proxy_says_so(tmp_path: Path) -> None:
+    proxy = ProxyProcess(tmp_path, {"blue": ["127.0.0.1:9"]}, "blue", None)
+    code, out = await run_command("proxy", "--config", str(proxy.path), "--upgrade")
+    path = socket_path(load_config(proxy.path))
+    assert code == 1 and out.count("\n") == 1, out
+    assert f"cannot upgrade: no running proxy to upgrade at {path}" in out, out
