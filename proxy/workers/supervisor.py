@@ -317,12 +317,15 @@ class Supervisor:
 
     async def _follow(self, link: Link) -> None:
         """While draining: apply each change the successor forwards, so both route alike until this one exits."""
-        while (message := await link.receive()) is not None:
-            if message.get("op") == "adopt":
-                state = DesiredState.from_json(message["state"])
-                async with self.switch.lock:
-                    await self.switch.adopt(state)
-                await link.send({"op": "adopted", "generation": state.generation})
+        try:
+            while (message := await link.receive()) is not None:
+                if message.get("op") == "adopt":
+                    state = DesiredState.from_json(message["state"])
+                    async with self.switch.lock:
+                        await self.switch.adopt(state)
+                    await link.send({"op": "adopted", "generation": state.generation})
+        except (OSError, ValueError, KeyError, UpgradeError) as exc:
+            log.warning("the successor's link broke while this proxy drains: %s", exc)
 
     async def _forward(self, state: DesiredState) -> None:
         """A change made here reaches the draining predecessor too (its keep-alive connections' last requests)."""

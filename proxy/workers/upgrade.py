@@ -228,6 +228,7 @@ class UpgradeListener:
         self.sock: socket.socket | None = None
         self._inode = 0
         self._task: asyncio.Task[None] | None = None
+        self._links: set[asyncio.Task[None]] = set()  # one task per connected peer (referenced while it runs)
         self.busy = False
 
     def bind(self) -> None:
@@ -264,8 +265,9 @@ class UpgradeListener:
             if peer_uid(conn) != os.getuid():
                 conn.close()
                 continue
-            link = Link(conn)
-            loop.create_task(self._one(link, handler))
+            task = loop.create_task(self._one(Link(conn), handler))
+            self._links.add(task)
+            task.add_done_callback(self._links.discard)
 
     async def _one(self, link: Link, handler: Any) -> None:
         try:
