@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import aiohttp
+import pytest
 import yaml
 
 from proxy.config import load_config
@@ -240,11 +241,13 @@ async def pools(upstream: StartUpstream) -> dict[str, list[str]]:
 # -- tests -----------------------------------------------------------------------------------------
 
 
-async def test_upgrade_under_load_drops_nothing(upstream: StartUpstream, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_upgrade_under_load_drops_nothing(upstream: StartUpstream, tmp_path: Path, workers: int) -> None:
     """Keep-alive and fresh-connection clients, a slow request, a long stream and a WebSocket across the
     handover: no request fails; what was in flight finishes on the old process; new connections go to the
     new one; the live state (a flip made before: generation 2) carries over."""
-    proxy = await started(await ProxyProcess(tmp_path, await pools(upstream), "blue", "green", **DRAIN).start())
+    proxy = ProxyProcess(tmp_path, await pools(upstream), "blue", "green", **DRAIN)
+    await started(await proxy.start("--workers", str(workers)))
     assert proxy.proc is not None
     old, active, admin = proxy.proc.pid, proxy.ports["active"], proxy.ports["admin"]
     new: Process | None = None
@@ -265,7 +268,7 @@ async def test_upgrade_under_load_drops_nothing(upstream: StartUpstream, tmp_pat
             assert await served_by(active, ws_port) == old
             await wait_until(lambda: load.ok >= 20, message="load running")
 
-            new = await upgrade(proxy)
+            new = await upgrade(proxy, "--workers", str(workers))
             served_before = load.ok
             await wait_until(lambda: load.ok >= served_before + 50, message="load served by the new process")
 
