@@ -1,6 +1,7 @@
 """The proxy's own cost per request, without sockets: both protocols driven with in-memory transports.
 
     python -m loadtest.hotpath [--requests N] [--rounds R] [--fields small|browser] [--instructions]
+                               [--access-log FILE [--access-log-format json|combined]]
 
 Feeds a client request and an upstream response (what nginx answers for a small body; with
 `--fields browser`, a browser's request with 13 fields and an application's answer with 11; or one of
@@ -9,7 +10,9 @@ them with its small counterpart) through
 read as the loop does, and prints the CPU time per request (best of R rounds). `--instructions` runs
 this under `perf stat` for two request counts and prints the instructions per request (the
 difference, so start-up cancels out): a steadier figure than time on a shared machine, and the one
-quoted in docs/benchmarks.md. No syscall is made, so what it measures is Python, httptools and the
+quoted in docs/benchmarks.md. `--access-log FILE` (`/dev/null`, say) turns the access log on: its lines
+are formatted in batches as the loop's callback would, and its writer thread writes them; that thread's
+CPU counts too. Otherwise no syscall is made, so what it measures is Python, httptools and the
 proxy's code; the wrk benchmark (`loadtest.bench`) measures the whole.
 """
 
@@ -24,6 +27,7 @@ import time
 from typing import Any
 
 from proxy.config import parse_config
+from proxy.dataplane.accesslog import BATCH, MAX_PENDING
 from proxy.dataplane.client import ClientConnection
 from proxy.dataplane.plane import DataPlane
 from proxy.dataplane.upstream import UpstreamConnection
@@ -90,16 +94,20 @@ class MemoryTransport:
         self.closing = True
 
 
-async def run(requests: int, rounds: int, fields: str = "small") -> tuple[float, bytes, bytes]:
+async def run(
+    requests: int, rounds: int, fields: str = "small", access_log: str | None = None, log_format: str = "json"
+) -> tuple[float, bytes, bytes]:
     """Best CPU seconds per request over `rounds`, and the last upstream request and client response."""
-    config = parse_config(
-        {
-            "listeners": {"active": {"port": 0}},
-            "pools": {"blue": {"endpoints": ["127.0.0.1:9300"]}},
-            "routes": {"active": "blue"},
-        }
-    )
+    document: dict[str, Any] = {
+        "listeners": {"active": {"port": 0}},
+        "pools": {"blue": {"endpoints": ["127.0.0.1:9300"]}},
+        "routes": {"active": "blue"},
+    }
+    if access_log is not None:
+        document["access_log"] = {"path": access_log, "format": log_format}
+    config = parse_config(document)
     dp = DataPlane(config)
+    log = dp.access_log
     client = ClientConnection(dp, "active")
     to_client = MemoryTransport()
     client.connection_made(to_client)  # type: ignore[arg-type]
@@ -119,6 +127,8 @@ async def run(requests: int, rounds: int, fields: str = "small") -> tuple[float,
             upstream.data_received(response)
             if outbox.held:
                 outbox.send()
+            if log is not None and len(log.records) >= BATCH:
+                log.flush()  # as the callback the log asked for would
 
     serve(min(1000, requests))  # warm up: specialised bytecode, pooled objects
     best = float("inf")
@@ -126,16 +136,20 @@ async def run(requests: int, rounds: int, fields: str = "small") -> tuple[float,
         started = time.process_time()
         serve(requests)
         best = min(best, time.process_time() - started)
+    if log is not None:
+        await log.close()
+        if log.lost:
+            print(f"access log: {log.lost} lines dropped (its writer fell {MAX_PENDING} bytes behind)", file=sys.stderr)
     return best / requests, to_upstream.last, to_client.last
 
 
-def instructions_per_request(requests: int, fields: str) -> int:
+def instructions_per_request(requests: int, fields: str, extra: tuple[str, ...] = ()) -> int:
     """perf stat's user+kernel instructions for `requests` and 3x as many; the difference per request."""
     counts = []
     for n in (requests, 3 * requests):
         out = subprocess.run(
             ["perf", "stat", "-x,", "-e", "instructions", sys.executable, "-m", "loadtest.hotpath"]
-            + ["--requests", str(n), "--rounds", "1", "--fields", fields],
+            + ["--requests", str(n), "--rounds", "1", "--fields", fields, *extra],
             capture_output=True,
             text=True,
             check=True,
@@ -151,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--fields", choices=sorted(FIELDS), default="small", help="the request and response used")
     parser.add_argument("--instructions", action="store_true", help="count instructions with perf stat")
+    parser.add_argument("--access-log", metavar="FILE", help="turn the access log on, writing to FILE (/dev/null)")
+    parser.add_argument("--access-log-format", choices=("json", "combined"), default="json")
     args = parser.parse_args(argv)
     if args.requests < 1 or args.rounds < 1:
         parser.error("--requests and --rounds must be at least 1")
@@ -158,12 +174,17 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which("perf") is None:
             print("perf is not installed (Debian: linux-perf)", file=sys.stderr)
             return 2
-        print(f"{instructions_per_request(args.requests, args.fields):,} instructions per request")
+        extra: tuple[str, ...] = ()
+        if args.access_log:
+            extra = ("--access-log", args.access_log, "--access-log-format", args.access_log_format)
+        print(f"{instructions_per_request(args.requests, args.fields, extra):,} instructions per request")
         return 0
     from proxy.dataplane.loop import new_event_loop  # uvloop, as the proxy runs
 
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        seconds, upstream_head, client_response = runner.run(run(args.requests, args.rounds, args.fields))
+        seconds, upstream_head, client_response = runner.run(
+            run(args.requests, args.rounds, args.fields, args.access_log, args.access_log_format)
+        )
     if not client_response.endswith(b"\r\n\r\nhello\n") or b"x-served-by-color: blue" not in client_response:
         print(f"unexpected response relayed: {client_response!r}", file=sys.stderr)
         return 1

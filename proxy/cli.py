@@ -27,6 +27,8 @@ def register(sub: Any) -> None:
         action="store_true",
         help="take the listening sockets and live state over from the running proxy of this config (hot upgrade)",
     )
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info", help="event log level")
+    p.add_argument("--log-format", choices=("text", "json"), default="text", help="event log format on stderr")
     p.set_defaults(func=cmd_proxy)
 
     s = sub.add_parser("status", help="show the route table and pools")
@@ -112,11 +114,17 @@ def cmd_switch(args: argparse.Namespace) -> int:
 
 
 def cmd_proxy(args: argparse.Namespace) -> int:
+    from proxy.controlplane.events import configure
+
+    configure(args.log_level, args.log_format)  # the event log: flips, reloads, health, drains, workers
     try:
         config = load_config(args.config)
         from proxy.dataplane.tls import check_config
 
         check_config(config)  # a missing, mismatched or expired certificate: one line, before anything binds
+        from proxy.dataplane.accesslog import check_access_log
+
+        check_access_log(config)
     except ConfigError as exc:
         return fail(f"config error: {exc}", 2)
     workers = args.workers if args.workers is not None else config.workers
@@ -200,6 +208,9 @@ def run_proxy(config: Config, workers: int = 1, *, upgrade: bool = False) -> int
         reloads: set[asyncio.Task[None]] = set()
 
         async def reload() -> None:
+            from proxy.controlplane.events import ACTOR
+
+            ACTOR.set({"via": "SIGHUP"})  # this task's context: the event log says who reloaded
             try:
                 result = await server.reload()
             except ControlError as exc:
@@ -216,6 +227,7 @@ def run_proxy(config: Config, workers: int = 1, *, upgrade: bool = False) -> int
             task.add_done_callback(reloads.discard)
 
         loop.add_signal_handler(signal.SIGHUP, on_hup)
+        loop.add_signal_handler(signal.SIGUSR1, server.reopen_logs)  # logrotate moved the access log
         ports = server.ports
         listeners = ", ".join(f"{role} http://{config.listeners[role].host}:{ports[role]}" for role in config.listeners)
         mode = f"{workers} workers" if workers > 1 else "1 worker"

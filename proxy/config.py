@@ -20,6 +20,7 @@ import yaml
 from proxy.duration import parse_duration
 
 __all__ = [
+    "AccessLogConfig",
     "AdminConfig",
     "Config",
     "ConfigError",
@@ -179,6 +180,14 @@ class StateConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AccessLogConfig:
+    """One line per finished request (`access_log:`): to a file (opened with O_APPEND) or to stdout."""
+
+    path: str  # a file, or "stdout"
+    format: str = "json"  # json | combined
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: str
     listeners: Mapping[str, ListenerConfig]
@@ -196,6 +205,7 @@ class Config:
     workers: int = 1
     state: StateConfig = field(default_factory=StateConfig)
     health_check: HealthCheckConfig = HealthCheckConfig()  # the default of pools created at run time
+    access_log: AccessLogConfig | None = None  # off unless configured
 
     def pool(self, name: str) -> PoolConfig | None:
         for p in self.pools:
@@ -288,6 +298,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
             "trusted_proxies",
             "workers",
             "state",
+            "access_log",
         ),
     )
 
@@ -398,6 +409,15 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
             name=sm["name"].string() if "name" in sm else "",
         )
 
+    access_log = None
+    if "access_log" in m:
+        alm = m["access_log"].mapping(required=("path",), optional=("format",))
+        path = alm["path"].string()
+        access_log = AccessLogConfig(
+            path=path if path == "stdout" else _file(alm["path"], _base_dir(source)),
+            format=alm["format"].choice(("json", "combined")) if "format" in alm else "json",
+        )
+
     return Config(
         source=source,
         listeners=listeners,
@@ -415,6 +435,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         workers=m["workers"].integer(minimum=1, maximum=64) if "workers" in m else 1,
         state=state,
         health_check=default_hc,
+        access_log=access_log,
     )
 
 

@@ -20,6 +20,7 @@ from proxy.controlplane.metrics import make_registry
 from proxy.controlplane.state import DesiredState, apply_to
 from proxy.controlplane.stats import served_pools
 from proxy.controlplane.switch import Switch, pool_status
+from proxy.controlplane.watch import Watch
 from proxy.dataplane.plane import DataPlane
 from proxy.dataplane.tls import ServerTls, check_config
 
@@ -39,6 +40,7 @@ class ProxyServer:
         self._runner: web.AppRunner | None = None
         self.ports: dict[str, int] = {}
         self._stopping = False
+        self.watch: Watch | None = None
 
     @property
     def control(self) -> LocalControl:
@@ -64,7 +66,12 @@ class ProxyServer:
             self.health.watch(pool)
         app = make_admin_app(
             self.control,
-            make_registry(self.switch, lambda: served_pools(dp), lambda: len(dp.clients)),
+            make_registry(
+                self.switch,
+                lambda: served_pools(dp),
+                lambda: len(dp.clients),
+                access_log_dropped=lambda: dp.access_log_dropped,
+            ),
             token=self.config.admin.token,
             serving=lambda: not self._stopping,
             reload=self.reload,
@@ -85,6 +92,13 @@ class ProxyServer:
         server = site._server
         assert server is not None and server.sockets  # type: ignore[attr-defined]
         self.ports["admin"] = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self.watch = Watch(self.switch, lambda: served_pools(dp))
+        self.watch.start()
+
+    def reopen_logs(self) -> None:
+        """Open the access log's file again (what SIGUSR1 does to `bluegreen proxy`)."""
+        if self.dataplane is not None:
+            self.dataplane.reopen_logs()
 
     async def reload(self) -> dict[str, Any]:
         """Re-read the config file; an invalid one is refused (InvalidRequestError) and nothing changes."""
@@ -96,6 +110,8 @@ class ProxyServer:
 
     async def stop(self, grace: float | None = None) -> None:
         self._stopping = True
+        if self.watch is not None:
+            await self.watch.stop()
         if self.dataplane is not None:
             await self.dataplane.stop(self.config.shutdown_timeout if grace is None else grace)
         await self.health.close()

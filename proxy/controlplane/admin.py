@@ -16,6 +16,7 @@ from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from proxy.control.api import ControlError, InvalidRequestError, ProxyControl
+from proxy.controlplane.events import ACTOR, install_ring
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CONTROL: web.AppKey[ProxyControl] = web.AppKey("control", ProxyControl)
@@ -39,6 +40,8 @@ def make_auth_middleware(token: str | None) -> Middleware:
             given = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, expected):
                 return json_error(401, "missing or wrong bearer token")
+        # Who asks, for the event log (one admin token for now, so its name is "token"; never its value).
+        ACTOR.set({"client": request.remote, "token": "token" if expected is not None else "none"})
         try:
             return await handler(request)
         except ControlError as exc:
@@ -93,6 +96,7 @@ def make_admin_app(
 ) -> web.Application:
     app = web.Application(middlewares=[make_auth_middleware(token)], client_max_size=MAX_BODY)
     app[CONTROL] = control
+    ring = install_ring()
 
     async def healthz(request: web.Request) -> web.Response:
         if serving():
@@ -155,6 +159,16 @@ def make_admin_app(
             return json_error(404, "this proxy is not part of a fleet (no state: {backend: etcd} in its config)")
         return web.json_response(fleet_status())
 
+    async def get_events(request: web.Request) -> web.Response:
+        raw = request.query.get("limit")
+        limit = None
+        if raw is not None:
+            if not raw.isdigit() or int(raw) < 1:
+                raise InvalidRequestError("limit: expected a positive integer")
+            limit = int(raw)
+        return web.json_response({"events": ring.recent(limit)})
+
+    app.router.add_get("/api/v1/events", get_events)
     app.router.add_get("/api/v1/fleet", get_fleet)
     app.router.add_get("/healthz", healthz)
     app.router.add_post("/api/v1/reload", post_reload)

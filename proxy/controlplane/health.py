@@ -7,11 +7,15 @@ connect failures) lives in `Endpoint.connect_failed`, fed by the data plane itse
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 import aiohttp
 
+from proxy.controlplane.events import emit
 from proxy.dataplane.pool import Endpoint, Health, Pool
+
+log = logging.getLogger("bluegreen.health")
 
 
 class HealthChecker:
@@ -78,8 +82,20 @@ class HealthChecker:
     def record(self, pool: Pool, ep: Endpoint, ok: bool) -> None:
         before = ep.checked
         self._record(pool, ep, ok)
-        if ep.checked is not before and self.on_change is not None:
-            self.on_change()
+        if ep.checked is not before:
+            after = ep.checked.name.lower()
+            emit(
+                log,
+                logging.WARNING if ep.checked is Health.UNHEALTHY else logging.INFO,
+                "endpoint_health",
+                f"endpoint {ep.address} of pool {pool.name}: {before.name.lower()} -> {after}",
+                pool=pool.name,
+                endpoint=ep.address,
+                before=before.name.lower(),
+                after=after,
+            )
+            if self.on_change is not None:
+                self.on_change()
 
     @staticmethod
     def _record(pool: Pool, ep: Endpoint, ok: bool) -> None:

@@ -40,11 +40,13 @@ class ProxyCollector(Collector):
         counters: Callable[[], Iterable[Counters]],
         clients: Callable[[], int],
         store_up: Callable[[], bool] | None = None,
+        access_log_dropped: Callable[[], int] | None = None,
     ) -> None:
         self.switch = switch
         self.counters = counters
         self.clients = clients
         self.store_up = store_up
+        self.access_log_dropped = access_log_dropped
 
     def collect(self) -> Iterator[Metric]:
         pools = list(self.counters())
@@ -117,6 +119,12 @@ class ProxyCollector(Collector):
         )
         yield flips
         yield GaugeMetricFamily("bluegreen_client_connections", "Open client connections", self.clients())
+        if self.access_log_dropped is not None:
+            yield CounterMetricFamily(
+                "bluegreen_access_log_dropped",
+                "Access-log lines dropped rather than wait for a stalled disk (or lost to write errors)",
+                self.access_log_dropped(),
+            )
         if self.store_up is not None:
             yield GaugeMetricFamily(
                 "bluegreen_store_up", "1 while the fleet's state store (etcd) answers", 1 if self.store_up() else 0
@@ -162,9 +170,10 @@ def make_registry(
     clients: Callable[[], int],
     store_up: Callable[[], bool] | None = None,
     workers: Callable[[], Iterable[tuple[int, int]]] | None = None,
+    access_log_dropped: Callable[[], int] | None = None,
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ProxyCollector(switch, counters, clients, store_up))
+    registry.register(ProxyCollector(switch, counters, clients, store_up, access_log_dropped))
     ProcessCollector(registry=registry)  # this process: CPU, memory, open fds, start time
     if workers is not None:
         registry.register(WorkerCollector(workers))

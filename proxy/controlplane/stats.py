@@ -56,10 +56,11 @@ def collect(dp: DataPlane) -> dict[str, Any]:
                 "latency_buckets": p.latency_buckets,
                 "latency_sum": p.latency_sum,
                 "draining": p.draining,
-                "endpoints": {ep.address: [ep.in_flight, ep.passive_ok] for ep in p.endpoints},
+                "endpoints": {ep.address: [ep.in_flight, ep.passive_ok, ep.ejections] for ep in p.endpoints},
             }
             for p in served_pools(dp)
         },
+        "access_log_dropped": dp.access_log_dropped,
     }
 
 
@@ -69,13 +70,16 @@ class WorkerStats:
     def __init__(self) -> None:
         self.pools: dict[str, PoolCounters] = {}
         self.clients = 0
+        self.access_log_dropped = 0
 
     def merge(self, reports: Iterable[dict[str, Any]], pools: dict[str, Pool]) -> None:
         """Sum `reports`; passive health (an endpoint answered) is noted on the control plane's `pools`."""
         summed: dict[str, PoolCounters] = {}
-        clients = 0
+        clients = dropped = 0
+        ejections: dict[tuple[str, str], int] = {}
         for report in reports:
             clients += report["clients"]
+            dropped += report.get("access_log_dropped", 0)
             for name, part in report["pools"].items():
                 c = summed.get(name)
                 if c is None:
@@ -85,11 +89,15 @@ class WorkerStats:
                 c.latency_buckets = [a + b for a, b in zip(c.latency_buckets, part["latency_buckets"], strict=True)]
                 c.latency_sum = [a + b for a, b in zip(c.latency_sum, part["latency_sum"], strict=True)]
                 c.draining = c.draining or part["draining"]
-                for address, (in_flight, answered) in part["endpoints"].items():
+                for address, (in_flight, answered, *more) in part["endpoints"].items():
                     c.endpoints[address] = c.endpoints.get(address, 0) + in_flight
+                    ejections[name, address] = ejections.get((name, address), 0) + (more[0] if more else 0)
                     pool = pools.get(name)
                     if answered and pool is not None:
                         for ep in pool.endpoints:
                             if ep.address == address:
                                 ep.passive_ok = True
-        self.pools, self.clients = summed, clients
+        self.pools, self.clients, self.access_log_dropped = summed, clients, dropped
+        for pool in pools.values():  # passive ejections, as the workers counted them (`Watch` reports them)
+            for ep in pool.endpoints:
+                ep.ejections = ejections.get((pool.name, ep.address), 0)

@@ -26,6 +26,7 @@ from proxy.control.api import (
     ProxyStatus,
     Routes,
 )
+from proxy.controlplane.events import actor, emit
 from proxy.controlplane.health import HealthChecker
 from proxy.controlplane.state import DesiredState
 from proxy.dataplane.pool import Health, Pool, PoolSpec
@@ -64,6 +65,7 @@ class Switch:
         self.flip_seconds = [0] * (len(FLIP_BOUNDS) + 1)  # how long flips took to be served (histogram)
         self.flip_seconds_sum = 0.0
         self.lock = asyncio.Lock()  # serialises control changes (never taken on the hot path)
+        self.draining: dict[str, float] = {}  # pools unrouted, by name: since when (monotonic); `Watch` ends them
 
     def routes(self) -> Routes:
         return self.state.routes()
@@ -85,6 +87,11 @@ class Switch:
                 self.health.watch(self.pools[name])  # new or reshaped: probed at once
         if (before.active, before.preview) != (state.active, state.preview):
             self.switches += 1
+        for name in sorted(before.routed() - state.routed()):
+            self.draining[name] = time.monotonic()
+            emit(log, logging.INFO, "drain_started", f"pool {name} drains (no route names it)", pool=name)
+        for name in state.routed():
+            self.draining.pop(name, None)
 
     def record_flip(self, seconds: float) -> None:
         """A flip's time from the call to the answer (every worker, or the fleet, serving it)."""
@@ -104,7 +111,26 @@ class Switch:
                 raise ConflictError("routes changed while checking the target; retry")
             await self.adopt(current.with_routes(*plan))
             self.record_flip(time.monotonic() - started)
+            self.log_flip(current.routes(), self.state.routes(), time.monotonic() - started, force=force)
             return self.state.routes()
+
+    def log_flip(self, before: Routes, after: Routes, seconds: float, **more: Any) -> None:
+        """The audit record of a flip: who, from what to what, the generation, how long until it was served."""
+        emit(
+            log,
+            logging.INFO,
+            "flip",
+            f"flip: active {before.active} -> {after.active}, preview {before.preview} -> {after.preview} "
+            f"(generation {after.generation}, served in {seconds * 1000:.1f} ms)",
+            active_from=before.active,
+            active_to=after.active,
+            preview_from=before.preview,
+            preview_to=after.preview,
+            generation=after.generation,
+            ack_ms=round(seconds * 1000, 3),
+            **more,
+            **actor(),
+        )
 
     async def plan(
         self, active: str, preview: str | None, *, force: bool, generation: int | None
@@ -166,6 +192,7 @@ class Switch:
         healthy endpoint refuses the reload, and nothing changes). A pool a live route names cannot be
         removed. Listener and admin addresses cannot move without a restart: reported, not applied.
         """
+        started = time.monotonic()
         async with self.lock:
             old = self.config
 
@@ -228,6 +255,23 @@ class Switch:
             await self.adopt(state)
             for pool in self.pools.values():
                 self.health.watch(pool)  # its health-check settings may have changed too
+            seconds = time.monotonic() - started
+            emit(
+                log,
+                logging.INFO,
+                "reload",
+                f"reload: {', '.join(changed) or 'nothing'} changed (generation {state.generation}, "
+                f"served in {seconds * 1000:.1f} ms)",
+                changed=changed,
+                needs_restart=restart,
+                active_from=current.active,
+                active_to=state.active,
+                preview_from=current.preview,
+                preview_to=state.preview,
+                generation=state.generation,
+                ack_ms=round(seconds * 1000, 3),
+                **actor(),
+            )
             return {"routes": self.routes().to_json(), "changed": changed, "needs_restart": restart}
 
     def _pool(self, name: str) -> Pool:

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 # Request fields the proxy acts on, by kind; every other field is copied as it came.
 _COPY, _DROP, _HOST, _LENGTH, _TE, _CONNECTION, _UPGRADE, _EXPECT = range(8)
-_XFF, _XFH, _XFP, _VIA, _FORWARDED_FIELD = range(8, 13)
+_XFF, _XFH, _XFP, _VIA, _FORWARDED_FIELD, _REQUEST_ID = range(8, 14)
 _REQ_FIELDS = {name: _DROP for name in HOP_BY_HOP} | {
     b"host": _HOST,
     b"content-length": _LENGTH,
@@ -61,6 +61,7 @@ _REQ_FIELDS = {name: _DROP for name in HOP_BY_HOP} | {
     b"x-forwarded-proto": _XFP,
     b"via": _VIA,
     b"forwarded": _FORWARDED_FIELD,
+    b"x-request-id": _REQUEST_ID,
 }
 _REQ_FIRST = frozenset(name[0] for name in _REQ_FIELDS)
 
@@ -370,7 +371,7 @@ class ClientConnection(Sender, asyncio.Protocol):
         connection_tokens: set[bytes] | None = None
         has_connection = False
         upgrade_value = b""
-        xff = xfh = xfp = via = b""
+        xff = xfh = xfp = via = request_id = b""
         trusted = self.trusted
         size = len(self.url)
         for name, value in self.headers:
@@ -406,7 +407,9 @@ class ClientConnection(Sender, asyncio.Protocol):
                         expect_continue = value.lower() == b"100-continue"
                         extend((name, b": ", value, b"\r\n"))
                     elif trusted:  # forwarding fields: extended from a trusted peer, else replaced
-                        if kind == _XFF:
+                        if kind == _REQUEST_ID:
+                            request_id = request_id or value  # kept (the first one); else one is generated
+                        elif kind == _XFF:
                             xff = xff + b", " + value if xff else value
                         elif kind == _XFH:
                             xfh = value
@@ -487,6 +490,10 @@ class ClientConnection(Sender, asyncio.Protocol):
             extend((self.xff_line, self.proto_via))  # built once per connection / once per listener
         if xfh or host:
             extend((b"x-forwarded-host: ", xfh or host, b"\r\n"))
+        if not request_id:
+            ids = dp.request_ids  # a per-process prefix and a counter: one format per request
+            request_id = ids.template % next(ids.counter)
+        extend((b"x-request-id: ", request_id, b"\r\n"))
         if chunked:
             extend((b"transfer-encoding: chunked\r\n",))
         if upgrade:
@@ -499,7 +506,7 @@ class ClientConnection(Sender, asyncio.Protocol):
         pool = routes.active if self.role == "active" else routes.preview
         if dp.fence_until and dp.loop.time() > dp.fence_until:
             pool = None  # fenced: this proxy cannot vouch that its routes are still the fleet's (503)
-        return Exchange(
+        return dp.exchange(  # an Exchange, or one that notes its access-log line (`proxy.dataplane.accesslog`)
             dp,
             self,
             pool if pool is not None else dp.null_pool,
@@ -510,6 +517,7 @@ class ClientConnection(Sender, asyncio.Protocol):
             expect_continue,
             upgrade,
             keep_alive and not self.closing,
+            request_id,
         )
 
     # -- flow and lifecycle ------------------------------------------------------------------

@@ -133,6 +133,7 @@ class Exchange:
         "pending_size",
         "pool",
         "request_bytes",
+        "request_id",
         "resp_chunked",
         "resp_eof",
         "resp_no_body",
@@ -160,6 +161,7 @@ class Exchange:
         expect_continue: bool,
         upgrade: bool,
         keep_alive: bool,
+        request_id: bytes = b"",
     ) -> None:
         self.dp = dp
         self.client = client
@@ -195,6 +197,7 @@ class Exchange:
         self.head_index = -1  # where the final response head waits in `out` until flushed (-1: none or sent)
         self.tunnel = False
         self.tunnel_pending = b""
+        self.request_id = request_id  # X-Request-Id as sent upstream (kept from a trusted peer, else generated)
         pool.in_flight += 1
 
     # -- request side ----------------------------------------------------------------------

@@ -14,8 +14,10 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from proxy.config import Config
+from proxy.config import AccessLogConfig, Config
+from proxy.dataplane.accesslog import AccessLog, LoggedExchange, RequestIds
 from proxy.dataplane.client import ClientConnection
+from proxy.dataplane.exchange import Exchange
 from proxy.dataplane.http import VIA, error_response
 from proxy.dataplane.outbox import Outbox
 from proxy.dataplane.pool import Pool, PoolSet, PoolSpec
@@ -29,6 +31,10 @@ class DataPlane:
         self.loop = loop or asyncio.get_running_loop()
         self.outbox = Outbox(self.loop)
         self._thread = threading.get_ident()
+        self.request_ids = RequestIds()
+        self.access_log: AccessLog | None = None  # on: requests build LoggedExchanges (`proxy.dataplane.accesslog`)
+        self.exchange: type[Exchange] = Exchange
+        self._dropped_before = 0  # access-log lines dropped by logs a reload replaced
         self.apply_settings(config)
         self.overloaded_response = error_response(503, "Service Unavailable: too many connections", close=True)
         self.now = self.loop.time()
@@ -69,6 +75,9 @@ class DataPlane:
         t = config.timeouts
         shortest = min(t.client_header, t.upstream_keepalive, t.idle, t.keepalive, config.drain_timeout or 1)
         self.tick = max(0.01, min(0.5, shortest / 5))
+        current = self.access_log.config if self.access_log is not None else None
+        if config.access_log != current:
+            self.in_loop(self._set_access_log, config.access_log)
         if hasattr(self, "registry"):
             self.registry.configure(config)
             for role, server_tls in self.tls.items():
@@ -99,6 +108,26 @@ class DataPlane:
         pool.removed = True
         self.unroute(pool)
         return pool
+
+    def _set_access_log(self, config: AccessLogConfig | None) -> None:
+        old = self.access_log
+        if old is not None:
+            if old.config == config:
+                return
+            old.close_nowait()
+            self._dropped_before += old.lost
+        self.access_log = AccessLog(self.loop, config) if config is not None else None
+        self.exchange = LoggedExchange if config is not None else Exchange
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1: open the access log's file again (logrotate moved it)."""
+        if self.access_log is not None:
+            self.access_log.reopen()
+
+    @property
+    def access_log_dropped(self) -> int:
+        """Access-log lines dropped so far (the disk stalled, or writes failed)."""
+        return self._dropped_before + (self.access_log.lost if self.access_log is not None else 0)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -160,6 +189,8 @@ class DataPlane:
                 pass
         for server in self.servers.values():
             await server.wait_closed()
+        if self.access_log is not None:
+            await self.access_log.close()
 
     # -- routing state (applied by the Switch) -------------------------------------------------
 
@@ -245,6 +276,8 @@ class DataPlane:
             if self.route_word[0] != self.routes.word:
                 self.follow_routes()  # an idle worker still starts its drains after a flip
             self.sweep(now)
+            if self.access_log is not None:
+                self.access_log.flush()  # the lines of a quiet loop (a busy one flushes per batch)
 
     def sweep(self, now: float) -> None:
         for conn in [c for c in self.clients if c.deadline <= now]:

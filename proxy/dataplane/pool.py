@@ -42,6 +42,7 @@ class Endpoint:
         "address",
         "checked",
         "ejected_until",
+        "ejections",
         "failures",
         "host",
         "idle",
@@ -65,6 +66,7 @@ class Endpoint:
         self.passive_ok = False  # a response was received since the last ejection
         self.failures = 0  # consecutive connect failures (passive ejection)
         self.ejected_until = 0.0
+        self.ejections = 0  # passive ejections so far (the control plane reports them; nothing logs here)
         self.retired = False  # removed from its pool: finish in-flight, pool nothing
         self.streak = 0  # active checks: consecutive successes (> 0) or failures (< 0)
         self.up = True  # routable: not ejected and not failed by active checks
@@ -91,6 +93,7 @@ class Endpoint:
         self.failures += 1
         if self.failures >= outlier.consecutive_failures and not self.ejected_until:
             self.ejected_until = now + outlier.ejection_time
+            self.ejections += 1
             self.passive_ok = False
             self._refresh()
 

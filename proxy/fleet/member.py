@@ -33,6 +33,7 @@ from typing import Any
 
 from proxy.config import Config
 from proxy.control.api import AckTimeoutError, ConflictError, Routes, UnavailableError
+from proxy.controlplane.events import emit
 from proxy.controlplane.state import DesiredState
 from proxy.controlplane.switch import Switch
 from proxy.dataplane.pool import PoolSpec
@@ -139,9 +140,28 @@ class Fleet:
             elif kv.key.startswith(self.members_prefix):
                 members[kv.key[len(self.members_prefix) :]] = json.loads(kv.value)
         async with self._changed:
+            for member in sorted(members.keys() - self.members.keys()):
+                self._membership("joined", member, members[member])
+            for member in sorted(self.members.keys() - members.keys()):
+                self._membership("dropped", member, self.members[member])
             self.members = members
             self._changed.notify_all()
         return rev
+
+    def _membership(self, change: str, member: str, info: dict[str, Any]) -> None:
+        """A proxy joined the fleet or dropped out of it (its lease expired, or it left)."""
+        if member == self.id:
+            return
+        level = logging.INFO if change == "joined" else logging.WARNING
+        emit(
+            log,
+            level,
+            f"fleet_member_{change}",
+            f"fleet: proxy {member} {change}",
+            member=member,
+            admin=info.get("admin"),
+            pid=info.get("pid"),
+        )
 
     async def _apply(self, kv: KeyValue) -> None:
         if kv.mod_revision <= self.state_rev and self.state_rev:
@@ -167,9 +187,14 @@ class Fleet:
                 member = key[len(self.members_prefix) :]
                 async with self._changed:
                     if event.kind == "DELETE":
-                        self.members.pop(member, None)  # its lease expired or it left
+                        gone = self.members.pop(member, None)  # its lease expired or it left
+                        if gone is not None:
+                            self._membership("dropped", member, gone)
                     else:
-                        self.members[member] = json.loads(event.kv.value)
+                        info = json.loads(event.kv.value)
+                        if member not in self.members:
+                            self._membership("joined", member, info)
+                        self.members[member] = info
                     self._changed.notify_all()
 
     async def _watch(self, start: int) -> None:
@@ -254,6 +279,7 @@ class Fleet:
 
     async def switch(self, active: str, preview: str | None, *, force: bool, generation: int | None) -> Routes:
         started = time.monotonic()
+        before = self.local.routes()
         plan = await self.local.plan(active, preview, force=force, generation=generation)
         if plan is None:
             return self.local.routes()
@@ -266,6 +292,8 @@ class Fleet:
 
         self.last_report = await self.change(edit)
         self.local.record_flip(time.monotonic() - started)
+        seconds = time.monotonic() - started
+        self.local.log_flip(before, self.local.routes(), seconds, force=force, fleet=self.last_report)
         return self.local.routes()
 
     async def set_endpoints(

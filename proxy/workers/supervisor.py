@@ -30,11 +30,13 @@ from proxy.config import Config
 from proxy.control.api import EndpointStatus, PoolStatus, ProxyStatus, Routes, UnavailableError
 from proxy.control.local import LocalControl
 from proxy.controlplane.admin import make_admin_app
+from proxy.controlplane.events import emit
 from proxy.controlplane.health import HealthChecker
 from proxy.controlplane.metrics import make_registry
 from proxy.controlplane.state import DesiredState
 from proxy.controlplane.stats import WorkerStats
 from proxy.controlplane.switch import Switch, check_labels, normalize_endpoints, pool_status
+from proxy.controlplane.watch import Watch
 from proxy.dataplane.pool import PoolSet
 from proxy.dataplane.routes import MAX_SLOT, NO_SLOT, encode
 from proxy.dataplane.tls import ServerTls
@@ -137,6 +139,7 @@ class Supervisor:
         self._follower = False  # handed over: this draining proxy applies what its successor forwards
         self._predecessor: Link | None = None  # a draining predecessor, to which each change is forwarded
         self.handed_over = asyncio.Event()  # a successor serves: this one drains and exits
+        self.watch: Watch | None = None  # ejections and drains, reported as events
         self.upgrade = UpgradeListener(socket_path(config))
         if takeover is not None:
             self._adopt_takeover(takeover.state)
@@ -209,6 +212,7 @@ class Supervisor:
                 lambda: self.stats.clients,
                 store_up=(lambda: fleet.store_up) if fleet else None,
                 workers=lambda: [(w.index, w.proc.pid) for w in self.workers.values() if w.alive],
+                access_log_dropped=lambda: self.stats.access_log_dropped,
             ),
             token=self.config.admin.token,
             serving=lambda: not self._stopping,
@@ -228,6 +232,14 @@ class Supervisor:
         self.ports = {role: sock.getsockname()[1] for role, sock in self.sockets.items()}
         if self.owner:
             self._listen_for_successor()
+        self.watch = Watch(self.switch, lambda: self.stats.pools.values(), refresh=self.refresh_stats)
+        self.watch.start()
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1: every worker reopens the access log (each writes its own lines to the file)."""
+        for worker in self.workers.values():
+            if worker.alive:
+                worker.proc.send_signal(signal.SIGUSR1)
 
     @web.middleware
     async def _handover_guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -402,7 +414,16 @@ class Supervisor:
         quick = time.monotonic() - worker.started < 5
         restarts = worker.restarts + 1 if quick else 0
         delay = min(5.0, 0.1 * 2**restarts) if quick else 0.0
-        log.warning("worker %d exited with %s; restarting it in %.1fs", worker.index, code, delay)
+        emit(
+            log,
+            logging.WARNING,
+            "worker_exited",
+            f"worker {worker.index} exited with {code}; restarting it in {delay:.1f}s",
+            worker=worker.index,
+            pid=worker.proc.pid,
+            code=code,
+            delay=delay,
+        )
         while True:
             await asyncio.sleep(delay)
             async with self.switch.lock:
@@ -410,6 +431,15 @@ class Supervisor:
                     return
                 try:
                     await self._spawn(worker.index, restarts)
+                    new = self.workers[worker.index].proc.pid
+                    emit(
+                        log,
+                        logging.INFO,
+                        "worker_restarted",
+                        f"worker {worker.index} restarted (pid {new})",
+                        worker=worker.index,
+                        pid=new,
+                    )
                     return
                 except (OSError, RuntimeError, TimeoutError) as exc:
                     restarts += 1
@@ -544,6 +574,8 @@ class Supervisor:
 
     async def stop(self) -> None:
         self._stopping = True
+        if self.watch is not None:
+            await self.watch.stop()
         self.upgrade.close(unlink=not self.handed_over.is_set())
         for worker in self.workers.values():
             if worker.alive:

@@ -123,6 +123,8 @@ async def serve(config_path: str, fd: int, word_fd: int, listen: dict[str, int])
     apply(dp, message)
     dp.follow_routes()
     dp.fence_until = message.get("fence_until", 0.0)
+    # Before the first ack: the supervisor forwards SIGUSR1 (reopen the access log) only to workers that acked.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dp.reopen_logs)
     await dp.start(sockets=sockets)
     send(stream, {"op": "ack", "generation": served(dp)})
 

@@ -1,0 +1,134 @@
+"""The event log: what the control plane did and saw, as structured log records with levels.
+
+Every event is a stdlib `logging` record of a `bluegreen.*` logger with two extras: `event` (its kind:
+`flip`, `reload`, `endpoint_health`, `endpoint_ejected`, `drain_started`, `drain_finished`, `drain_cut`,
+`worker_exited`, `worker_restarted`, `fleet_member_joined`, `fleet_member_dropped`) and `fields` (a
+dict). `configure` (the CLI's `--log-level`, `--log-format json|text`) writes them to stderr, as one JSON
+object per line or as text; whatever the level, the last `RING_SIZE` records of level INFO and above
+are kept in memory for `GET /api/v1/events` (the audit trail of flips).
+
+Who made a change is the admin call's: `admin.py` sets `ACTOR` (the client address and whether a token
+was given) for the request it serves, and the Switch, which runs in that request's task, reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from collections import deque
+from contextvars import ContextVar
+from typing import Any
+
+RING_SIZE = 1000
+LEVELS = ("debug", "info", "warning", "error")
+ACTOR: ContextVar[dict[str, Any] | None] = ContextVar("bluegreen_actor", default=None)
+ROOT = "bluegreen"
+
+
+def actor() -> dict[str, Any]:
+    """Who asked for the change under way: an admin client (`client`, `token`: "token" or "none" until tokens
+    are named), or `via` what (`SIGHUP`, `internal`)."""
+    return dict(ACTOR.get() or {"via": "internal"})
+
+
+def emit(logger: logging.Logger, level: int, event: str, message: str, **fields: Any) -> None:
+    """One event: `message` for people, `fields` for machines."""
+    logger.log(level, message, extra={"event": event, "fields": fields})
+
+
+def as_dict(record: logging.LogRecord) -> dict[str, Any]:
+    created = record.created
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
+    item: dict[str, Any] = {
+        "time": stamp,
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "event": getattr(record, "event", "log"),
+        "message": record.getMessage(),
+    }
+    fields = getattr(record, "fields", None)
+    if isinstance(fields, dict):
+        item.update({k: v for k, v in fields.items() if k not in item})
+    if record.exc_info:
+        item["exception"] = logging.Formatter().formatException(record.exc_info)
+    return item
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, event, message, then the event's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(as_dict(record), default=str, separators=(",", ":"))
+
+
+class TextFormatter(logging.Formatter):
+    """`time level logger: message` and, for an event, `[event k=v ...]`."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        event = getattr(record, "event", None)
+        if event is None:
+            return text
+        fields = getattr(record, "fields", None) or {}
+        pairs = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+        return f"{text} [{event}{' ' + pairs if pairs else ''}]"
+
+
+class EventRing(logging.Handler):
+    """The recent records, as dicts, with a sequence number (newest last)."""
+
+    def __init__(self, size: int = RING_SIZE) -> None:
+        super().__init__(logging.INFO)
+        self.items: deque[dict[str, Any]] = deque(maxlen=size)
+        self.seq = 0
+        self._guard = threading.Lock()  # records may come from any thread (never from the data plane)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            item = as_dict(record)
+        except Exception:  # a record whose message cannot be formatted: logging's own policy
+            self.handleError(record)
+            return
+        with self._guard:
+            self.seq += 1
+            item["seq"] = self.seq
+            self.items.append(item)
+
+    def recent(self, limit: int | None = None) -> list[dict[str, Any]]:
+        with self._guard:
+            items = list(self.items)
+        return items[-limit:] if limit else items
+
+
+RING = EventRing()
+
+
+def install_ring() -> EventRing:
+    """Keep INFO and above of every `bluegreen.*` logger in `RING` (idempotent)."""
+    root = logging.getLogger(ROOT)
+    if RING not in root.handlers:
+        root.addHandler(RING)
+    if root.getEffectiveLevel() > logging.INFO:
+        root.setLevel(logging.INFO)
+    return RING
+
+
+def configure(level: str = "info", fmt: str = "text") -> None:
+    """The proxy's event log on stderr: `level` and above, as JSON lines or text (the CLI's flags)."""
+    root = logging.getLogger(ROOT)
+    for handler in [h for h in root.handlers if getattr(h, "bluegreen_stream", False)]:
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.bluegreen_stream = True  # type: ignore[attr-defined]
+    handler.setLevel(getattr(logging, level.upper()))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root.addHandler(handler)
+    root.setLevel(min(logging.INFO, getattr(logging, level.upper())))
+    root.propagate = False  # one line per record, whatever the root logger does
+    install_ring()

@@ -1,0 +1,400 @@
+"""The access log (`access_log: {path: FILE|stdout, format: json|combined}`): one line per finished request.
+
+Nothing of it runs on the request path while it is off: the DataPlane then builds plain `Exchange`s. While
+it is on it builds `LoggedExchange`s, which note the few things an `Exchange` does not keep (start and end
+time, bytes sent, the endpoint that served it, the route generation) and, when they finish, append
+themselves to the log's list: no tuple, no string, no logging call, no lock. The lines are formatted in
+batches, at the end of the loop iteration in which `BATCH` records gathered (a `call_soon`, as
+`proxy.dataplane.outbox` sends writes) or at the data plane's next tick, and handed as one chunk to a
+writer thread, so the loop never waits for the disk. The
+writer appends whole lines (O_APPEND; to a pipe or terminal in pieces of at most PIPE_BUF, at line
+ends), so several workers can share one file. When the disk stalls, chunks queue up to `MAX_PENDING`
+bytes; past that the loop drops lines and counts them (`bluegreen_access_log_dropped_total`) rather
+than wait. `reopen` (SIGUSR1, after logrotate moved the file) makes the writer open the path again.
+
+`time` is when the response ended (UTC, milliseconds); `duration_ms` runs from the end of the request
+head to the end of the response; `bytes_in` counts the request body (and what a tunnel carried upstream),
+`bytes_out` every byte sent to the client for the request (status line, head, body as framed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import re
+import select
+import stat
+import sys
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from proxy.config import AccessLogConfig, Config, ConfigError
+from proxy.dataplane.exchange import DONE, HEAD_SENT, Exchange
+
+if TYPE_CHECKING:
+    from proxy.dataplane.client import ClientConnection
+    from proxy.dataplane.plane import DataPlane
+    from proxy.dataplane.pool import Endpoint, Pool
+
+MAX_PENDING = 16 * 1024 * 1024  # bytes of formatted lines waiting for the writer before lines are dropped
+BATCH = 128  # records formatted at the end of the loop iteration that reached this many (else at the tick)
+FLUSH_INTERVAL = 0.1  # seconds between the writer thread's rounds (a reopen or close wakes it at once)
+PIPE_BUF = 4096  # a write to a pipe of at most this many bytes is never interleaved with another's
+DEFAULT_APP = b"default"  # the application a request belonged to (one per proxy for now)
+
+# Bytes a JSON string (or a quoted field of the combined format) carries as they are: printable ASCII but
+# `"` and `\`. `value.translate(None, _SAFE)` is empty when nothing needs escaping (the usual case).
+_SAFE = bytes(c for c in range(0x20, 0x7F) if c not in b'"\\')
+_UNSAFE = re.compile(rb"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+_LISTENERS = (b"active", b"preview")  # by `Exchange.listener`
+
+
+class RequestIds:
+    """X-Request-Id values for requests that came without a trusted one: a random prefix per process and a
+    counter, in hex (`3f9ac1d2e4b5a6c7-1a`): unique across workers and restarts, and one format per request
+    (no uuid4, no os.urandom per request). `_request` reads `template` and `counter` directly."""
+
+    __slots__ = ("counter", "template")
+
+    def __init__(self) -> None:
+        self.template = os.urandom(8).hex().encode() + b"-%x"
+        self.counter = itertools.count(1)
+
+    def next(self) -> bytes:
+        return self.template % next(self.counter)
+
+
+class LoggedExchange(Exchange):
+    """An Exchange that notes what its access-log line needs; built instead of one while the log is on."""
+
+    __slots__ = ("aborted", "began", "bytes_out", "ended", "final_status", "generation", "served_by", "tunnel_in")
+
+    def __init__(
+        self,
+        dp: DataPlane,
+        client: ClientConnection,
+        pool: Pool,
+        head: bytes,
+        method: bytes,
+        has_body: bool,
+        chunked_request: bool,
+        expect_continue: bool,
+        upgrade: bool,
+        keep_alive: bool,
+        request_id: bytes = b"",
+    ) -> None:
+        Exchange.__init__(
+            self,
+            dp,
+            client,
+            pool,
+            head,
+            method,
+            has_body,
+            chunked_request,
+            expect_continue,
+            upgrade,
+            keep_alive,
+            request_id,
+        )
+        self.began = dp.loop.time()
+        self.generation = dp.routes.generation  # the snapshot `_request` has just read (same call, same loop)
+        self.bytes_out = 0
+        self.tunnel_in = 0
+        self.served_by: Endpoint | None = None
+        self.ended = 0.0
+        self.final_status = 0
+        self.aborted = False
+
+    def flush(self) -> None:
+        out = self.out
+        if out:
+            self.bytes_out += len(out[0]) if len(out) == 1 else sum(map(len, out))
+        Exchange.flush(self)
+
+    def _finish_with(self, response: bytes, status: int) -> None:
+        self.bytes_out += len(response)
+        Exchange._finish_with(self, response, status)
+
+    def upstream_upgraded(self, rest: bytes) -> None:
+        self.bytes_out += len(rest)
+        Exchange.upstream_upgraded(self, rest)
+
+    def tunnel_to_client(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        Exchange.tunnel_to_client(self, data)
+
+    def tunnel_to_upstream(self, data: bytes) -> None:
+        self.tunnel_in += len(data)
+        Exchange.tunnel_to_upstream(self, data)
+
+    def _finish(self, status: int, aborted: bool = False) -> None:
+        if self.state != DONE:
+            self.served_by = self.endpoint
+            self.ended = self.dp.loop.time()
+            # What the client was sent: the status of a response cut after its head, 0 when nothing went out.
+            self.final_status = status if not aborted else (self.status if self.state == HEAD_SENT else 0)
+            self.aborted = aborted
+            log = self.dp.access_log
+            if log is not None:
+                log.add(self)
+        Exchange._finish(self, status, aborted)
+
+
+def _json_escaped(value: bytes) -> bytes:
+    """`value` inside a JSON string (bytes that are not printable ASCII decoded as UTF-8 and escaped)."""
+    return json.dumps(value.decode("utf-8", "backslashreplace"))[1:-1].encode()
+
+
+def _escaped(value: bytes) -> bytes:
+    """`value` for a quoted field of the combined format: `"`, `\\` and non-printable bytes as \\xHH (nginx)."""
+    if not value.translate(None, _SAFE):
+        return value
+    return re.sub(rb"[^\x20\x21\x23-\x5b\x5d-\x7e]", lambda m: b"\\x%02X" % m.group()[0], value)
+
+
+def _field(low: bytes, head: bytes, name: bytes) -> bytes:
+    """A request field's value from the head sent upstream (`low` is its lowercased copy), or b"-"."""
+    at = low.find(b"\r\n" + name + b":")
+    if at < 0:
+        return b"-"
+    start = at + len(name) + 3
+    return head[start : head.find(b"\r\n", start)].strip() or b"-"
+
+
+_JSON = (
+    b'{"time":"%s.%03dZ","client":"%s","method":"%s","target":"%s","status":%d,"bytes_in":%d,"bytes_out":%d,'
+    b'"duration_ms":%.3f,"app":"%s","listener":"%s","pool":"%s","endpoint":%s,"generation":%d,'
+    b'"request_id":"%s","aborted":%s}\n'
+)
+_COMBINED = b'%s - - [%s] "%s %s %s" %d %d "%s" "%s" "%s" "%s" "%s" %d %s %.3fms\n'
+
+
+class AccessLog:
+    """Records of finished requests, formatted per loop iteration and written by a thread of its own."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, config: AccessLogConfig) -> None:
+        self.loop = loop
+        self.config = config
+        self.records: list[LoggedExchange] = []
+        self._line = self._json if config.format == "json" else self._combined
+        self.dropped = 0  # lines dropped on the loop (the writer was MAX_PENDING behind)
+        self.queued = 0  # bytes handed to the writer (written by the loop thread only)
+        self.chunks: deque[bytes] = deque()
+        self._second = -1
+        self._stamp = b""
+        self.writer = _Writer(self, config.path)
+        self.writer.start()
+
+    # -- on the loop -------------------------------------------------------------------------
+
+    def add(self, ex: LoggedExchange) -> None:
+        records = self.records
+        records.append(ex)
+        if len(records) == BATCH:
+            self.loop.call_soon(self.flush)  # after this iteration's events; else the next tick flushes
+
+    def flush(self) -> None:
+        records = self.records
+        if not records:
+            return
+        self.records = []
+        if self.queued - self.writer.written > MAX_PENDING or self.writer.closed:
+            self.dropped += len(records)  # the disk stalls: drop and count, never make the loop wait
+            return
+        line = self._line
+        offset = time.time() - self.loop.time()
+        data = b"".join([line(ex, offset) for ex in records])
+        self.queued += len(data)
+        self.chunks.append(data)
+
+    def _stamp_for(self, second: int, combined: bool) -> bytes:
+        if second != self._second:
+            self._second = second
+            fmt = "%d/%b/%Y:%H:%M:%S +0000" if combined else "%Y-%m-%dT%H:%M:%S"
+            self._stamp = time.strftime(fmt, time.gmtime(second)).encode()
+        return self._stamp
+
+    def _json(self, ex: LoggedExchange, offset: float) -> bytes:
+        ended = ex.ended
+        wall = ended + offset
+        second = int(wall)
+        stamp = self._stamp if second == self._second else self._stamp_for(second, False)
+        head = ex.head
+        method = ex.method
+        start = len(method) + 1
+        target = head[start : head.find(b" ", start)]
+        if target.translate(None, _SAFE):
+            target = _json_escaped(target)
+        request_id = ex.request_id
+        if request_id.translate(None, _SAFE):
+            request_id = _json_escaped(request_id)
+        ep = ex.served_by
+        return _JSON % (
+            stamp,
+            int((wall - second) * 1000),
+            ex.client.peer,
+            method,
+            target,
+            ex.final_status,
+            ex.request_bytes + ex.tunnel_in,
+            ex.bytes_out,
+            (ended - ex.began) * 1000,
+            DEFAULT_APP,
+            _LISTENERS[ex.listener],
+            ex.pool.name.encode(),
+            b'"' + ep.address.encode() + b'"' if ep is not None else b"null",
+            ex.generation,
+            request_id,
+            b"true" if ex.aborted else b"false",
+        )
+
+    def _combined(self, ex: LoggedExchange, offset: float) -> bytes:
+        """Apache's combined format, then (as Traefik does) app, pool, endpoint, generation, request id and
+        duration."""
+        head = ex.head
+        low = head.lower()
+        method = ex.method
+        ep = ex.served_by
+        return _COMBINED % (
+            ex.client.peer,
+            self._stamp_for(int(ex.ended + offset), True),
+            method,
+            _escaped(head[len(method) + 1 : head.find(b" ", len(method) + 1)]),
+            b"HTTP/1.1" if ex.client.http11 else b"HTTP/1.0",
+            ex.final_status,
+            ex.bytes_out,
+            _escaped(_field(low, head, b"referer")),
+            _escaped(_field(low, head, b"user-agent")),
+            DEFAULT_APP,
+            ex.pool.name.encode(),
+            ep.address.encode() if ep is not None else b"-",
+            ex.generation,
+            _escaped(ex.request_id),
+            (ex.ended - ex.began) * 1000,
+        )
+
+    def reopen(self) -> None:
+        """Open the path again (SIGUSR1 after a rotation): lines from now on go to the new file."""
+        self.writer.request(reopen=True)
+
+    @property
+    def lost(self) -> int:
+        """Lines dropped: on the loop (writer behind) and by the writer (write errors)."""
+        return self.dropped + self.writer.dropped
+
+    def close_nowait(self) -> None:
+        """Write what is left and stop the writer (it finishes on its own thread)."""
+        self.flush()
+        self.writer.request(stop=True)
+
+    async def close(self) -> None:
+        self.close_nowait()
+        await asyncio.to_thread(self.writer.join, 5.0)
+
+
+class _Writer(threading.Thread):
+    """Writes the log's chunks in order; the only code that touches the file."""
+
+    def __init__(self, log: AccessLog, path: str) -> None:
+        super().__init__(name="bluegreen-access-log", daemon=True)
+        self.log = log
+        self.path = path
+        self.fd = _open(path)
+        self.whole = _regular(self.fd)  # a regular file takes a whole chunk per write (O_APPEND)
+        self.written = 0  # bytes done with (written or dropped): by this thread only
+        self.dropped = 0  # lines lost to write errors
+        self.closed = False
+        self._wake = threading.Event()
+        self._reopening = False
+        self._stopping = False
+
+    def request(self, *, reopen: bool = False, stop: bool = False) -> None:
+        self._reopening = self._reopening or reopen
+        self._stopping = self._stopping or stop
+        self._wake.set()
+
+    def run(self) -> None:
+        while True:
+            self._wake.wait(FLUSH_INTERVAL)
+            self._wake.clear()
+            if self._reopening:
+                self._reopening = False
+                self._reopen_file()
+            self._drain()
+            if self._stopping:
+                self._drain()
+                self.closed = True
+                if self.path != "stdout":
+                    os.close(self.fd)
+                return
+
+    def _reopen_file(self) -> None:
+        if self.path == "stdout":
+            return
+        try:
+            fd = _open(self.path)
+        except OSError as exc:
+            print(f"bluegreen: cannot reopen the access log {self.path}: {exc}", file=sys.stderr, flush=True)
+            return
+        old, self.fd = self.fd, fd
+        self.whole = _regular(fd)
+        os.close(old)
+
+    def _drain(self) -> None:
+        # Everything queued in one write: this thread gets the GIL seldom while the loop is busy (every
+        # switch interval at worst), so it must not need it once per chunk.
+        chunks = self.log.chunks
+        while chunks:
+            parts = [chunks.popleft() for _ in range(len(chunks))]
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+            try:
+                self._write(data)
+            except OSError as exc:
+                self.dropped += data.count(b"\n")
+                print(f"bluegreen: access log {self.path}: {exc}", file=sys.stderr, flush=True)
+            self.written += len(data)
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            piece = view
+            if not self.whole and len(view) > PIPE_BUF:
+                end = bytes(view[:PIPE_BUF]).rfind(b"\n") + 1
+                piece = view[: end or len(view)]  # a line longer than PIPE_BUF goes whole
+            try:
+                done = os.write(self.fd, piece)
+            except BlockingIOError:
+                select.select([], [self.fd], [], 1.0)  # a non-blocking pipe that is full: this thread waits
+                continue
+            view = view[done:]
+
+
+def _open(path: str) -> int:
+    if path == "stdout":
+        return sys.stdout.fileno()
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+
+def _regular(fd: int) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+
+
+def check_access_log(config: Config) -> None:
+    """At start: the access log's file can be opened for appending (ConfigError with file, key path, reason)."""
+    alc = config.access_log
+    if alc is None or alc.path == "stdout":
+        return
+    try:
+        os.close(_open(alc.path))
+    except OSError as exc:
+        raise ConfigError(
+            config.source, "access_log.path", f"cannot open {alc.path} for appending: {exc.strerror}"
+        ) from None
