@@ -191,6 +191,7 @@ def register(sub: Any) -> None:
     demo.add_argument("--active-port", type=_port, default=8080, metavar="P", help="live listener (8080; 0: any)")
     demo.add_argument("--preview-port", type=_port, default=8081, metavar="P", help="preview listener (8081)")
     demo.add_argument("--admin-port", type=_port, default=8090, metavar="P", help="admin API and dashboard (8090)")
+    demo.add_argument("--kube-port", type=_port, default=8092, metavar="P", help="Kubernetes API for kubectl (8092)")
     demo.set_defaults(func=cmd_demo)
 
     apply = sub.add_parser("apply", help="apply manifests to a running simulator (kubectl apply -f)")
@@ -366,5 +367,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from simulator import demo  # the demo pulls in the whole proxy; only load it for this command
 
     return demo.main(
-        args.manifests, active_port=args.active_port, preview_port=args.preview_port, admin_port=args.admin_port
+        args.manifests,
+        active_port=args.active_port,
+        preview_port=args.preview_port,
+        admin_port=args.admin_port,
+        kube_port=args.kube_port,
     )

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from simulator.k8s.objects import Rollout
 from simulator.manifests import Loaded, load_path
 from simulator.web.api import setup_api
 from simulator.web.dashboard import setup_dashboard
+from simulator.web.kube import kubeconfig, make_kube_app
 from simulator.workloads.kubelet import PodTiming
 from simulator.workloads.pods import ServerRuntime
 
@@ -42,6 +45,7 @@ class DemoConfig:
     active_port: int = 8080
     preview_port: int = 8081
     admin_port: int = 8090
+    kube_port: int | None = None  # the Kubernetes API for kubectl (`bluegreen demo`: 8092); None: not served
     token: str | None = None
     timing: PodTiming = PodTiming()
     health_interval: str = "1s"
@@ -54,6 +58,10 @@ class Demo:
         self.cluster: Cluster | None = None
         self.server: ProxyServer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._kube: web.AppRunner | None = None
+        self.kube_port: int | None = None
+        self._kubeconfig_dir: Path | None = None
+        self.kubeconfig: Path | None = None
 
     def proxy_config(self) -> dict[str, object]:
         c = self.config
@@ -84,14 +92,40 @@ class Demo:
         await server.start()
         rollouts = [o.name for o in self.manifests.objects if isinstance(o, Rollout)]
         cluster.attach(server.control, bind=rollouts[0] if len(rollouts) == 1 else None, replaces=(PLACEHOLDER_POOL,))
+        # kubectl sends no bearer token over plain HTTP: with an admin token, the API stays off rather than open.
+        if self.config.kube_port is not None and not self.config.token:
+            await self._serve_kube(cluster)
         operations.apply(cluster.store, self.manifests.objects)
         self._task = asyncio.create_task(cluster.run())
+
+    async def _serve_kube(self, cluster: Cluster) -> None:
+        """The Kubernetes API on its own port (its /api/v1 is the core group's), and a kubeconfig for it."""
+        assert self.config.kube_port is not None
+        runner = self._kube = web.AppRunner(make_kube_app(cluster), handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.host, self.config.kube_port)
+        await site.start()
+        server = site._server  # aiohttp keeps the bound socket there; port 0 asks for a free one
+        sockets = getattr(server, "sockets", None) or []
+        self.kube_port = int(sockets[0].getsockname()[1]) if sockets else self.config.kube_port
+        self._kubeconfig_dir = Path(tempfile.mkdtemp(prefix="bluegreen-demo-"))
+        self.kubeconfig = self._kubeconfig_dir / "kubeconfig"
+        self.kubeconfig.write_text(kubeconfig(self.kube_server), encoding="utf-8")
+        self.kubeconfig.chmod(0o600)
+
+    @property
+    def kube_server(self) -> str:
+        return f"http://{self.config.host}:{self.kube_port}"
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._kube is not None:
+            await self._kube.cleanup()
+        if self._kubeconfig_dir is not None:
+            shutil.rmtree(self._kubeconfig_dir, ignore_errors=True)
         if self.server is not None:
             await self.server.stop(grace=1.0)
         if self.cluster is not None:
@@ -121,9 +155,20 @@ def _banner(demo: Demo, source: str) -> str:
             f"  live traffic     http://{host}:{ports['active']}/color",
             f"  preview          http://{host}:{ports['preview']}/color",
             f"  admin API        http://{host}:{ports['admin']}/api/v1/rollouts",
+            *(
+                [f"  Kubernetes API   {demo.kube_server}   (kubectl: export KUBECONFIG={demo.kubeconfig})"]
+                if demo.kubeconfig is not None
+                else (
+                    ["  Kubernetes API   off: kubectl sends no token over plain HTTP, and BLUEGREEN_ADMIN_TOKEN is set"]
+                    if demo.config.token and demo.config.kube_port is not None
+                    else []
+                )
+            ),
             "",
             "Try, in another terminal:",
             *([] if ports["admin"] == 8090 else [f"  export BLUEGREEN_ADMIN=http://{host}:{ports['admin']}"]),
+            *([f"  export KUBECONFIG={demo.kubeconfig}"] if demo.kubeconfig is not None else []),
+            *([f"  kubectl get rollouts,rs,pods,svc      kubectl describe rollout {name}"] if demo.kubeconfig else []),
             f"  bluegreen rollouts get rollout {name} --watch",
             f"  bluegreen rollouts set image {name} '*=argoproj/rollouts-demo:green'",
             f"  bluegreen rollouts promote {name}",
@@ -152,12 +197,20 @@ async def _serve(manifests: Loaded, source: str, config: DemoConfig) -> int:
     return 0
 
 
-def main(manifests: str | None, *, active_port: int = 8080, preview_port: int = 8081, admin_port: int = 8090) -> int:
+def main(
+    manifests: str | None,
+    *,
+    active_port: int = 8080,
+    preview_port: int = 8081,
+    admin_port: int = 8090,
+    kube_port: int = 8092,
+) -> int:
     """`bluegreen demo`; a port of 0 takes a free one (the banner names it)."""
     config = DemoConfig(
         active_port=active_port,
         preview_port=preview_port,
         admin_port=admin_port,
+        kube_port=kube_port,
         token=os.environ.get("BLUEGREEN_ADMIN_TOKEN") or None,
     )
     path = Path(manifests) if manifests else BUNDLED_MANIFESTS

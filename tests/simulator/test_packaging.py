@@ -104,6 +104,9 @@ def serve_and_check(proc: subprocess.Popen[str], installed: Path, err: Path) -> 
         name: int(port) for name, port in re.findall(r"(dashboard|live traffic|preview) +http://[^:]+:(\d+)", text)
     }
     assert len(ports) == 3 and 0 not in ports.values(), text
+    kube = re.search(r"Kubernetes API +(http://\S+) .*export KUBECONFIG=(\S+)\)", text)
+    assert kube is not None, text
+    assert _get(f"{kube[1]}/api")[0] == 200 and "current-context" in Path(kube[2]).read_text(encoding="utf-8")
     admin = ports["dashboard"]
     assert _get(f"http://127.0.0.1:{admin}/healthz")[0] == 200
     status, page = _get(f"http://127.0.0.1:{admin}/")  # the dashboard's static files came with the wheel
@@ -120,7 +123,7 @@ def serve_and_check(proc: subprocess.Popen[str], installed: Path, err: Path) -> 
 @pytest.mark.timeout(240)
 def test_demo_from_the_installed_wheel_in_another_directory(installed: Path, tmp_path: Path) -> None:
     argv = [str(installed / "bin" / "bluegreen"), "demo", "--active-port", "0", "--preview-port", "0"]
-    argv += ["--admin-port", "0"]
+    argv += ["--admin-port", "0", "--kube-port", "0"]
     env = {k: v for k, v in os.environ.items() if k not in ("BLUEGREEN_ADMIN_TOKEN", "PYTHONPATH")}
     err = tmp_path / "demo.stderr"
     with (
