@@ -71,8 +71,8 @@ class ProxyCollector(Collector):
         )
         latency = HistogramMetricFamily(
             "bluegreen_upstream_latency_seconds",
-            "Upstream latency: request sent to response head received, by pool and listener",
-            labels=["pool", "listener", *names],
+            "Upstream latency: request sent to response head received, by pool, listener and status class",
+            labels=["pool", "listener", "status_class", *names],
         )
         health = GaugeMetricFamily(
             "bluegreen_endpoint_healthy", "1 when the endpoint is routable", labels=["pool", "endpoint", "state"]
@@ -85,10 +85,12 @@ class ProxyCollector(Collector):
                 for i, cls in enumerate(_CLASSES):
                     if counts[i] or (li == 0 and cls in ("2xx", "5xx")):
                         requests.add_metric([pool.name, listener, cls, *more], counts[i])
-                part = pool.latency_buckets[li * BUCKETS : (li + 1) * BUCKETS]
-                if li == 0 or any(part):
-                    buckets = list(zip(bounds, accumulate(part), strict=True))
-                    latency.add_metric([pool.name, listener, *more], buckets, pool.latency_sum[li])
+                for i, cls in enumerate(_CLASSES):
+                    row = li * 6 + i
+                    part = pool.latency_buckets[row * BUCKETS : (row + 1) * BUCKETS]
+                    if any(part) or (li == 0 and cls == "2xx"):
+                        buckets = list(zip(bounds, accumulate(part), strict=True))
+                        latency.add_metric([pool.name, listener, cls, *more], buckets, pool.latency_sum[row])
             in_flight.add_metric([pool.name, *more], pool.in_flight)
             draining.add_metric([pool.name, *more], 1 if pool.draining else 0)
         for live in list(self.switch.pools.values()):

@@ -34,8 +34,8 @@ class PoolCounters:
     name: str
     in_flight: int = 0
     counts: list[int] = field(default_factory=lambda: [0] * (6 * len(LISTENERS)))
-    latency_buckets: list[int] = field(default_factory=lambda: [0] * (BUCKETS * len(LISTENERS)))
-    latency_sum: list[float] = field(default_factory=lambda: [0.0] * len(LISTENERS))
+    latency_buckets: list[int] = field(default_factory=lambda: [0] * (BUCKETS * 6 * len(LISTENERS)))
+    latency_sum: list[float] = field(default_factory=lambda: [0.0] * (6 * len(LISTENERS)))
     draining: bool = False
     endpoints: dict[str, int] = field(default_factory=dict)  # in flight, by address
 

@@ -163,10 +163,10 @@ class Pool:
         # Precomputed once: every response served by this pool says so (testers and smoke tests verify it).
         self.color_header = b"x-served-by-color: " + name.encode() + b"\r\n"
         # By listener (active 0, preview 1), flat for one index per update: responses by status class at
-        # listener * 6 + class (class 0: no response), latency buckets at listener * BUCKETS + bucket.
+        # row = listener * 6 + class (class 0: no response); latency buckets at row * BUCKETS + bucket.
         self.counts = [0] * (6 * len(LISTENERS))
-        self.latency_buckets = [0] * (BUCKETS * len(LISTENERS))
-        self.latency_sum = [0.0] * len(LISTENERS)
+        self.latency_buckets = [0] * (BUCKETS * 6 * len(LISTENERS))
+        self.latency_sum = [0.0] * (6 * len(LISTENERS))
 
     def addresses(self) -> list[tuple[str, int]]:
         return [(ep.host, ep.port) for ep in self.endpoints]
@@ -203,10 +203,11 @@ class Pool:
         return None
 
     def observe(self, status: int, latency: float, listener: int = 0) -> None:
-        self.counts[listener * 6 + (status // 100 if 100 <= status < 600 else 0)] += 1
+        row = listener * 6 + (status // 100 if 100 <= status < 600 else 0)
+        self.counts[row] += 1
         if latency >= 0.0:
-            self.latency_buckets[listener * BUCKETS + bisect_left(LATENCY_BOUNDS, latency)] += 1
-            self.latency_sum[listener] += latency
+            self.latency_buckets[row * BUCKETS + bisect_left(LATENCY_BOUNDS, latency)] += 1
+            self.latency_sum[row] += latency
 
     def replace_endpoints(self, addresses: Iterable[tuple[str, int]]) -> list[Endpoint]:
         """New endpoint list; kept addresses keep their state, dropped ones finish in-flight work and retire.

@@ -75,8 +75,9 @@ async def test_counts_by_listener_and_pool_labels(labelled: tuple[ProxyServer, s
     assert value(metrics, "bluegreen_requests_total", listener="active", status_class="2xx", **blue) == 3
     assert value(metrics, "bluegreen_requests_total", listener="preview", status_class="2xx", **green) == 2
     assert value(metrics, "bluegreen_requests_total", listener="preview", status_class="2xx", **blue) == 0
-    assert value(metrics, "bluegreen_upstream_latency_seconds_count", listener="active", **blue) == 3
-    assert value(metrics, "bluegreen_upstream_latency_seconds_count", listener="preview", **green) == 2
+    latency = "bluegreen_upstream_latency_seconds_count"
+    assert value(metrics, latency, listener="active", status_class="2xx", **blue) == 3
+    assert value(metrics, latency, listener="preview", status_class="2xx", **green) == 2
     assert value(metrics, "bluegreen_route", listener="active", **blue) == 1
     assert value(metrics, "process_open_fds") > 0  # process metrics are in the registry
 
@@ -163,7 +164,7 @@ async def test_upstream_latency_resolves_below_a_millisecond(upstream: StartUpst
     proxy = await start_proxy({"blue": [await upstream("blue")]}, preview=None)
     await requests(proxy.ports["active"], 20)
     metrics = samples(await scrape(proxy.ports["admin"]))
-    labels = {"pool": "blue", "listener": "active"}
+    labels = {"pool": "blue", "listener": "active", "status_class": "2xx"}
     total = value(metrics, "bluegreen_upstream_latency_seconds_sum", **labels)
     count = value(metrics, "bluegreen_upstream_latency_seconds_count", **labels)
     assert count == 20 and total > 0

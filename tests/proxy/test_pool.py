@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from proxy.config import OutlierConfig
-from proxy.dataplane.pool import Endpoint, Health, Pool
+from proxy.dataplane.pool import BUCKETS, Endpoint, Health, Pool
 
 ADDRS = [("127.0.0.1", 9001), ("127.0.0.1", 9002), ("127.0.0.1", 9003)]
 
@@ -65,4 +65,5 @@ def test_observe_counts_by_class_and_latency_bucket() -> None:
     pool.observe(200, 0.0007)
     pool.observe(503, 0.2)
     assert pool.counts[2] == 1 and pool.counts[5] == 1
-    assert sum(pool.latency_buckets) == 2 and pool.latency_buckets[4] == 1  # (0.5 ms, 1 ms]
+    # Latency by listener and status class: row 2 is the active listener's 2xx, bucket 4 is (0.5 ms, 1 ms].
+    assert sum(pool.latency_buckets) == 2 and pool.latency_buckets[2 * BUCKETS + 4] == 1
