@@ -22,6 +22,7 @@ import socket
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -380,6 +381,7 @@ class Supervisor:
         listen_fds = tuple(sock.fileno() for role, sock in self.sockets.items() if role != "admin")
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
+            "-P",  # not the working directory first on sys.path: a `proxy/` folder there must not shadow this code
             "-m",
             "proxy.workers.worker",
             "--config",
@@ -390,6 +392,7 @@ class Supervisor:
             str(self.word_fd),
             *listen,
             pass_fds=(child.fileno(), self.word_fd, *listen_fds),
+            env=_worker_env(),
         )
         child.close()
         worker = Worker(index, proc, await Channel.open(parent), restarts)
@@ -616,3 +619,12 @@ def _same_address(sock: socket.socket, host: str, port: int) -> bool:
 
 def worker_pids(supervisor: Supervisor) -> Sequence[int]:
     return [w.proc.pid for w in supervisor.workers.values() if w.alive]
+
+
+def _worker_env() -> dict[str, str]:
+    """The environment of a worker: this process's, with the folder this code was imported from first on
+    PYTHONPATH, so a worker runs the same code as its supervisor wherever it was started from."""
+    env = dict(os.environ)
+    home = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = home + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env

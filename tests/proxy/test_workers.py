@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import yaml
 
 from tests.proxy.conftest import StartUpstream
 from tests.proxy.support import ProxyProcess, RawClient, child_pids as children, keep_requesting
-from tests.support import wait_until
+from tests.support import REPO, Process, wait_for_port, wait_until
 
 
 async def colors_on_fresh_connections(port: int, n: int) -> set[str]:
@@ -129,3 +130,27 @@ async def test_reload_replacing_the_active_pool_keeps_serving(upstream: StartUps
     finally:
         code, out = await proxy.stop()
     assert code == 0, out
+
+
+async def test_workers_run_the_supervisors_code_wherever_it_was_started(
+    upstream: StartUpstream, tmp_path: Path
+) -> None:
+    """A `proxy/` folder in the working directory (an operator's config folder, say) must not be what the
+    workers import: they run the code their supervisor was imported from."""
+    shadow = tmp_path / "proxy"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text('raise SystemExit("the shadowing proxy/ folder was imported")\n')
+    proxy = ProxyProcess(tmp_path, {"blue": [await upstream("blue")]}, "blue", None)
+    started = await Process.start(  # the supervisor comes from this checkout, started from the shadowing folder
+        [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(REPO)!r}); from bluegreen.cli import main; main()",
+         "proxy", "--config", str(proxy.path), "--workers", "2"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        await wait_for_port(proxy.ports["admin"], process=started)
+        client = RawClient(proxy.ports["active"])
+        assert (await client.request()).status == 200
+        await client.close()
+    finally:
+        code, out = await started.stop()
+    assert "shadowing" not in out, out
