@@ -136,8 +136,8 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         return run_proxy(config, workers, upgrade=args.upgrade)
     except UpgradeError as exc:
         return fail(f"cannot upgrade: {exc}")
-    except (OSError, ValueError) as exc:
-        return fail(f"cannot start: {exc}")
+    except (OSError, ValueError, RuntimeError, TimeoutError) as exc:  # a worker that did not start, too
+        return fail(f"cannot start: {exc or type(exc).__name__}")
 
 
 def run_proxy(config: Config, workers: int = 1, *, upgrade: bool = False) -> int:
