@@ -29,6 +29,9 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info", help="event log level")
     p.add_argument("--log-format", choices=("text", "json"), default="text", help="event log format on stderr")
+    p.add_argument(
+        "--version", action=_Version, nargs=0, help="print the version and the data plane's mode (compiled or pure)"
+    )
     p.set_defaults(func=cmd_proxy)
 
     s = sub.add_parser("status", help="show the route table and pools")
@@ -43,6 +46,27 @@ def register(sub: Any) -> None:
     w.add_argument("--force", action="store_true", help="switch even if COLOR has no healthy endpoint")
     w.add_argument("--generation", type=int, default=None, help="only if the routes are at this generation")
     w.set_defaults(func=cmd_switch)
+
+
+class _Version(argparse.Action):
+    """`bluegreen proxy --version`: computed when asked, so other commands never import the data plane."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        print(version_line())
+        parser.exit()
+
+
+def version_line() -> str:
+    from importlib import metadata
+
+    from proxy.dataplane import mode
+
+    try:
+        release = metadata.version("bluegreen")
+    except metadata.PackageNotFoundError:
+        release = "unknown"
+    how = "compiled with mypyc" if mode() == "compiled" else "pure Python"
+    return f"bluegreen {release} (data plane: {how})"
 
 
 def add_admin_args(p: argparse.ArgumentParser) -> None:

@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from proxy.controlplane.stats import Counters
 from proxy.controlplane.switch import FLIP_BOUNDS, Switch
+from proxy.dataplane import mode as dataplane_mode
 from proxy.dataplane.pool import BUCKETS, LATENCY_BOUNDS, LISTENERS, Health
 
 _CLASSES = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
@@ -121,6 +122,11 @@ class ProxyCollector(Collector):
         )
         yield flips
         yield GaugeMetricFamily("bluegreen_client_connections", "Open client connections", self.clients())
+        build = GaugeMetricFamily(
+            "bluegreen_build_info", "1, labelled with how the data plane runs", labels=["dataplane"]
+        )
+        build.add_metric([dataplane_mode()], 1)
+        yield build
         if self.access_log_dropped is not None:
             yield CounterMetricFamily(
                 "bluegreen_access_log_dropped",

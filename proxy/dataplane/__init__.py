@@ -14,3 +14,23 @@
 
 Nothing here imports the control plane, workers or the fleet: they drive a DataPlane from above.
 """
+
+from __future__ import annotations
+
+import os
+import sys
+from importlib.machinery import SOURCE_SUFFIXES, FileFinder, SourceFileLoader
+
+# The install compiles these modules with mypyc where a C compiler is found (setup.py). With BLUEGREEN_PURE=1
+# the pure-Python modules run anyway: this package's folder is searched for sources only, before any of its
+# modules is imported (workers inherit the variable, so they run the same mode).
+if os.environ.get("BLUEGREEN_PURE"):
+    for _folder in __path__:
+        sys.path_importer_cache[_folder] = FileFinder(_folder, (SourceFileLoader, SOURCE_SUFFIXES))
+
+
+def mode() -> str:
+    """ "compiled" when the request path runs as mypyc-compiled modules, else "pure"."""
+    from proxy.dataplane import client
+
+    return "compiled" if (client.__file__ or "").endswith((".so", ".pyd")) else "pure"

@@ -1,0 +1,34 @@
+"""The data plane runs compiled (mypyc, built at install where a C compiler is found) or pure, and says which:
+`bluegreen proxy --version` and the `bluegreen_build_info` metric. CI runs the whole suite in both modes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import REPO
+
+COMPILED_ON_DISK = any(p.suffix == ".so" for p in (REPO / "proxy" / "dataplane").iterdir())
+
+
+@pytest.mark.parametrize("pure", [False, True])
+def test_version_says_which_mode_runs(pure: bool) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "BLUEGREEN_PURE"} | ({"BLUEGREEN_PURE": "1"} if pure else {})
+    out = subprocess.run(
+        [sys.executable, "-m", "bluegreen", "proxy", "--version"], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    expected = "compiled with mypyc" if COMPILED_ON_DISK and not pure else "pure Python"
+    assert out.stdout.startswith("bluegreen ") and f"(data plane: {expected})" in out.stdout, out.stdout
+
+
+def test_this_run_reports_its_mode_in_the_metrics() -> None:
+    from proxy.dataplane import client, mode
+
+    running = "compiled" if (client.__file__ or "").endswith(".so") else "pure"
+    assert mode() == running
+    if os.environ.get("BLUEGREEN_PURE"):
+        assert running == "pure"  # the .so files next to the sources were passed over
