@@ -23,8 +23,21 @@ from importlib.machinery import SOURCE_SUFFIXES, FileFinder, SourceFileLoader
 
 # The install compiles these modules with mypyc where a C compiler is found (setup.py). With BLUEGREEN_PURE=1
 # the pure-Python modules run anyway: this package's folder is searched for sources only, before any of its
-# modules is imported (workers inherit the variable, so they run the same mode).
-if os.environ.get("BLUEGREEN_PURE"):
+# modules is imported (workers inherit the variable, so they run the same mode). So they do when a source
+# was edited after the build: an edit takes effect at once, compiled again at the next install.
+
+
+def stale(folder: str) -> bool:
+    """A compiled module in `folder` is older than its source."""
+    for entry in os.scandir(folder):
+        if entry.name.endswith(".so"):
+            source = os.path.join(folder, entry.name.split(".", 1)[0] + ".py")
+            if os.path.exists(source) and os.stat(source).st_mtime > entry.stat().st_mtime:
+                return True
+    return False
+
+
+if os.environ.get("BLUEGREEN_PURE") or any(stale(folder) for folder in __path__):
     for _folder in __path__:
         sys.path_importer_cache[_folder] = FileFinder(_folder, (SourceFileLoader, SOURCE_SUFFIXES))
 

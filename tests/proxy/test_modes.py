@@ -9,9 +9,11 @@ import sys
 
 import pytest
 
+from proxy.dataplane import stale
 from tests.support import REPO
 
-COMPILED_ON_DISK = any(p.suffix == ".so" for p in (REPO / "proxy" / "dataplane").iterdir())
+FOLDER = REPO / "proxy" / "dataplane"
+COMPILED_ON_DISK = any(p.suffix == ".so" for p in FOLDER.iterdir()) and not stale(str(FOLDER))
 
 
 @pytest.mark.parametrize("pure", [False, True])
