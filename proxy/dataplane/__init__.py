@@ -32,7 +32,8 @@ def stale(folder: str) -> bool:
     for entry in os.scandir(folder):
         if entry.name.endswith(".so"):
             source = os.path.join(folder, entry.name.split(".", 1)[0] + ".py")
-            if os.path.exists(source) and os.stat(source).st_mtime > entry.stat().st_mtime:
+            # A margin: an install writes a source and its compiled module a moment apart, in either order.
+            if os.path.exists(source) and os.stat(source).st_mtime > entry.stat().st_mtime + 2:
                 return True
     return False
 

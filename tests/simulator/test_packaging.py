@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -23,7 +24,7 @@ import pytest
 from tests.support import wait_until_sync
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = ("pyproject.toml", "README.md", "bluegreen", "proxy", "simulator", "loadtest")
+SOURCES = ("pyproject.toml", "setup.py", "README.md", "bluegreen", "proxy", "simulator", "loadtest")
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.slow
 def build_wheel(tmp: Path) -> Path:
     src = tmp / "src"
     src.mkdir()
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.so")  # the wheel compiles its own (setup.py)
     for name in SOURCES:  # a copy: building in the checkout would race with other builds and leave build/
         path = ROOT / name
         if path.is_dir():
@@ -84,6 +85,16 @@ def test_wheel_carries_manifests_static_files_and_locustfile(installed: Path) ->
         check=True,
     ).stdout.split()
     assert all(path.startswith(str(installed)) for path in where), where  # the wheel's, not the checkout's
+    version = subprocess.run(
+        [str(installed / "bin" / "bluegreen"), "proxy", "--version"],
+        cwd=installed.parent,
+        env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "BLUEGREEN_PURE")},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    compiler = shutil.which(sysconfig.get_config_var("CC").split()[0] if sysconfig.get_config_var("CC") else "cc")
+    assert ("compiled with mypyc" if compiler else "pure Python") in version, version  # setup.py built it
 
 
 def _get(url: str) -> tuple[int, bytes]:
