@@ -192,6 +192,11 @@ def register(sub: Any) -> None:
     demo.add_argument("--preview-port", type=_port, default=8081, metavar="P", help="preview listener (8081)")
     demo.add_argument("--admin-port", type=_port, default=8090, metavar="P", help="admin API and dashboard (8090)")
     demo.add_argument("--kube-port", type=_port, default=8092, metavar="P", help="Kubernetes API for kubectl (8092)")
+    demo.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="start Prometheus (on PATH) scraping the proxy; default manifests: the success-rate analysis",
+    )
     demo.set_defaults(func=cmd_demo)
 
     apply = sub.add_parser("apply", help="apply manifests to a running simulator (kubectl apply -f)")
@@ -372,4 +377,5 @@ def cmd_demo(args: argparse.Namespace) -> int:
         preview_port=args.preview_port,
         admin_port=args.admin_port,
         kube_port=args.kube_port,
+        prometheus=args.prometheus,
     )

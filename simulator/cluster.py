@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from proxy.control.api import ProxyControl
 from simulator.analysis.controller import AnalysisController
 from simulator.analysis.fetch import Fetcher, HttpFetcher, ServiceResolver, VirtualFetcher
+from simulator.analysis.prometheus import PrometheusClient
 from simulator.binding import Binding
 from simulator.k8s.clock import Clock, VirtualClock
 from simulator.k8s.objects import AnalysisRun, Pod, ReplicaSet, Resource, Rollout
@@ -72,7 +73,10 @@ class Cluster:
         timing: PodTiming | None = None,
         seed: int | None = None,
         fetcher: Fetcher | None = None,
+        prometheus_address: str | None = None,
     ) -> None:
+        """`prometheus_address`: where `prometheus` metrics without an `address` query (Argo's
+        ARGO_ROLLOUTS_PROMETHEUS_ADDRESS); also settable later, as `cluster.prometheus.default_address`."""
         self.clock = clock
         self.rng = random.Random(seed)
         self.store = Store(clock.now)
@@ -90,7 +94,10 @@ class Cluster:
         self.kubelet = Kubelet(self.store, runtime, timing or PodTiming(), virtual=clock.virtual)
         self.replicasets = ReplicaSetController(self.store, self.rng)
         self.rollouts = RolloutController(self.store, lambda ro, action: make_run(self.store, ro, action), self._record)
-        self.analysis = AnalysisController(self.store, fetcher, self.rng, virtual=clock.virtual, wake=self.wake)
+        self.prometheus = PrometheusClient(prometheus_address)
+        self.analysis = AnalysisController(
+            self.store, fetcher, self.rng, virtual=clock.virtual, wake=self.wake, prometheus=self.prometheus
+        )
         self.binding = Binding(self.store, control, bind) if control is not None else None
         self.store.subscribe(lambda _: self.wake())
 

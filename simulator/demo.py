@@ -1,7 +1,10 @@
 """`bluegreen demo`: the proxy, the simulator and its API in one process, on real time.
 
 A composition root (like `simulator.cli`): it starts the real `ProxyServer` with the simulator's
-routes on its admin app, and binds the one Rollout of the manifests to the proxy's listeners.
+routes on its admin app, and binds the one Rollout of the manifests to the proxy's listeners. With
+`--prometheus` it also starts a real Prometheus scraping the proxy's `/metrics` every second, makes it
+the default address of `prometheus` metrics (Argo's ARGO_ROLLOUTS_PROMETHEUS_ADDRESS) and turns the
+traffic generator on, since a success rate needs traffic to measure.
 """
 
 from __future__ import annotations
@@ -21,21 +24,24 @@ from aiohttp import web
 from proxy.config import ConfigError, parse_config
 from proxy.server import ProxyServer
 from simulator import operations
+from simulator.analysis.prometheus import ADDRESS_ENV, LocalPrometheus, PrometheusError
 from simulator.cluster import Cluster
 from simulator.k8s.clock import LoopClock
 from simulator.k8s.fields import ManifestError
 from simulator.k8s.objects import Rollout
 from simulator.manifests import Loaded, load_path
 from simulator.web.api import setup_api
-from simulator.web.dashboard import setup_dashboard
+from simulator.web.dashboard import Dashboard, setup_dashboard
 from simulator.web.kube import kubeconfig, make_kube_app
 from simulator.workloads.kubelet import PodTiming
 from simulator.workloads.pods import ServerRuntime
 
-__all__ = ["BUNDLED_MANIFESTS", "Demo", "DemoConfig", "main"]
+__all__ = ["BUNDLED_MANIFESTS", "BUNDLED_PROMETHEUS_MANIFESTS", "Demo", "DemoConfig", "main"]
 
 # Package data (pyproject.toml), so an installed wheel finds them as a checkout does.
 BUNDLED_MANIFESTS = Path(__file__).resolve().parent / "demo_manifests"
+# The same Rollout gated by Argo's success-rate template on the proxy's metrics (`--prometheus`).
+BUNDLED_PROMETHEUS_MANIFESTS = Path(__file__).resolve().parent / "demo_manifests_prometheus"
 PLACEHOLDER_POOL = "unbound"  # the proxy config needs a routed pool before any ReplicaSet exists
 
 
@@ -49,6 +55,8 @@ class DemoConfig:
     token: str | None = None
     timing: PodTiming = PodTiming()
     health_interval: str = "1s"
+    prometheus: bool = False  # start a Prometheus scraping the proxy (needs `prometheus` on PATH)
+    prometheus_address: str | None = None  # else: the default address of `prometheus` metrics, if any
 
 
 class Demo:
@@ -62,6 +70,8 @@ class Demo:
         self.kube_port: int | None = None
         self._kubeconfig_dir: Path | None = None
         self.kubeconfig: Path | None = None
+        self.prometheus: LocalPrometheus | None = None
+        self.dashboard: Dashboard | None = None
 
     def proxy_config(self) -> dict[str, object]:
         c = self.config
@@ -82,14 +92,25 @@ class Demo:
         }
 
     async def start(self) -> None:
-        cluster = self.cluster = Cluster(LoopClock(), ServerRuntime(self.config.host), timing=self.config.timing)
+        cluster = self.cluster = Cluster(
+            LoopClock(),
+            ServerRuntime(self.config.host),
+            timing=self.config.timing,
+            prometheus_address=self.config.prometheus_address,
+        )
 
         def admin_setup(app: web.Application) -> None:
             setup_api(app, cluster)
-            setup_dashboard(app, cluster, lambda: self.ports, host=self.config.host)
+            self.dashboard = setup_dashboard(app, cluster, lambda: self.ports, host=self.config.host)
 
         server = self.server = ProxyServer(parse_config(self.proxy_config(), "<demo>"), admin_setup=admin_setup)
         await server.start()
+        if self.config.prometheus:
+            prometheus = self.prometheus = LocalPrometheus([f"{self.config.host}:{self.ports['admin']}"])
+            await prometheus.start()
+            cluster.prometheus.default_address = prometheus.address
+            assert self.dashboard is not None
+            self.dashboard.traffic.start()
         rollouts = [o.name for o in self.manifests.objects if isinstance(o, Rollout)]
         cluster.attach(server.control, bind=rollouts[0] if len(rollouts) == 1 else None, replaces=(PLACEHOLDER_POOL,))
         # kubectl sends no bearer token over plain HTTP: with an admin token, the API stays off rather than open.
@@ -130,6 +151,8 @@ class Demo:
             await self.server.stop(grace=1.0)
         if self.cluster is not None:
             await self.cluster.close()
+        if self.prometheus is not None:
+            await self.prometheus.stop()
 
     @property
     def ports(self) -> dict[str, int]:
@@ -164,6 +187,16 @@ def _banner(demo: Demo, source: str) -> str:
                     else []
                 )
             ),
+            *(
+                [
+                    f"  Prometheus       {demo.prometheus.address}   (scrapes the admin port's /metrics every 1 s;"
+                    " prometheus metrics without an address query it)",
+                    f"  traffic          on: {demo.dashboard.traffic.rate:g} requests/s through each listener"
+                    " (a success rate needs some)",
+                ]
+                if demo.prometheus is not None and demo.prometheus.port is not None and demo.dashboard is not None
+                else []
+            ),
             "",
             "Try, in another terminal:",
             *([] if ports["admin"] == 8090 else [f"  export BLUEGREEN_ADMIN=http://{host}:{ports['admin']}"]),
@@ -172,7 +205,7 @@ def _banner(demo: Demo, source: str) -> str:
             f"  bluegreen rollouts get rollout {name} --watch",
             f"  bluegreen rollouts set image {name} '*=argoproj/rollouts-demo:green'",
             f"  bluegreen rollouts promote {name}",
-            f"  bluegreen rollouts set image {name} '*=argoproj/rollouts-demo:bad-red'   # the smoke test aborts",
+            f"  bluegreen rollouts set image {name} '*=argoproj/rollouts-demo:bad-red'   # the analysis aborts",
             f"  bluegreen rollouts abort {name} | retry rollout {name} | undo {name} | pause {name} | restart {name}",
             "Ctrl-C stops everything.",
         ]
@@ -204,16 +237,22 @@ def main(
     preview_port: int = 8081,
     admin_port: int = 8090,
     kube_port: int = 8092,
+    prometheus: bool = False,
 ) -> int:
     """`bluegreen demo`; a port of 0 takes a free one (the banner names it)."""
+    if prometheus and not LocalPrometheus.installed():
+        print("bluegreen: --prometheus needs prometheus on PATH (Debian: apt-get install prometheus)", file=sys.stderr)
+        return 1
     config = DemoConfig(
         active_port=active_port,
         preview_port=preview_port,
         admin_port=admin_port,
         kube_port=kube_port,
         token=os.environ.get("BLUEGREEN_ADMIN_TOKEN") or None,
+        prometheus=prometheus,
+        prometheus_address=os.environ.get(ADDRESS_ENV) or None,
     )
-    path = Path(manifests) if manifests else BUNDLED_MANIFESTS
+    path = Path(manifests) if manifests else BUNDLED_PROMETHEUS_MANIFESTS if prometheus else BUNDLED_MANIFESTS
     try:
         loaded = load_path(path)
     except ManifestError as exc:
@@ -224,6 +263,9 @@ def main(
     except ConfigError as exc:
         print(f"bluegreen: {exc}", file=sys.stderr)
         return 2
+    except PrometheusError as exc:
+        print(f"bluegreen: cannot start Prometheus: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"bluegreen: cannot start the demo: {exc}", file=sys.stderr)
         return 1

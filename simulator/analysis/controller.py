@@ -2,8 +2,9 @@
 
 Each metric is measured after `initialDelay`, then every `interval`, `count` times (errors do not
 count). A measurement's phase comes from its success/failure conditions; a metric's phase from its
-counters and limits; the run's phase is its worst metric (dry-run metrics excluded). Web requests run
-inline on virtual time and as background tasks on real time, so a slow pod never stalls the cluster.
+counters and limits; the run's phase is its worst metric (dry-run metrics excluded). Web requests and
+Prometheus queries run inline on virtual time and as background tasks on real time, so a slow pod never
+stalls the cluster.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from simulator.analysis.expr import ExprError, evaluate_condition
 from simulator.analysis.fetch import Fetcher, FetchError, Request
 from simulator.analysis.jobs import JobError, plan_job
+from simulator.analysis.prometheus import DEFAULT_TIMEOUT, PrometheusClient, PrometheusError
 from simulator.analysis.spec import Metric, RunSpecError, parse_metric
 from simulator.k8s.jsonpath import JsonPathError, select
 from simulator.k8s.objects import AnalysisPhase, AnalysisRun, Measurement, MetricResult
@@ -81,10 +83,18 @@ def _value_text(value: Any) -> str:
 
 class AnalysisController:
     def __init__(
-        self, store: Store, fetcher: Fetcher, rng: random.Random, *, virtual: bool, wake: Callable[[], None]
+        self,
+        store: Store,
+        fetcher: Fetcher,
+        rng: random.Random,
+        *,
+        virtual: bool,
+        wake: Callable[[], None],
+        prometheus: PrometheusClient | None = None,
     ) -> None:
         self._store = store
         self._fetcher = fetcher
+        self.prometheus = prometheus if prometheus is not None else PrometheusClient()
         self._rng = rng
         self._virtual = virtual
         self._wake = wake
@@ -95,6 +105,7 @@ class AnalysisController:
             task.cancel()
         await asyncio.gather(*self._inflight.values(), return_exceptions=True)
         self._inflight.clear()
+        await self.prometheus.close()
 
     async def sync(self, now: float) -> list[float]:
         wakeups: list[float] = []
@@ -181,11 +192,12 @@ class AnalysisController:
         result.next_at = None
         if metric.provider == "job":
             self._start_job(run, metric, result, now, wakeups)
-        elif metric.provider == "web":
+        elif metric.provider in ("web", "prometheus"):
+            measure = self._web if metric.provider == "web" else self._prometheus
             if self._virtual:
-                self._record(metric, result, await self._web(metric, now), now)
+                self._record(metric, result, await measure(metric, now), now)
             else:
-                self._inflight[key] = asyncio.create_task(self._web(metric, now))
+                self._inflight[key] = asyncio.create_task(measure(metric, now))
                 self._inflight[key].add_done_callback(lambda _: self._wake())
         else:
             message = f"provider {metric.provider!r} is not implemented by the simulator"
@@ -244,6 +256,20 @@ class AnalysisController:
         except (FetchError, JsonPathError, ExprError) as exc:
             return Measurement(AnalysisPhase.ERROR, now, now, message=str(exc))
         return Measurement(phase, now, now, value=_value_text(value))
+
+    async def _prometheus(self, metric: Metric, now: float) -> Measurement:
+        """One instant query; `result` is a float (scalar) or a list of floats (vector), as in Argo."""
+        spec = metric.provider_spec
+        headers = {str(h.get("key")): str(h.get("value", "")) for h in spec.get("headers") or []}
+        try:
+            timeout = float(spec["timeout"]) if spec.get("timeout") is not None else DEFAULT_TIMEOUT
+            answer = await self.prometheus.query(
+                str(spec.get("address") or ""), str(spec.get("query") or ""), timeout_seconds=timeout, headers=headers
+            )
+            phase = measurement_phase(metric, answer.value)
+        except (PrometheusError, ExprError, ValueError) as exc:
+            return Measurement(AnalysisPhase.ERROR, now, now, message=str(exc))
+        return Measurement(phase, now, now, value=answer.text)
 
     def _record(self, metric: Metric, result: MetricResult, measurement: Measurement, now: float) -> None:
         result.measurements = [*result.measurements, measurement][-10:]

@@ -7,13 +7,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from simulator.analysis.prometheus import valid_address
 from simulator.k8s.fields import Fields, parse_duration
 
 __all__ = ["Metric", "RunSpecError", "build_run_spec", "parse_metric", "substitute", "validate_template"]
 
-PROVIDERS_IMPLEMENTED = {"web", "job"}
+PROVIDERS_IMPLEMENTED = {"web", "job", "prometheus"}
 PROVIDERS_KNOWN = {
-    "prometheus",
     "kayenta",
     "datadog",
     "wavefront",
@@ -133,6 +133,19 @@ def validate_template(spec: dict[str, Any], path: str = "spec") -> tuple[list[st
                 {"authentication"},
             )
             web.string("url", required=True)
+        if provider.has("prometheus"):
+            prom = provider.sub("prometheus")
+            prom.known({"address", "query", "timeout", "headers", "insecure"}, {"authentication"})
+            prom.string("query", required=True)
+            address = prom.string("address")
+            if address and not _templated(address) and not valid_address(address):
+                prom.problem("address", f"expected a URL (http://HOST:PORT), got {address!r}")
+            timeout = prom.data.get("timeout")
+            if not _templated(timeout) and not (isinstance(timeout, str) and timeout.isdigit()):
+                prom.integer("timeout", minimum=0)  # seconds, as in Argo
+            for h in prom.items("headers"):
+                h.known({"key", "value"})
+                h.string("key", required=True)
         if provider.has("job"):
             job = provider.sub("job")
             job.known({"spec", "metadata"})
