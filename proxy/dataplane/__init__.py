@@ -38,8 +38,9 @@ def stale(folder: str) -> bool:
     return False
 
 
-if os.environ.get("BLUEGREEN_PURE") or any(stale(folder) for folder in __path__):
-    for _folder in __path__:
+_FOLDERS = list(globals().get("__path__", [os.path.dirname(__file__)]))  # (also when imported as a module)
+if os.environ.get("BLUEGREEN_PURE") or any(stale(folder) for folder in _FOLDERS):
+    for _folder in _FOLDERS:
         sys.path_importer_cache[_folder] = FileFinder(_folder, (SourceFileLoader, SOURCE_SUFFIXES))
 
 

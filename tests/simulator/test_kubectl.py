@@ -26,10 +26,15 @@ from simulator.workloads.kubelet import PodTiming
 from tests.simulator.harness import EXAMPLES
 from tests.support import wait_until
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed (Debian: kubernetes-client)"),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("kubectl_installed")]
+
+
+@pytest.fixture
+def kubectl_installed() -> None:
+    """The real kubectl is part of these tests: scripts/system-deps installs it, never skipped."""
+    assert shutil.which("kubectl"), "kubectl is not installed (Debian: kubernetes-client; scripts/system-deps)"
+
+
 NAME = "rollout-bluegreen"
 EXAMPLE = EXAMPLES / "rollouts-demo" / "examples" / "blue-green"
 CALL_TIMEOUT = 30.0

@@ -33,9 +33,15 @@ from simulator.workloads.kubelet import PodTiming
 from tests.support import REPO, Process, wait_until
 
 pytestmark = pytest.mark.slow
-needs_prometheus = pytest.mark.skipif(
-    not LocalPrometheus.installed(), reason="prometheus is not installed (Debian: prometheus; scripts/system-deps)"
-)
+needs_prometheus = pytest.mark.usefixtures("prometheus_installed")
+
+
+@pytest.fixture
+def prometheus_installed() -> None:
+    """A real Prometheus is part of these tests: scripts/system-deps installs Debian's package, never skipped."""
+    assert LocalPrometheus.installed(), "prometheus is not installed (Debian: prometheus; scripts/system-deps)"
+
+
 NAME = "rollout-bluegreen"
 METRICS = """\
 # TYPE demo_requests_total counter
