@@ -84,7 +84,7 @@ class ProxyCollector(Collector):
             for li, listener in enumerate(LISTENERS):
                 counts = pool.counts[li * 6 : li * 6 + 6]
                 for i, cls in enumerate(_CLASSES):
-                    if counts[i] or (li == 0 and cls in ("2xx", "5xx")):
+                    if counts[i] or cls in ("2xx", "5xx"):  # both always: a ratio's two sides exist from the start
                         requests.add_metric([pool.name, listener, cls, *more], counts[i])
                 for i, cls in enumerate(_CLASSES):
                     row = li * 6 + i
