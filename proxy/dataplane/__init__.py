@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import sys
 from importlib.machinery import SOURCE_SUFFIXES, FileFinder, SourceFileLoader
+from importlib.util import find_spec
 
 # The install compiles these modules with mypyc where a C compiler is found (setup.py). With BLUEGREEN_PURE=1
 # the pure-Python modules run anyway: this package's folder is searched for sources only, before any of its
@@ -38,8 +39,14 @@ def stale(folder: str) -> bool:
     return False
 
 
+def incomplete(folders: list[str]) -> bool:
+    """Compiled modules whose shared runtime (built with them, `proxy_dataplane__mypyc`) is missing."""
+    compiled = any(entry.name.endswith(".so") for folder in folders for entry in os.scandir(folder))
+    return compiled and find_spec("proxy_dataplane__mypyc") is None
+
+
 _FOLDERS = list(globals().get("__path__", [os.path.dirname(__file__)]))  # (also when imported as a module)
-if os.environ.get("BLUEGREEN_PURE") or any(stale(folder) for folder in _FOLDERS):
+if os.environ.get("BLUEGREEN_PURE") or any(stale(folder) for folder in _FOLDERS) or incomplete(_FOLDERS):
     for _folder in _FOLDERS:
         sys.path_importer_cache[_folder] = FileFinder(_folder, (SourceFileLoader, SOURCE_SUFFIXES))
 
