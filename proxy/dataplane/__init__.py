@@ -30,18 +30,19 @@ from importlib.util import find_spec
 
 def stale(folder: str) -> bool:
     """A compiled module in `folder` is older than its source."""
-    for entry in os.scandir(folder):
-        if entry.name.endswith(".so"):
-            source = os.path.join(folder, entry.name.split(".", 1)[0] + ".py")
+    for name in os.listdir(folder):  # (a list: a scandir iterator left open warns)
+        if name.endswith(".so"):
+            source = os.path.join(folder, name.split(".", 1)[0] + ".py")
+            compiled = os.path.join(folder, name)
             # A margin: an install writes a source and its compiled module a moment apart, in either order.
-            if os.path.exists(source) and os.stat(source).st_mtime > entry.stat().st_mtime + 2:
+            if os.path.exists(source) and os.stat(source).st_mtime > os.stat(compiled).st_mtime + 2:
                 return True
     return False
 
 
 def incomplete(folders: list[str]) -> bool:
     """Compiled modules whose shared runtime (built with them, `proxy_dataplane__mypyc`) is missing."""
-    compiled = any(entry.name.endswith(".so") for folder in folders for entry in os.scandir(folder))
+    compiled = any(name.endswith(".so") for folder in folders for name in os.listdir(folder))
     return compiled and find_spec("proxy_dataplane__mypyc") is None
 
 
