@@ -30,6 +30,7 @@ from simulator.operations import merge_patch
 from simulator.web.api import CLUSTER
 from simulator.web.dashboard import setup_dashboard
 from simulator.workloads.kubelet import PodTiming
+from tests.support import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -195,12 +196,21 @@ async def test_dashboard_draws_the_rollout_and_shows_a_flip_live(demo: Demo) -> 
             box = await page.eval_on_selector(panel, "n => n.getBoundingClientRect().toJSON()")
             assert box["right"] <= VIEWPORT[0] and box["bottom"] <= VIEWPORT[1], (panel, box)
 
-    # The server saw the same: live traffic reached both colors and not one request failed.
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(f"http://127.0.0.1:{demo.ports['admin']}/api/v1/traffic") as response,
-    ):
-        traffic = await response.json()
+    # The server saw the same: live traffic reached both colors and not one request failed (read once more
+    # than 30 live requests were counted: on a loaded machine the generator may not have sent that many yet).
+    async def traffic_now() -> dict[str, Any]:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{demo.ports['admin']}/api/v1/traffic") as response,
+        ):
+            body: dict[str, Any] = await response.json()
+            return body
+
+    async def enough() -> dict[str, Any] | None:
+        counted = await traffic_now()
+        return counted if counted["listeners"]["active"]["requests"] > 30 else None
+
+    traffic = await wait_until(enough, 20, message="more than 30 live requests counted")
     active = traffic["listeners"]["active"]
     assert active["failed"] == 0 and active["requests"] > 30, traffic
     assert errors == []
