@@ -34,13 +34,15 @@ def register(sub: Any) -> None:
     )
     p.set_defaults(func=cmd_proxy)
 
-    s = sub.add_parser("status", help="show the route table and pools")
+    s = sub.add_parser("status", help="show the route table and pools (of one application)")
     add_admin_args(s)
+    add_app_arg(s)
     s.add_argument("-o", "--output", choices=("text", "json"), default="text")
     s.set_defaults(func=cmd_status)
 
     w = sub.add_parser("switch", help="make COLOR live (preview gets the other)")
     add_admin_args(w)
+    add_app_arg(w)
     w.add_argument("color")
     w.add_argument("--preview", default=None, help="pool for the preview listener (default: the old active)")
     w.add_argument("--force", action="store_true", help="switch even if COLOR has no healthy endpoint")
@@ -78,6 +80,10 @@ def add_admin_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_app_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--app", default=None, metavar="APP", help="the application (default: the default application)")
+
+
 def fail(message: str, code: int = 1) -> int:
     print(f"bluegreen: {message}", file=sys.stderr)
     return code
@@ -87,7 +93,8 @@ def run_client(coro_fn: Callable[[Any], Coroutine[Any, Any, int]], args: argpars
     from proxy.control.http import HttpControl
 
     async def main() -> int:
-        async with HttpControl(args.admin, os.environ.get("BLUEGREEN_ADMIN_TOKEN") or None) as control:
+        token = os.environ.get("BLUEGREEN_ADMIN_TOKEN") or None
+        async with HttpControl(args.admin, token, app=getattr(args, "app", None)) as control:
             return await coro_fn(control)
 
     try:
@@ -103,13 +110,15 @@ def run_client(coro_fn: Callable[[Any], Coroutine[Any, Any, int]], args: argpars
 def cmd_status(args: argparse.Namespace) -> int:
     async def go(control: Any) -> int:
         status = await control.status()
+        apps = await control.apps()
         if args.output == "json":
-            print(
-                json.dumps({"routes": status.routes.to_json(), "pools": [p.to_json() for p in status.pools]}, indent=2)
-            )
+            out = {"routes": status.routes.to_json(), "pools": [p.to_json() for p in status.pools], "apps": apps}
+            print(json.dumps(out, indent=2))
             return 0
         r = status.routes
-        print(f"generation {r.generation}: active -> {r.active}, preview -> {r.preview or '(none)'}")
+        name = args.app or "default"
+        where = f"application {name}: " if len(apps) > 1 or args.app else ""
+        print(f"{where}generation {r.generation}: active -> {r.active}, preview -> {r.preview or '(none)'}")
         for pool in status.pools:
             roles = [n for n, v in (("active", r.active), ("preview", r.preview)) if v == pool.name]
             state = ", ".join(roles) or ("draining" if pool.draining else "idle")
@@ -118,11 +127,19 @@ def cmd_status(args: argparse.Namespace) -> int:
                 print(f"  {ep.address:<24} {'healthy' if ep.healthy else 'UNHEALTHY':<10} in flight {ep.in_flight}")
             if not pool.endpoints:
                 print("  (no endpoints)")
+        others = {n: a for n, a in apps.items() if n != name}
+        if others:
+            print("other applications (bluegreen status --app APP):")
+            for other, app in sorted(others.items()):
+                routes = app["routes"]
+                hosts = ", ".join(app["hosts"]) or "every other Host"
+                print(f"  {other:<16} active -> {routes['active']}, preview -> {routes['preview']}  ({hosts})")
         fleet = await control.fleet()
         if fleet is not None:
             print(f"fleet: store {fleet['store']}, this proxy {fleet['self']}, on partition: {fleet['fence']}")
             for member in fleet["members"]:
-                print(f"  {member['id']:<28} generation {member.get('generation')}  admin {member.get('admin', '?')}")
+                version = member.get("version", member.get("generation"))
+                print(f"  {member['id']:<28} state version {version}  admin {member.get('admin', '?')}")
         return 0
 
     return run_client(go, args)
@@ -131,7 +148,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_switch(args: argparse.Namespace) -> int:
     async def go(control: Any) -> int:
         routes = await control.switch(args.color, args.preview, force=args.force, generation=args.generation)
-        print(f"generation {routes.generation}: active -> {routes.active}, preview -> {routes.preview or '(none)'}")
+        where = f"application {args.app}: " if args.app else ""
+        print(
+            f"{where}generation {routes.generation}: active -> {routes.active}, preview -> {routes.preview or '(none)'}"
+        )
         return 0
 
     return run_client(go, args)
@@ -203,7 +223,7 @@ def run_proxy(config: Config, workers: int = 1, *, upgrade: bool = False) -> int
             predecessor = await server.complete_takeover()
             print(
                 f"bluegreen proxy: took over from pid {predecessor} in {(time.monotonic() - started) * 1000:.0f} ms "
-                f"(generation {server.switch.state.generation})",
+                f"(state version {server.switch.state.version})",
                 flush=True,
             )
 

@@ -20,8 +20,10 @@ import yaml
 from proxy.duration import parse_duration
 
 __all__ = [
+    "DEFAULT_APP",
     "AccessLogConfig",
     "AdminConfig",
+    "AppConfig",
     "Config",
     "ConfigError",
     "HealthCheckConfig",
@@ -34,6 +36,8 @@ __all__ = [
     "load_config",
     "parse_address",
     "parse_config",
+    "pool_key",
+    "split_pool_key",
 ]
 
 T = TypeVar("T")
@@ -58,7 +62,24 @@ def label_problem(name: object, value: object) -> str | None:
 
 
 LISTENER_ROLES = ("active", "preview")
-_POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")  # also an application's name
+# A host name an application answers for: exact (`shop.example.com`) or one-label wildcard (`*.example.com`).
+_APP_HOST = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\Z")
+DEFAULT_APP = "default"  # the top-level pools and routes: it serves every Host no other application names
+
+
+def pool_key(app: str, name: str) -> str:
+    """A pool's key in the proxy's one pool namespace: the default application's pools keep their names,
+    another application's are `app/name` (neither name may hold a '/')."""
+    return name if app == DEFAULT_APP else f"{app}/{name}"
+
+
+def split_pool_key(key: str) -> tuple[str, str]:
+    """(application, pool name) of a pool key."""
+    app, sep, name = key.partition("/")
+    return (app, name) if sep else (DEFAULT_APP, key)
+
+
 _SUBST = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _PLACEHOLDER = re.compile(r"__bgvar(\d+)__")
 
@@ -139,12 +160,23 @@ class OutlierConfig:
 
 @dataclass(frozen=True, slots=True)
 class PoolConfig:
-    name: str
+    name: str  # its key (`pool_key`): `app/name` for a pool of an application other than the default
     endpoints: tuple[tuple[str, int], ...]
     balancer: str = "round_robin"
     health_check: HealthCheckConfig = HealthCheckConfig()
     labels: tuple[tuple[str, str], ...] = ()
     tls: UpstreamTlsConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppConfig:
+    """An application: the Host names it answers for, and its routes (pool keys). Its pools are in
+    `Config.pools` under keys `app/name` (`pool_key`)."""
+
+    name: str
+    hosts: tuple[str, ...]  # lowercased; `*.example.com` matches one label; empty for the default application
+    active: str
+    preview: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,9 +224,8 @@ class Config:
     source: str
     listeners: Mapping[str, ListenerConfig]
     admin: AdminConfig
-    pools: tuple[PoolConfig, ...]
-    active: str
-    preview: str | None
+    pools: tuple[PoolConfig, ...]  # every application's, by key (`pool_key`)
+    apps: tuple[AppConfig, ...]  # the default application first when the config has top-level pools and routes
     timeouts: TimeoutsConfig = TimeoutsConfig()
     limits: LimitsConfig = LimitsConfig()
     outlier: OutlierConfig = OutlierConfig()
@@ -211,6 +242,12 @@ class Config:
         for p in self.pools:
             if p.name == name:
                 return p
+        return None
+
+    def app(self, name: str) -> AppConfig | None:
+        for a in self.apps:
+            if a.name == name:
+                return a
         return None
 
 
@@ -285,8 +322,11 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         data = {}
     root = _Node(source, "", _substitute(data, source, ""))
     m = root.mapping(
-        required=("listeners", "pools", "routes"),
+        required=("listeners",),
         optional=(
+            "pools",
+            "routes",
+            "apps",
             "admin",
             "timeouts",
             "limits",
@@ -323,22 +363,37 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
 
     default_hc = _health_check(m["health_check"], HealthCheckConfig()) if "health_check" in m else HealthCheckConfig()
 
-    pools_node = m["pools"]
-    pm = pools_node.mapping(any_keys=True)
-    if not pm:
-        raise ConfigError(source, "pools", "at least one pool is required")
-    pools = []
-    for name, node in pm.items():
-        if not _POOL_NAME.match(name):
-            raise ConfigError(source, node.path, "a pool name is 1-63 letters, digits, '-', '_' or '.'")
-        pools.append(_pool(name, node, default_hc, base))
-
-    rm = m["routes"].mapping(required=("active",), optional=("preview",))
-    active = rm["active"].string()
-    preview = rm["preview"].optional_str() if "preview" in rm else None
-    for key, value in (("active", active), ("preview", preview)):
-        if value is not None and value not in pm:
-            raise ConfigError(source, f"routes.{key}", f"unknown pool {value!r} (pools: {', '.join(pm)})")
+    pools: list[PoolConfig] = []
+    apps: list[AppConfig] = []
+    if "pools" in m or "routes" in m or "apps" not in m:
+        # The top-level pools and routes: the default application (required unless `apps` names others).
+        for key in ("pools", "routes"):
+            if key not in m:
+                raise ConfigError(source, key, "required key is missing")
+        apps.append(_app(DEFAULT_APP, m["pools"], m["routes"], None, default_hc, base, pools))
+    if "apps" in m:
+        apps_m = m["apps"].mapping(any_keys=True)
+        if not apps_m:
+            raise m["apps"].fail("name at least one application (or leave `apps` out)")
+        claimed: dict[str, str] = {}  # host name -> the application that claimed it first
+        for name, node in apps_m.items():
+            if not _POOL_NAME.match(name):
+                raise ConfigError(source, node.path, "an application name is 1-63 letters, digits, '-', '_' or '.'")
+            if name == DEFAULT_APP:
+                raise ConfigError(source, node.path, "'default' is the top-level pools and routes; choose another name")
+            app_m = node.mapping(required=("hosts", "pools", "routes"))
+            hosts = []
+            for item in app_m["hosts"].sequence():
+                host = item.string().lower().rstrip(".")
+                if not _APP_HOST.match(host):
+                    raise item.fail(f"not a host name (exact, or *.domain for one label): {item.value!r}")
+                if host in claimed:
+                    raise item.fail(f"{host} is already a host of application {claimed[host]!r}")
+                claimed[host] = name
+                hosts.append(host)
+            if not hosts:
+                raise app_m["hosts"].fail("name at least one host (exact or *.domain)")
+            apps.append(_app(name, app_m["pools"], app_m["routes"], tuple(hosts), default_hc, base, pools))
 
     timeouts = TimeoutsConfig()
     if "timeouts" in m:
@@ -423,8 +478,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         listeners=listeners,
         admin=admin,
         pools=tuple(pools),
-        active=active,
-        preview=preview,
+        apps=tuple(apps),
         timeouts=timeouts,
         limits=limits,
         outlier=outlier,
@@ -687,6 +741,37 @@ def _health_check(node: _Node, base: HealthCheckConfig) -> HealthCheckConfig:
     if hc.timeout > hc.interval:
         raise node.fail("timeout must not exceed interval")
     return hc
+
+
+def _app(
+    name: str,
+    pools_node: _Node,
+    routes_node: _Node,
+    hosts: tuple[str, ...] | None,
+    default_hc: HealthCheckConfig,
+    base: Path | None,
+    pools: list[PoolConfig],
+) -> AppConfig:
+    """One application's pools (appended to `pools`, by key) and routes."""
+    pm = pools_node.mapping(any_keys=True)
+    if not pm:
+        raise pools_node.fail("at least one pool is required")
+    for pool_name, node in pm.items():
+        if not _POOL_NAME.match(pool_name):
+            raise node.fail("a pool name is 1-63 letters, digits, '-', '_' or '.'")
+        pools.append(_pool(pool_key(name, pool_name), node, default_hc, base))
+    rm = routes_node.mapping(required=("active",), optional=("preview",))
+    active = rm["active"].string()
+    preview = rm["preview"].optional_str() if "preview" in rm else None
+    for key, value in (("active", active), ("preview", preview)):
+        if value is not None and value not in pm:
+            raise rm[key].fail(f"unknown pool {value!r} (pools: {', '.join(pm)})")
+    return AppConfig(
+        name=name,
+        hosts=hosts or (),
+        active=pool_key(name, active),
+        preview=pool_key(name, preview) if preview is not None else None,
+    )
 
 
 def _pool(name: str, node: _Node, default_hc: HealthCheckConfig, base: Path | None) -> PoolConfig:

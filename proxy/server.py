@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.config import Config, ConfigError, load_config
+from proxy.config import DEFAULT_APP, Config, ConfigError, load_config
 from proxy.control.api import InvalidRequestError
 from proxy.control.local import LocalControl
 from proxy.controlplane.admin import make_admin_app
@@ -44,8 +44,12 @@ class ProxyServer:
 
     @property
     def control(self) -> LocalControl:
+        """The default application's control interface."""
+        return self.control_for(DEFAULT_APP)
+
+    def control_for(self, app: str) -> LocalControl:
         assert self.switch is not None, "start() first"
-        return LocalControl(self.switch)
+        return LocalControl(self.switch, app)
 
     async def start(self) -> None:
         self.dataplane = dp = DataPlane(self.config)
@@ -65,7 +69,7 @@ class ProxyServer:
         for pool in dp.pools.values():
             self.health.watch(pool)
         app = make_admin_app(
-            self.control,
+            self.control_for,
             make_registry(
                 self.switch,
                 lambda: served_pools(dp),
@@ -75,6 +79,7 @@ class ProxyServer:
             token=self.config.admin.token,
             serving=lambda: not self._stopping,
             reload=self.reload,
+            apps=self.switch.apps,
         )
         if self._admin_setup is not None:
             self._admin_setup(app)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -27,8 +28,12 @@ _ERRORS: dict[int, type[ControlError]] = {
 
 
 class HttpControl:
-    def __init__(self, base_url: str, token: str | None = None, timeout: float = 30.0) -> None:
+    """The control interface of one application (`app`; None: the default one, on the original paths)."""
+
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 30.0, app: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        self.app = app
+        self._prefix = "/api/v1" if app is None else f"/api/v1/apps/{quote(app, safe='')}"
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
@@ -60,9 +65,13 @@ class HttpControl:
             return data
 
     async def status(self) -> ProxyStatus:
-        routes = await self.routes()
-        data = await self._call("GET", "/api/v1/pools")
-        return ProxyStatus(routes, tuple(PoolStatus.from_json(p) for p in data["pools"]))
+        data = await self._call("GET", f"{self._prefix}/pools")
+        return ProxyStatus(Routes.from_json(data["routes"]), tuple(PoolStatus.from_json(p) for p in data["pools"]))
+
+    async def apps(self) -> dict[str, Any]:
+        """Every application of the proxy: Host names, whether it is the default one, routes."""
+        data: dict[str, Any] = await self._call("GET", "/api/v1/apps")
+        return data["apps"]  # type: ignore[no-any-return]
 
     async def fleet(self) -> dict[str, Any] | None:
         """The fleet view (members, generations, store), or None for a proxy that is not in one."""
@@ -73,16 +82,16 @@ class HttpControl:
         return data
 
     async def routes(self) -> Routes:
-        return Routes.from_json(await self._call("GET", "/api/v1/routes"))
+        return Routes.from_json(await self._call("GET", f"{self._prefix}/routes"))
 
     async def set_endpoints(self, pool: str, endpoints: Sequence[str], labels: Mapping[str, str] | None = None) -> None:
         body: dict[str, Any] = {"endpoints": list(endpoints)}
         if labels is not None:
             body["labels"] = dict(labels)
-        await self._call("PUT", f"/api/v1/pools/{pool}", body)
+        await self._call("PUT", f"{self._prefix}/pools/{quote(pool, safe='')}", body)
 
     async def delete_pool(self, pool: str) -> None:
-        await self._call("DELETE", f"/api/v1/pools/{pool}")
+        await self._call("DELETE", f"{self._prefix}/pools/{quote(pool, safe='')}")
 
     async def switch(
         self, active: str, preview: str | None = None, *, force: bool = False, generation: int | None = None
@@ -94,4 +103,4 @@ class HttpControl:
             body["force"] = True
         if generation is not None:
             body["generation"] = generation
-        return Routes.from_json(await self._call("POST", "/api/v1/switch", body))
+        return Routes.from_json(await self._call("POST", f"{self._prefix}/switch", body))

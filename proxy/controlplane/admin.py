@@ -15,11 +15,13 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from proxy.config import DEFAULT_APP
 from proxy.control.api import ControlError, InvalidRequestError, ProxyControl
 from proxy.controlplane.events import ACTOR, install_ring
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-CONTROL: web.AppKey[ProxyControl] = web.AppKey("control", ProxyControl)
+Controls = Callable[[str], ProxyControl]  # the control interface of one application, by name
+CONTROLS: web.AppKey[Controls] = web.AppKey("controls")
 MAX_BODY = 64 * 1024
 
 
@@ -84,7 +86,7 @@ def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], requi
 
 
 def make_admin_app(
-    control: ProxyControl,
+    controls: Controls,
     registry: CollectorRegistry,
     *,
     token: str | None,
@@ -93,10 +95,16 @@ def make_admin_app(
     reload: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     fleet_status: Callable[[], dict[str, Any]] | None = None,
     switch_report: Callable[[], dict[str, Any] | None] | None = None,
+    apps: Callable[[], dict[str, Any]] | None = None,
 ) -> web.Application:
+    """The admin API. Each routes/switch/pools call exists twice: under `/api/v1/` for the default application
+    and under `/api/v1/apps/{app}/` for any application."""
     app = web.Application(middlewares=[make_auth_middleware(token)], client_max_size=MAX_BODY)
-    app[CONTROL] = control
+    app[CONTROLS] = controls
     ring = install_ring()
+
+    def control_of(request: web.Request) -> ProxyControl:
+        return controls(request.match_info.get("app", DEFAULT_APP))
 
     async def healthz(request: web.Request) -> web.Response:
         if serving():
@@ -109,7 +117,7 @@ def make_admin_app(
         return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def get_routes(request: web.Request) -> web.Response:
-        return web.json_response((await control.routes()).to_json())
+        return web.json_response((await control_of(request).routes()).to_json())
 
     async def post_switch(request: web.Request) -> web.Response:
         body = await read_json(request, {"active", "preview", "force", "generation"})
@@ -117,14 +125,14 @@ def make_admin_app(
         preview = _field(body, "preview", str)
         force = _field(body, "force", bool) or False
         generation = _field(body, "generation", int)
-        routes = await control.switch(active, preview, force=force, generation=generation)
+        routes = await control_of(request).switch(active, preview, force=force, generation=generation)
         body = routes.to_json()
         if switch_report is not None and (report := switch_report()) is not None:
             body["fleet"] = report  # which proxies acknowledged, which dropped out (lease expired)
         return web.json_response(body)
 
     async def get_pools(request: web.Request) -> web.Response:
-        status = await control.status()
+        status = await control_of(request).status()
         routes = status.routes
         pools = []
         for p in status.pools:
@@ -138,6 +146,7 @@ def make_admin_app(
         body = await read_json(request, {"endpoints", "labels"})
         endpoints = _field(body, "endpoints", list, required=True)
         labels = _field(body, "labels", dict)
+        control = control_of(request)
         before = (await control.status()).pool(name)
         await control.set_endpoints(name, endpoints, labels)
         after = (await control.status()).pool(name)
@@ -146,7 +155,7 @@ def make_admin_app(
 
     async def delete_pool(request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        await control.delete_pool(name)
+        await control_of(request).delete_pool(name)
         return web.json_response({"deleted": name})
 
     async def post_reload(request: web.Request) -> web.Response:
@@ -173,9 +182,17 @@ def make_admin_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_post("/api/v1/reload", post_reload)
     app.router.add_get("/metrics", metrics)
-    app.router.add_get("/api/v1/routes", get_routes)
-    app.router.add_post("/api/v1/switch", post_switch)
-    app.router.add_get("/api/v1/pools", get_pools)
-    app.router.add_put("/api/v1/pools/{name}", put_pool)
-    app.router.add_delete("/api/v1/pools/{name}", delete_pool)
+
+    async def get_apps(request: web.Request) -> web.Response:
+        if apps is None:
+            return web.json_response({"apps": {}})
+        return web.json_response({"apps": apps()})
+
+    app.router.add_get("/api/v1/apps", get_apps)
+    for prefix in ("/api/v1", "/api/v1/apps/{app}"):
+        app.router.add_get(f"{prefix}/routes", get_routes)
+        app.router.add_post(f"{prefix}/switch", post_switch)
+        app.router.add_get(f"{prefix}/pools", get_pools)
+        app.router.add_put(f"{prefix}/pools/{{name}}", put_pool)
+        app.router.add_delete(f"{prefix}/pools/{{name}}", delete_pool)
     return app

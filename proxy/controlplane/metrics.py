@@ -19,6 +19,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from proxy.config import split_pool_key
 from proxy.controlplane.stats import Counters
 from proxy.controlplane.switch import FLIP_BOUNDS, Switch
 from proxy.dataplane import mode as dataplane_mode
@@ -33,7 +34,8 @@ class ProxyCollector(Collector):
 
     A pool's `labels` (config or `PUT /api/v1/pools/{name}`) ride on its series, so one query selects one
     revision's traffic on one listener; every family carries the union of the label names (a pool without
-    one has it empty, which Prometheus reads as absent)."""
+    one has it empty, which Prometheus reads as absent). Every pool series names its application (`app`) and
+    the pool by its name in it (`pool`)."""
 
     def __init__(
         self,
@@ -61,57 +63,67 @@ class ProxyCollector(Collector):
 
         requests = CounterMetricFamily(
             "bluegreen_requests",
-            "Responses sent, by pool, listener and status class",
-            labels=["pool", "listener", "status_class", *names],
+            "Responses sent, by application, pool, listener and status class",
+            labels=["app", "pool", "listener", "status_class", *names],
         )
         in_flight = GaugeMetricFamily(
-            "bluegreen_in_flight_requests", "Requests in flight, by pool", labels=["pool", *names]
+            "bluegreen_in_flight_requests", "Requests in flight, by pool", labels=["app", "pool", *names]
         )
         draining = GaugeMetricFamily(
-            "bluegreen_pool_draining", "1 while a pool no route names still drains", labels=["pool", *names]
+            "bluegreen_pool_draining", "1 while a pool no route names still drains", labels=["app", "pool", *names]
         )
         latency = HistogramMetricFamily(
             "bluegreen_upstream_latency_seconds",
             "Upstream latency: request sent to response head received, by pool, listener and status class",
-            labels=["pool", "listener", "status_class", *names],
+            labels=["app", "pool", "listener", "status_class", *names],
         )
         health = GaugeMetricFamily(
-            "bluegreen_endpoint_healthy", "1 when the endpoint is routable", labels=["pool", "endpoint", "state"]
+            "bluegreen_endpoint_healthy",
+            "1 when the endpoint is routable",
+            labels=["app", "pool", "endpoint", "state"],
         )
         bounds = [repr(b) for b in LATENCY_BOUNDS] + ["+Inf"]
         for pool in pools:
             more = extra(pool.name)
+            app, name = split_pool_key(pool.name)
             for li, listener in enumerate(LISTENERS):
                 counts = pool.counts[li * 6 : li * 6 + 6]
                 for i, cls in enumerate(_CLASSES):
                     if counts[i] or cls in ("2xx", "5xx"):  # both always: a ratio's two sides exist from the start
-                        requests.add_metric([pool.name, listener, cls, *more], counts[i])
+                        requests.add_metric([app, name, listener, cls, *more], counts[i])
                 for i, cls in enumerate(_CLASSES):
                     row = li * 6 + i
                     part = pool.latency_buckets[row * BUCKETS : (row + 1) * BUCKETS]
                     if any(part) or (li == 0 and cls == "2xx"):
                         buckets = list(zip(bounds, accumulate(part), strict=True))
-                        latency.add_metric([pool.name, listener, cls, *more], buckets, pool.latency_sum[row])
-            in_flight.add_metric([pool.name, *more], pool.in_flight)
-            draining.add_metric([pool.name, *more], 1 if pool.draining else 0)
+                        latency.add_metric([app, name, listener, cls, *more], buckets, pool.latency_sum[row])
+            in_flight.add_metric([app, name, *more], pool.in_flight)
+            draining.add_metric([app, name, *more], 1 if pool.draining else 0)
         for live in list(self.switch.pools.values()):
+            app, name = split_pool_key(live.name)
             for ep in live.endpoints:
                 state = Health(ep.health).name.lower()
-                health.add_metric([live.name, ep.address, state], 1 if ep.up else 0)
+                health.add_metric([app, name, ep.address, state], 1 if ep.up else 0)
         yield requests
         yield in_flight
         yield draining
         yield latency
         yield health
-        routes = self.switch.routes()
         route = GaugeMetricFamily(
-            "bluegreen_route", "1 for the pool each listener serves", labels=["listener", "pool", *names]
+            "bluegreen_route",
+            "1 for the pool each listener serves, by application",
+            labels=["app", "listener", "pool", *names],
         )
-        route.add_metric(["active", routes.active, *extra(routes.active)], 1)
-        if routes.preview is not None:
-            route.add_metric(["preview", routes.preview, *extra(routes.preview)], 1)
+        generation = GaugeMetricFamily(
+            "bluegreen_route_generation", "Generation of the route table served, by application", labels=["app"]
+        )
+        for app, routes in list(self.switch.state.apps.items()):
+            route.add_metric([app, "active", split_pool_key(routes.active)[1], *extra(routes.active)], 1)
+            if routes.preview is not None:
+                route.add_metric([app, "preview", split_pool_key(routes.preview)[1], *extra(routes.preview)], 1)
+            generation.add_metric([app], routes.generation)
         yield route
-        yield GaugeMetricFamily("bluegreen_route_generation", "Generation of the route table served", routes.generation)
+        yield generation
         yield CounterMetricFamily("bluegreen_switches", "Route changes applied", self.switch.switches)
         flips = HistogramMetricFamily(
             "bluegreen_switch_duration_seconds", "Time from a flip's call to its answer (the new routes served)"

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from proxy.config import Config, ListenerConfig, label_problem, parse_address
+from proxy.config import DEFAULT_APP, Config, ListenerConfig, label_problem, parse_address, pool_key, split_pool_key
 from proxy.control.api import (
     ConflictError,
     EndpointStatus,
@@ -28,7 +28,7 @@ from proxy.control.api import (
 )
 from proxy.controlplane.events import actor, emit
 from proxy.controlplane.health import HealthChecker
-from proxy.controlplane.state import DesiredState
+from proxy.controlplane.state import AppRoutes, DesiredState
 from proxy.dataplane.pool import Health, Pool, PoolSpec
 
 Applier = Callable[[DesiredState], Awaitable[None]]
@@ -39,6 +39,10 @@ log = logging.getLogger("bluegreen.switch")
 class Switch:
     """Owns the desired state; `pools` are the live Pool objects of that state (health, status): the
     serving data plane's in one process, the supervisor's own under `--workers`.
+
+    Calls name an application (`app`, the default one unless given) and its pools by their own names; the
+    state keys pools by `proxy.config.pool_key`. One lock serialises changes of every application (a flip
+    waits at most for another's acknowledgement); each application's routes have their own generation.
 
     `apply` makes a state served (and `pools` its shape); `describe` reports the pools with their
     counters; `configure` applies a reload's settings.
@@ -55,7 +59,7 @@ class Switch:
     ) -> None:
         self.config = config
         self.state = DesiredState.from_config(config)
-        self.loaded = (config.active, config.preview)  # the routes the config file named when last loaded
+        self.loaded = _file_routes(config)  # the routes the config file named when last loaded, by application
         self.pools = pools
         self.health = health
         self.apply = apply
@@ -67,13 +71,26 @@ class Switch:
         self.lock = asyncio.Lock()  # serialises control changes (never taken on the hot path)
         self.draining: dict[str, float] = {}  # pools unrouted, by name: since when (monotonic); `Watch` ends them
 
-    def routes(self) -> Routes:
-        return self.state.routes()
+    def routes(self, app: str = DEFAULT_APP) -> Routes:
+        return self.state.routes(app)
 
-    def status(self) -> ProxyStatus:
+    def status(self, app: str = DEFAULT_APP) -> ProxyStatus:
+        """One application's routes and pools (by their own names)."""
+        routes = self.state.routes(app)
         pools = self.state.pools
-        described = (replace(p, labels=pools[p.name].labels) if p.name in pools else p for p in self.describe())
-        return ProxyStatus(self.routes(), tuple(described))
+        described = []
+        for p in self.describe():
+            owner, name = split_pool_key(p.name)
+            if owner == app:
+                described.append(replace(p, name=name, labels=pools[p.name].labels if p.name in pools else p.labels))
+        return ProxyStatus(routes, tuple(described))
+
+    def apps(self) -> dict[str, dict[str, Any]]:
+        """Every application: its Host names and routes (`GET /api/v1/apps`)."""
+        return {
+            name: {"hosts": list(a.hosts), "default": not a.hosts, "routes": a.routes().to_json()}
+            for name, a in self.state.apps.items()
+        }
 
     async def adopt(self, state: DesiredState) -> None:
         """Serve `state` (lock held by the caller): apply it, then follow the pools with health checks."""
@@ -85,8 +102,10 @@ class Switch:
         for name, spec in state.pools.items():
             if before.pools.get(name) != spec and name in self.pools:
                 self.health.watch(self.pools[name])  # new or reshaped: probed at once
-        if (before.active, before.preview) != (state.active, state.preview):
-            self.switches += 1
+        for name, app in state.apps.items():
+            was = before.apps.get(name)
+            if was is not None and (was.active, was.preview) != (app.active, app.preview):
+                self.switches += 1
         for name in sorted(before.routed() - state.routed()):
             self.draining[name] = time.monotonic()
             emit(log, logging.INFO, "drain_started", f"pool {name} drains (no route names it)", pool=name)
@@ -99,29 +118,38 @@ class Switch:
         self.flip_seconds_sum += seconds
 
     async def switch(
-        self, active: str, preview: str | None = None, *, force: bool = False, generation: int | None = None
+        self,
+        active: str,
+        preview: str | None = None,
+        *,
+        app: str = DEFAULT_APP,
+        force: bool = False,
+        generation: int | None = None,
     ) -> Routes:
         started = time.monotonic()
         async with self.lock:
             current = self.state
-            plan = await self.plan(active, preview, force=force, generation=generation)
+            plan = await self.plan(app, active, preview, force=force, generation=generation)
             if plan is None:
-                return current.routes()  # idempotent: nothing to change
+                return current.routes(app)  # idempotent: nothing to change
             if self.state is not current:
                 raise ConflictError("routes changed while checking the target; retry")
-            await self.adopt(current.with_routes(*plan))
+            await self.adopt(current.with_routes(app, *plan))
             self.record_flip(time.monotonic() - started)
-            self.log_flip(current.routes(), self.state.routes(), time.monotonic() - started, force=force)
-            return self.state.routes()
+            self.log_flip(app, current.routes(app), self.state.routes(app), time.monotonic() - started, force=force)
+            return self.state.routes(app)
 
-    def log_flip(self, before: Routes, after: Routes, seconds: float, **more: Any) -> None:
-        """The audit record of a flip: who, from what to what, the generation, how long until it was served."""
+    def log_flip(self, app: str, before: Routes, after: Routes, seconds: float, **more: Any) -> None:
+        """The audit record of a flip: who, which application, from what to what, the generation, how long
+        until it was served."""
+        where = "" if app == DEFAULT_APP else f" of {app}"
         emit(
             log,
             logging.INFO,
             "flip",
-            f"flip: active {before.active} -> {after.active}, preview {before.preview} -> {after.preview} "
+            f"flip{where}: active {before.active} -> {after.active}, preview {before.preview} -> {after.preview} "
             f"(generation {after.generation}, served in {seconds * 1000:.1f} ms)",
+            app=app,
             active_from=before.active,
             active_to=after.active,
             preview_from=before.preview,
@@ -133,24 +161,25 @@ class Switch:
         )
 
     async def plan(
-        self, active: str, preview: str | None, *, force: bool, generation: int | None
+        self, app: str, active: str, preview: str | None, *, force: bool, generation: int | None
     ) -> tuple[str, str | None] | None:
-        """Check a flip against the routes served now: the (active, preview) pool names to serve, or None when
-        they already are. Refuses a stale `generation`, an unknown pool and, unless `force`, a target with
-        no healthy endpoint (never-checked endpoints are probed first). Shared by the local and fleet flips."""
-        current = self.state
+        """Check a flip of `app` against the routes served now: the (active, preview) pool keys to serve, or
+        None when they already are. Refuses an unknown application, a stale `generation`, an unknown pool and,
+        unless `force`, a target with no healthy endpoint (never-checked endpoints are probed first). Shared
+        by the local and fleet flips."""
+        current = self.state.app(app)
         if generation is not None and generation != current.generation:
             raise ConflictError(f"generation {generation} is not the current one ({current.generation})")
-        target = self._pool(active)
+        target = self._pool(app, active)
         if preview is None:
-            new_preview = current.active if active != current.active else current.preview
+            new_preview = current.active if target.name != current.active else current.preview
         else:
-            new_preview = self._pool(preview).name
-        if active == current.active and new_preview == current.preview:
+            new_preview = self._pool(app, preview).name
+        if target.name == current.active and new_preview == current.preview:
             return None
-        if active != current.active and not force:
+        if target.name != current.active and not force:
             await self.check_target(target)
-        return active, new_preview
+        return target.name, new_preview
 
     async def check_target(self, target: Pool) -> None:
         """Fail closed: a pool that is to go live needs a healthy endpoint."""
@@ -159,30 +188,42 @@ class Switch:
         if await self.health.verify(target) == 0:
             raise ConflictError(f"pool {target.name!r} has no healthy endpoint (use force to switch anyway)")
 
-    def deletable(self, name: str) -> Pool:
-        """The pool `name` if it may be deleted: it exists and no route names it."""
-        pool = self._pool(name)
-        if name in self.state.routed():
+    def deletable(self, name: str, app: str = DEFAULT_APP) -> Pool:
+        """The pool `name` of `app` if it may be deleted: it exists and no route names it."""
+        pool = self._pool(app, name)
+        if pool.name in self.state.routed():
             raise ConflictError(f"pool {name!r} is named by a route; switch away from it first")
         return pool
 
-    async def set_endpoints(self, name: str, endpoints: Sequence[str], labels: object = None) -> bool:
+    async def set_endpoints(
+        self, name: str, endpoints: Sequence[str], labels: object = None, *, app: str = DEFAULT_APP
+    ) -> bool:
         """Create or replace a pool's endpoints (and labels; None keeps them); True when the pool was created."""
+        key = self.pool_key(app, name)
         addresses = tuple(normalize_endpoints(endpoints))
         wanted = None if labels is None else check_labels(labels)
         async with self.lock:
-            current = self.state.pools.get(name)
+            current = self.state.pools.get(key)
             kept = current.labels if current else ()
             spec = PoolSpec(addresses, current.balancer if current else None, kept if wanted is None else wanted)
             if current is not None and current == spec:
                 return False
-            await self.adopt(self.state.with_pool(name, spec))
+            await self.adopt(self.state.with_pool(key, spec))
             return current is None
 
-    async def delete_pool(self, name: str) -> None:
+    async def delete_pool(self, name: str, *, app: str = DEFAULT_APP) -> None:
         async with self.lock:
-            self.deletable(name)
-            await self.adopt(self.state.without_pool(name))
+            pool = self.deletable(name, app)
+            await self.adopt(self.state.without_pool(pool.name))
+
+    def pool_key(self, app: str, name: object) -> str:
+        """The key of pool `name` of application `app` (which must exist: 404 else); 400 for a bad name."""
+        self.state.app(app)
+        if not isinstance(name, str) or not name:
+            raise InvalidRequestError("a pool name must be a non-empty string")
+        if "/" in name:
+            raise InvalidRequestError(f"a pool name has no '/': {name!r}")
+        return pool_key(app, name)
 
     async def reload(self, config: Config) -> dict[str, Any]:
         """Apply a new, already validated config: pools and settings, and routes only if the file's changed.
@@ -211,76 +252,112 @@ class Switch:
                 restart.append("admin")
             current = self.state
             wanted = DesiredState.from_config(config)
-            routes = (current.active, current.preview)
-            file_routes = (config.active, config.preview)
-            flip = file_routes != self.loaded and file_routes != routes
-            if flip:
-                routes = file_routes
-            for name in {r for r in routes if r}:
-                if name not in wanted.pools:
-                    raise ConflictError(
-                        f"pool {name!r} is live (routes {routes[0]}/{routes[1]}); the reload removes it"
-                    )
-            state = wanted.with_routes(*routes, current.generation + 1 if flip else current.generation)
-            if flip and routes[0] != current.active:
-                # The checks of a flip, on the pool as the file shapes it: pools first (the live ones kept),
-                # then the probe; a target with no healthy endpoint refuses the reload and nothing changes.
-                staged = state.with_routes(current.active, current.preview, current.generation)
-                staged = staged.with_pools({**current.pools, **staged.pools})
-                await self.adopt(staged)
+            loaded = _file_routes(config)
+            apps: dict[str, AppRoutes] = {}
+            flips: list[str] = []  # applications whose routes the file changed since it was last loaded
+            for name, file_routes in loaded.items():
+                hosts = wanted.apps[name].hosts
+                now = current.apps.get(name)
+                if now is None:
+                    apps[name] = AppRoutes(hosts, *file_routes, 1)  # a new application starts on its file's routes
+                    continue
+                routes = (now.active, now.preview)
+                flip = file_routes != self.loaded.get(name) and file_routes != routes
+                if flip:
+                    routes = file_routes
+                    flips.append(name)
+                for key in {r for r in routes if r}:
+                    if key not in wanted.pools:
+                        pool_name = split_pool_key(key)[1]
+                        live = f"{routes[0]}/{routes[1]}"
+                        raise ConflictError(
+                            f"pool {pool_name!r}{_of(name)} is live (routes {live}); the reload removes it"
+                        )
+                apps[name] = AppRoutes(hosts, routes[0], routes[1], now.generation + 1 if flip else now.generation)
+            state = wanted.with_apps(apps).with_version(current.version + 1)
+            targets = [apps[name].active for name in flips if apps[name].active != current.apps[name].active]
+            if targets:
+                # The checks of a flip, on the pools as the file shapes them: pools first (the live ones kept),
+                # then the probes; a target with no healthy endpoint refuses the reload and nothing changes.
+                await self.adopt(current.with_pools({**current.pools, **wanted.pools}))
                 try:
-                    await self.check_target(self.pools[routes[0]])
+                    for key in targets:
+                        await self.check_target(self.pools[key])
                 except ConflictError:
                     await self.adopt(current)
                     raise
             self.configure(config)
             self.config = config
-            self.loaded = file_routes
-            changed = [
+            self.loaded = loaded
+            changed = [f"apps.{name} (new)" for name in apps if name not in current.apps]
+            changed += [
                 f"pools.{name}" + (" (new)" if name not in current.pools else "")
                 for name, spec in state.pools.items()
-                if current.pools.get(name) != spec
+                if current.pools.get(name) != spec and split_pool_key(name)[0] in current.apps
             ]
-            if flip:
-                changed.append("routes")
+            changed += [
+                f"apps.{name}.hosts"
+                for name, a in apps.items()
+                if name in current.apps and a.hosts != current.apps[name].hosts
+            ]
+            for name in flips:
+                before, after = current.apps[name], apps[name]
+                changed.append("routes" if name == DEFAULT_APP else f"apps.{name}.routes")
                 log.warning(
-                    "reload flips routes: active %s -> %s, preview %s -> %s (generation %d)",
-                    current.active,
-                    routes[0],
-                    current.preview,
-                    routes[1],
-                    state.generation,
+                    "reload flips routes%s: active %s -> %s, preview %s -> %s (generation %d)",
+                    _of(name),
+                    before.active,
+                    after.active,
+                    before.preview,
+                    after.preview,
+                    after.generation,
                 )
             changed += [f"pools.{name} (removed, draining)" for name in current.pools if name not in state.pools]
+            changed += [f"apps.{name} (removed)" for name in current.apps if name not in apps]
             await self.adopt(state)
             for pool in self.pools.values():
                 self.health.watch(pool)  # its health-check settings may have changed too
             seconds = time.monotonic() - started
+            default_before = current.apps.get(DEFAULT_APP)
+            default_after = apps.get(DEFAULT_APP)
             emit(
                 log,
                 logging.INFO,
                 "reload",
-                f"reload: {', '.join(changed) or 'nothing'} changed (generation {state.generation}, "
-                f"served in {seconds * 1000:.1f} ms)",
+                f"reload: {', '.join(changed) or 'nothing'} changed (served in {seconds * 1000:.1f} ms)",
                 changed=changed,
                 needs_restart=restart,
-                active_from=current.active,
-                active_to=state.active,
-                preview_from=current.preview,
-                preview_to=state.preview,
-                generation=state.generation,
+                flipped=flips,
+                active_from=default_before.active if default_before else None,
+                active_to=default_after.active if default_after else None,
+                preview_from=default_before.preview if default_before else None,
+                preview_to=default_after.preview if default_after else None,
+                generation=default_after.generation if default_after else None,
                 ack_ms=round(seconds * 1000, 3),
                 **actor(),
             )
-            return {"routes": self.routes().to_json(), "changed": changed, "needs_restart": restart}
+            return {
+                "routes": state.routes().to_json() if DEFAULT_APP in apps else None,
+                "apps": {name: a.routes().to_json() for name, a in apps.items()},
+                "changed": changed,
+                "needs_restart": restart,
+            }
 
-    def _pool(self, name: str) -> Pool:
-        if not isinstance(name, str):
-            raise InvalidRequestError("a pool name must be a string")
-        pool = self.pools.get(name)
-        if pool is None or name not in self.state.pools:
-            raise NotFoundError(f"unknown pool {name!r}")
+    def _pool(self, app: str, name: object) -> Pool:
+        key = self.pool_key(app, name)
+        pool = self.pools.get(key)
+        if pool is None or key not in self.state.pools:
+            where = "" if app == DEFAULT_APP else f" in application {app!r}"
+            raise NotFoundError(f"unknown pool {name!r}{where}")
         return pool
+
+
+def _of(app: str) -> str:
+    return "" if app == DEFAULT_APP else f" of application {app!r}"
+
+
+def _file_routes(config: Config) -> dict[str, tuple[str, str | None]]:
+    return {a.name: (a.active, a.preview) for a in config.apps}
 
 
 def parse_endpoints(endpoints: Sequence[object]) -> list[tuple[str, int]]:

@@ -44,7 +44,7 @@ MAX_PENDING = 16 * 1024 * 1024  # bytes of formatted lines waiting for the write
 BATCH = 128  # records formatted at the end of the loop iteration that reached this many (else at the tick)
 FLUSH_INTERVAL = 0.1  # seconds between the writer thread's rounds (a reopen or close wakes it at once)
 PIPE_BUF = 4096  # a write to a pipe of at most this many bytes is never interleaved with another's
-DEFAULT_APP = b"default"  # the application a request belonged to (one per proxy for now)
+DEFAULT_APP = b"default"  # the application of a request that named none (never resolved: not logged)
 
 # Bytes a JSON string (or a quoted field of the combined format) carries as they are: printable ASCII but
 # `"` and `\`. `value.translate(None, _SAFE)` is empty when nothing needs escaping (the usual case).
@@ -71,7 +71,17 @@ class RequestIds:
 class LoggedExchange(Exchange):
     """An Exchange that notes what its access-log line needs; built instead of one while the log is on."""
 
-    __slots__ = ("aborted", "began", "bytes_out", "ended", "final_status", "generation", "served_by", "tunnel_in")
+    __slots__ = (
+        "aborted",
+        "app",
+        "began",
+        "bytes_out",
+        "ended",
+        "final_status",
+        "generation",
+        "served_by",
+        "tunnel_in",
+    )
 
     def __init__(
         self,
@@ -102,7 +112,9 @@ class LoggedExchange(Exchange):
             request_id,
         )
         self.began = dp.loop.time()
-        self.generation = dp.routes.generation  # the snapshot `_request` has just read (same call, same loop)
+        app = client.app  # `_request` has just resolved it and read its snapshot (same call, same loop)
+        self.app = app.name.encode() if app is not None else DEFAULT_APP
+        self.generation = app.routes.generation if app is not None else 0
         self.bytes_out = 0
         self.tunnel_in = 0
         self.served_by: Endpoint | None = None
@@ -244,9 +256,9 @@ class AccessLog:
             ex.request_bytes + ex.tunnel_in,
             ex.bytes_out,
             (ended - ex.began) * 1000,
-            DEFAULT_APP,
+            ex.app,
             _LISTENERS[ex.listener],
-            ex.pool.name.encode(),
+            ex.pool.local_name.encode(),
             b'"' + ep.address.encode() + b'"' if ep is not None else b"null",
             ex.generation,
             request_id,
@@ -270,8 +282,8 @@ class AccessLog:
             ex.bytes_out,
             _escaped(_field(low, head, b"referer")),
             _escaped(_field(low, head, b"user-agent")),
-            DEFAULT_APP,
-            ex.pool.name.encode(),
+            ex.app,
+            ex.pool.local_name.encode(),
             ep.address.encode() if ep is not None else b"-",
             ex.generation,
             _escaped(ex.request_id),

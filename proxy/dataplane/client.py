@@ -31,9 +31,11 @@ from proxy.dataplane.exchange import Exchange
 from proxy.dataplane.http import (
     HOP_BY_HOP,
     RESPONSE_400,
+    RESPONSE_404_HOST,
     RESPONSE_405_CONNECT,
     RESPONSE_408,
     RESPONSE_413,
+    RESPONSE_421,
     RESPONSE_431,
     RESPONSE_501_CODING,
     RESPONSE_505,
@@ -45,6 +47,7 @@ from proxy.dataplane.outbox import Outbox, Sender
 
 if TYPE_CHECKING:
     from proxy.dataplane.plane import DataPlane
+    from proxy.dataplane.routes import App, HostMap
 
 # Request fields the proxy acts on, by kind; every other field is copied as it came.
 _COPY, _DROP, _HOST, _LENGTH, _TE, _CONNECTION, _UPGRADE, _EXPECT = range(8)
@@ -139,6 +142,9 @@ class ClientConnection(Sender, asyncio.Protocol):
     P_REJECT = 16  # a rejected request: read no more
 
     __slots__ = (
+        "app",
+        "app_host",
+        "app_map",
         "closed",
         "closing",
         "deadline",
@@ -162,6 +168,7 @@ class ClientConnection(Sender, asyncio.Protocol):
         "reject",
         "role",
         "served",
+        "sni",
         "transport",
         "trusted",
         "tunnel",
@@ -197,6 +204,11 @@ class ClientConnection(Sender, asyncio.Protocol):
         self.http11 = True
         self.lingering = False
         self.last_host: bytes | None = None  # the last Host value found valid on this connection
+        # The application the last Host named, from which HostMap (a keep-alive connection resolves once).
+        self.app: App | None = None
+        self.app_host: bytes | None = None
+        self.app_map: HostMap | None = None
+        self.sni: bytes | None = None  # the TLS server name the client asked for (`proxy.dataplane.tls`)
         self.served = False  # a response was sent and the connection waits for its next request
         self.upgrade_body = -2  # an Upgrade request with a body being parsed: its length (-1: chunked)
         # Per request (the head being parsed).
@@ -216,6 +228,10 @@ class ClientConnection(Sender, asyncio.Protocol):
         self.peer = ip.encode()
         self.xff_line = b"x-forwarded-for: " + self.peer + b"\r\n"
         self.trusted = dp.is_trusted(ip)
+        if dp.tls and self.role in dp.tls:
+            ssl_object = transport.get_extra_info("ssl_object")
+            name = getattr(ssl_object, "sni_name", None) if ssl_object is not None else None
+            self.sni = name.encode() if name else None
         self.deadline = dp.now + dp.timeouts.client_header
         dp.clients.add(self)
         if len(dp.clients) > dp.limits.max_connections:
@@ -477,6 +493,10 @@ class ClientConnection(Sender, asyncio.Protocol):
                 extend = parts.extend
                 extend((b"host: ", host, b"\r\n"))
 
+        app_map = dp.app_map
+        app = self.app
+        if app is None or host != self.app_host or app_map is not self.app_map:
+            app = self._app_for(host, app_map)
         if host is None:
             # HTTP/1.0 without Host: name the authority the client reached, as the upstream needs one.
             sock = self.transport.get_extra_info("sockname") if self.transport is not None else None
@@ -500,9 +520,9 @@ class ClientConnection(Sender, asyncio.Protocol):
             extend((b"connection: upgrade\r\nupgrade: ", upgrade_value, b"\r\n"))
         extend((b"\r\n",))
 
-        routes = dp.routes  # the one read of the snapshot for this request
-        if dp.route_word[0] != routes.word:
-            routes = dp.follow_routes()  # a worker whose supervisor flipped: one 8-byte load per request
+        routes = app.routes  # the one read of the snapshot for this request
+        if dp.route_word[app.index] != routes.word:
+            routes = dp.follow_routes(app)  # a worker whose supervisor flipped: one 8-byte load per request
         pool = routes.active if self.role == "active" else routes.preview
         if dp.fence_until and dp.loop.time() > dp.fence_until:
             pool = None  # fenced: this proxy cannot vouch that its routes are still the fleet's (503)
@@ -519,6 +539,18 @@ class ClientConnection(Sender, asyncio.Protocol):
             keep_alive and not self.closing,
             request_id,
         )
+
+    def _app_for(self, host: bytes | None, app_map: HostMap) -> App:
+        """The application a Host names (HTTP/1.0 without one: the default); 404 when none does, 421 when it
+        is not the application of the TLS server name the connection was opened for (RFC 9110 §15.5.20)."""
+        app = app_map.find(host) if host is not None else app_map.default
+        if app is None:
+            raise _Reject(RESPONSE_404_HOST)
+        sni = self.sni
+        if sni is not None and app_map.find(sni) is not app:
+            raise _Reject(RESPONSE_421)
+        self.app, self.app_host, self.app_map = app, host, app_map
+        return app
 
     # -- flow and lifecycle ------------------------------------------------------------------
 

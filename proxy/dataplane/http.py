@@ -87,6 +87,10 @@ def error_response(code: int, message: str, *, close: bool, extra: bytes = b"") 
 
 
 RESPONSE_400 = error_response(400, "Bad Request", close=True)
+RESPONSE_404_HOST = error_response(404, "Not Found: no application of this proxy serves this Host", close=True)
+RESPONSE_421 = error_response(
+    421, "Misdirected Request: this Host belongs to another application than the TLS server name", close=True
+)
 RESPONSE_405_CONNECT = error_response(405, "CONNECT is not supported by this reverse proxy", close=True)
 RESPONSE_408 = error_response(408, "Request Timeout", close=True)
 RESPONSE_413 = error_response(413, "Content Too Large", close=True)

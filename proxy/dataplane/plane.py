@@ -21,9 +21,13 @@ from proxy.dataplane.exchange import Exchange
 from proxy.dataplane.http import VIA, error_response
 from proxy.dataplane.outbox import Outbox
 from proxy.dataplane.pool import Pool, PoolSet, PoolSpec
-from proxy.dataplane.routes import RouteTable, decode, local_word
+from proxy.dataplane.routes import MAX_APPS, NO_SLOT, App, HostMap, RouteTable, decode, local_word
 from proxy.dataplane.tls import ServerTls
 from proxy.dataplane.upstream import UpstreamConnection
+
+# An application as the control plane describes it to the data plane: (Host names, active pool key,
+# preview pool key, generation); its routes are applied through `route`, its Host names here.
+AppSpec = tuple[tuple[str, ...], str, str | None, int]
 
 
 class DataPlane:
@@ -55,11 +59,13 @@ class DataPlane:
             self.set_pool(pc.name, pc.endpoints, pc.balancer)
         self.null_pool = Pool("none", ())
         self.draining: set[Pool] = set()
-        # Requests compare this with `routes.word`. A process that owns its routes keeps a private zero; a
-        # worker maps the supervisor's shared word and the pool slots it names (`follow_routes`).
+        # Requests compare their App's word here with its table's. A process that owns its routes keeps private
+        # zeros; a worker maps the supervisor's shared words and the pool slots they name (`follow_routes`).
         self.route_word = local_word()
         self.slots: dict[int, Pool] = {}
-        self.route(self.pools[config.active], self.pools[config.preview] if config.preview else None, 1)
+        self.apps: dict[str, App] = {}
+        self.app_map = HostMap({}, {}, None)
+        self.set_apps({a.name: (a.hosts, a.active, a.preview, 1) for a in config.apps})
         self.servers: dict[str, asyncio.Server] = {}
         self.ports: dict[str, int] = {}
         self._tick_task: asyncio.Task[None] | None = None
@@ -206,16 +212,54 @@ class DataPlane:
         else:
             self.loop.call_soon_threadsafe(fn, *args)
 
-    def route(self, active: Pool, preview: Pool | None, generation: int, word: int = 0) -> RouteTable:
-        """The one place a RouteTable is built: swap the snapshot (one reference write), then start or cancel
-        drains on the loop."""
-        self.routes = routes = RouteTable(active, preview, generation, word)
+    def set_apps(self, apps: Mapping[str, AppSpec], indices: Mapping[str, int] | None = None) -> None:
+        """The applications and their Host names (the default application answers every other Host). A new
+        application starts on the routes given (a worker's then follow its word); an existing one keeps its
+        table (flips reach it through `route`). `indices`: each application's route word (a supervisor's);
+        else kept, or the lowest free. Then one reference write of the HostMap; connections re-resolve."""
+        for name in [n for n in self.apps if n not in apps]:
+            del self.apps[name]  # its pools are removed with it (`set_pools`), so they drain
+        for name, (_hosts, active, preview, generation) in apps.items():
+            index = indices[name] if indices is not None else None
+            app = self.apps.get(name)
+            if app is None:
+                if index is None:
+                    used = {a.index for a in self.apps.values()}
+                    index = next(i for i in range(MAX_APPS) if i not in used)
+                table = RouteTable(self.pools[active], self.pools[preview] if preview else None, generation)
+                self.apps[name] = app = App(name, index, table)
+                self.in_loop(self._reconcile_routed)
+            elif index is not None:
+                app.index = index
+        exact: dict[str, App] = {}
+        wildcard: dict[str, App] = {}
+        default = None
+        for name, (hosts, *_) in apps.items():
+            app = self.apps[name]
+            if not hosts:
+                default = app
+            for host in hosts:
+                if host.startswith("*."):
+                    wildcard[host[1:]] = app
+                else:
+                    exact[host] = app
+        self.app_map = HostMap(exact, wildcard, default)
+
+    def route(self, app: App, active: Pool, preview: Pool | None, generation: int, word: int = 0) -> RouteTable:
+        """The one place a RouteTable is built: swap the application's snapshot (one reference write), then
+        start or cancel drains on the loop."""
+        app.routes = routes = RouteTable(active, preview, generation, word)
         self.in_loop(self._reconcile_routed)
         return routes
 
     def _reconcile_routed(self) -> None:
-        routes = self.routes  # the latest: reconciling is idempotent, whatever order swaps came in
-        named = {id(routes.active), id(routes.preview)}
+        # The latest tables: reconciling is idempotent, whatever order swaps came in.
+        named = set()
+        for app in list(self.apps.values()):
+            routes = app.routes
+            named.add(id(routes.active))
+            if routes.preview is not None:
+                named.add(id(routes.preview))
         for pool in list(self.pools.values()) + list(self.draining):
             routed = id(pool) in named and not pool.removed
             if routed and not pool.routed:
@@ -224,18 +268,18 @@ class DataPlane:
             elif not routed and pool.routed:
                 self._unroute(pool)
 
-    def follow_routes(self) -> RouteTable:
-        """The shared route word moved (a flip by the supervisor): rebuild the snapshot from it. Loop only."""
-        word = self.route_word[0]
+    def follow_routes(self, app: App) -> RouteTable:
+        """The application's shared route word moved (a flip by the supervisor): rebuild its snapshot from it."""
+        word = self.route_word[app.index]
         generation, a, p = decode(word)
         slots = self.slots
         active = slots.get(a)
         preview = slots.get(p) if p else None
-        if active is None or (p and preview is None):
-            # A slot not acknowledged yet: the supervisor writes a word only after its pools, so this is
-            # a bug, not a race; keep serving the last table rather than guess.
-            return self.routes
-        return self.route(active, preview, generation, word)  # on the loop: drains start at once
+        if a == NO_SLOT or active is None or (p and preview is None):
+            # No word yet (a new application), or a slot not acknowledged yet: the supervisor writes a word only
+            # after its pools, so the latter is a bug, not a race; keep serving the last table rather than guess.
+            return app.routes
+        return self.route(app, active, preview, generation, word)  # on the loop: drains start at once
 
     def unroute(self, pool: Pool) -> None:
         self.in_loop(self._unroute, pool)
@@ -273,8 +317,10 @@ class DataPlane:
         while True:
             await asyncio.sleep(self.tick)
             self.now = now = loop.time()
-            if self.route_word[0] != self.routes.word:
-                self.follow_routes()  # an idle worker still starts its drains after a flip
+            words = self.route_word
+            for app in list(self.apps.values()):
+                if words[app.index] != app.routes.word:
+                    self.follow_routes(app)  # an idle worker still starts its drains after a flip
             self.sweep(now)
             if self.access_log is not None:
                 self.access_log.flush()  # the lines of a quiet loop (a busy one flushes per batch)

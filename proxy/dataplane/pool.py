@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
-from proxy.config import Config, HealthCheckConfig, OutlierConfig, parse_address
+from proxy.config import Config, HealthCheckConfig, OutlierConfig, parse_address, split_pool_key
 from proxy.dataplane.tls import client_context
 
 if TYPE_CHECKING:
@@ -115,9 +115,11 @@ class Endpoint:
 
 
 class Pool:
-    """A named set of endpoints; `routed` is false once no route names it (it drains)."""
+    """A named set of endpoints; `routed` is false once no route names it (it drains). `name` is its key in
+    the proxy's one pool namespace (`app/name` for an application other than the default, `proxy.config`)."""
 
     __slots__ = (
+        "app",
         "balancer",
         "color_header",
         "counts",
@@ -127,6 +129,7 @@ class Pool:
         "in_flight",
         "latency_buckets",
         "latency_sum",
+        "local_name",
         "max_idle",
         "max_in_flight",
         "name",
@@ -148,6 +151,7 @@ class Pool:
         max_idle: int = 256,
     ) -> None:
         self.name = name
+        self.app, self.local_name = split_pool_key(name)
         self.balancer = balancer
         self.health_check = health_check or HealthCheckConfig()
         self.max_in_flight = max_in_flight
@@ -161,7 +165,7 @@ class Pool:
         self.removed = False
         self.drain_deadline = 0.0
         # Precomputed once: every response served by this pool says so (testers and smoke tests verify it).
-        self.color_header = b"x-served-by-color: " + name.encode() + b"\r\n"
+        self.color_header = b"x-served-by-color: " + self.local_name.encode() + b"\r\n"
         # By listener (active 0, preview 1), flat for one index per update: responses by status class at
         # row = listener * 6 + class (class 0: no response); latency buckets at row * BUCKETS + bucket.
         self.counts = [0] * (6 * len(LISTENERS))

@@ -132,6 +132,8 @@ class ServerTls:
         if not server_name:
             return  # no SNI: the default certificate
         name = server_name.lower()
+        # Kept on the connection's SSLObject: the client connection checks each Host against it (421).
+        sock.sni_name = name  # type: ignore[attr-defined]
         table = self.by_name
         ctx = table.get(name)
         if ctx is None:

@@ -2,10 +2,11 @@
 
 Keys under the configured prefix:
 
-- `state`: the desired routes (active, preview, generation) and pools' endpoints, one JSON value.
-  A change is one compare-and-swap transaction on its mod_revision, which also reads the member
-  set at that revision.
-- `proxies/<id>`: each proxy's acknowledgement `{"generation": N}`, written under its own lease.
+- `state`: the desired state (`DesiredState.to_json`: pools' endpoints, each application's Host names
+  and routes with their generation, and the state's version), one JSON value. A change of any
+  application is one compare-and-swap transaction on its mod_revision, which also reads the member set
+  at that revision (two applications flipped at once from two proxies: one of them retries).
+- `proxies/<id>`: each proxy's acknowledgement `{"version": N}`, written under its own lease.
   A proxy is live while its lease is; a frozen or cut-off one drops out when the lease expires.
 
 Every proxy (its supervisor) reads the prefix at start, watches it from the next revision (and
@@ -175,7 +176,8 @@ class Fleet:
     async def _ack(self) -> None:
         if self.detached:
             return
-        value = {"generation": self.local.state.generation, "admin": self.admin_url, "pid": os.getpid()}
+        state = self.local.state
+        value = {"version": state.version, "admin": self.admin_url, "pid": os.getpid()}
         await self.client.put(self.members_prefix + self.id, self._encode(value), lease=self.lease)
 
     async def _on_events(self, events: list[Event]) -> None:
@@ -238,7 +240,7 @@ class Fleet:
     async def change(self, edit: Callable[[DesiredState], DesiredState | None]) -> dict[str, Any]:
         """Apply `edit` to the shared state with compare-and-swap; wait for every live proxy to serve it.
 
-        Every change of the shared state moves its generation: proxies acknowledge by generation."""
+        Every change of the shared state moves its version: proxies acknowledge by version."""
         async with self._write:
             if not self.store_up:
                 raise UnavailableError("the state store (etcd) is unreachable: nothing was changed")
@@ -246,7 +248,7 @@ class Fleet:
             edited = edit(current)
             if edited is None:
                 return {"changed": False}
-            new = edited.with_routes(edited.active, edited.preview, current.generation + 1)
+            new = edited.with_version(current.version + 1)
             try:
                 ok, rev, members = await self.client.compare_and_put(
                     self.state_key, new.encode(), mod_revision=self.state_rev, also_read_prefix=self.members_prefix
@@ -255,20 +257,25 @@ class Fleet:
                 raise UnavailableError(f"the state store (etcd) failed: {exc}") from None
             if not ok:
                 raise ConflictError("the fleet's state changed meanwhile (another admin call); retry")
-            return await self._await_acks(new.generation, [kv.key[len(self.members_prefix) :] for kv in members])
+            return await self._await_acks(new.version, [kv.key[len(self.members_prefix) :] for kv in members])
 
-    async def _await_acks(self, generation: int, members: list[str]) -> dict[str, Any]:
+    async def _await_acks(self, version: int, members: list[str]) -> dict[str, Any]:
         deadline = asyncio.get_running_loop().time() + self.ack_timeout
 
         def pending() -> list[str]:
-            return [m for m in members if m in self.members and self.members[m].get("generation", 0) < generation]
+            # A member from before applications acknowledges `generation` (the version of its states too).
+            return [
+                m
+                for m in members
+                if m in self.members and self.members[m].get("version", self.members[m].get("generation", 0)) < version
+            ]
 
         async with self._changed:
             while pending():
                 remaining = deadline - asyncio.get_running_loop().time()
                 if remaining <= 0:
                     raise AckTimeoutError(
-                        f"generation {generation} is committed but not yet served by: {', '.join(pending())}"
+                        f"state version {version} is committed but not yet served by: {', '.join(pending())}"
                     )
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(remaining):
@@ -277,28 +284,33 @@ class Fleet:
             dropped = [m for m in members if m not in self.members]
         return {"changed": True, "acked": sorted(acked), "dropped": sorted(dropped)}
 
-    async def switch(self, active: str, preview: str | None, *, force: bool, generation: int | None) -> Routes:
+    async def switch(
+        self, app: str, active: str, preview: str | None, *, force: bool, generation: int | None
+    ) -> Routes:
         started = time.monotonic()
-        before = self.local.routes()
-        plan = await self.local.plan(active, preview, force=force, generation=generation)
+        before = self.local.routes(app)
+        plan = await self.local.plan(app, active, preview, force=force, generation=generation)
         if plan is None:
-            return self.local.routes()
+            return self.local.routes(app)
         new_active, new_preview = plan
 
         def edit(state: DesiredState) -> DesiredState | None:
-            if state.active == new_active and state.preview == new_preview:
+            routes = state.app(app)
+            if routes.active == new_active and routes.preview == new_preview:
                 return None
-            return state.with_routes(new_active, new_preview)
+            return state.with_routes(app, new_active, new_preview)
 
         self.last_report = await self.change(edit)
         self.local.record_flip(time.monotonic() - started)
         seconds = time.monotonic() - started
-        self.local.log_flip(before, self.local.routes(), seconds, force=force, fleet=self.last_report)
-        return self.local.routes()
+        self.local.log_flip(app, before, self.local.routes(app), seconds, force=force, fleet=self.last_report)
+        return self.local.routes(app)
 
     async def set_endpoints(
         self, pool: str, endpoints: list[str], labels: tuple[tuple[str, str], ...] | None = None
     ) -> None:
+        """Create or replace the pool with key `pool` (`proxy.config.pool_key`)."""
+
         def edit(state: DesiredState) -> DesiredState | None:
             spec = state.pools.get(pool)
             kept = spec.labels if spec else ()
@@ -307,9 +319,9 @@ class Fleet:
 
         self.last_report = await self.change(edit)
 
-    async def delete_pool(self, pool: str) -> None:
-        self.local.deletable(pool)
-        self.last_report = await self.change(lambda state: state.without_pool(pool))
+    async def delete_pool(self, app: str, pool: str) -> None:
+        key = self.local.deletable(pool, app).name
+        self.last_report = await self.change(lambda state: state.without_pool(key))
 
     def status(self) -> dict[str, Any]:
         return {

@@ -1,4 +1,4 @@
-"""The route word: which pools every worker serves, as one 64-bit value in shared memory.
+"""The route words: which pools every worker serves, one 64-bit value per application in shared memory.
 
 Under `--workers` the supervisor flips by storing one aligned 8-byte word in a memory page that
 every worker maps read-only; each request compares the word with its worker's RouteTable and, on a
@@ -19,20 +19,24 @@ import mmap
 import os
 import tempfile
 
+from proxy.dataplane.routes import MAX_APPS
+
+SIZE = 8 * MAX_APPS  # one page: a word per application, indexed by the application's slot
+
 
 def shared_word() -> tuple[int, memoryview]:
-    """A new shared word: (file descriptor to hand to workers, writable view)."""
+    """New shared words, all zero: (file descriptor to hand to workers, writable view)."""
     try:
         fd = os.memfd_create("bluegreen-routes", os.MFD_CLOEXEC)
     except (AttributeError, OSError):  # no memfd (not Linux): an unlinked temporary file maps the same
         with tempfile.TemporaryFile() as f:
             fd = os.dup(f.fileno())
-    os.ftruncate(fd, 8)
-    return fd, memoryview(mmap.mmap(fd, 8)).cast("Q")
+    os.ftruncate(fd, SIZE)
+    return fd, memoryview(mmap.mmap(fd, SIZE)).cast("Q")
 
 
 def attach_word(fd: int) -> memoryview:
-    """A worker's read-only view of the supervisor's word."""
-    view = memoryview(mmap.mmap(fd, 8, prot=mmap.PROT_READ)).cast("Q")
+    """A worker's read-only view of the supervisor's words."""
+    view = memoryview(mmap.mmap(fd, SIZE, prot=mmap.PROT_READ)).cast("Q")
     os.close(fd)  # the mapping outlives the descriptor
     return view

@@ -27,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.config import Config
+from proxy.config import DEFAULT_APP, Config
 from proxy.control.api import EndpointStatus, PoolStatus, ProxyStatus, Routes, UnavailableError
 from proxy.control.local import LocalControl
 from proxy.controlplane.admin import make_admin_app
@@ -39,7 +39,7 @@ from proxy.controlplane.stats import WorkerStats
 from proxy.controlplane.switch import Switch, check_labels, normalize_endpoints, pool_status
 from proxy.controlplane.watch import Watch
 from proxy.dataplane.pool import PoolSet
-from proxy.dataplane.routes import MAX_SLOT, NO_SLOT, encode
+from proxy.dataplane.routes import MAX_APPS, MAX_SLOT, NO_SLOT, encode
 from proxy.dataplane.tls import ServerTls
 from proxy.fleet.etcd import StoreUnavailableError
 from proxy.fleet.member import Fleet
@@ -76,8 +76,8 @@ class Worker:
 
 
 class SupervisedControl(LocalControl):
-    def __init__(self, switch: Switch, supervisor: Supervisor) -> None:
-        super().__init__(switch)
+    def __init__(self, switch: Switch, supervisor: Supervisor, app: str = DEFAULT_APP) -> None:
+        super().__init__(switch, app)
         self._supervisor = supervisor
 
     async def status(self) -> ProxyStatus:
@@ -88,22 +88,23 @@ class SupervisedControl(LocalControl):
 class FleetControl(SupervisedControl):
     """Changes go through etcd (compare-and-swap) and answer once the whole fleet serves them."""
 
-    def __init__(self, switch: Switch, supervisor: Supervisor, fleet: Fleet) -> None:
-        super().__init__(switch, supervisor)
+    def __init__(self, switch: Switch, supervisor: Supervisor, fleet: Fleet, app: str = DEFAULT_APP) -> None:
+        super().__init__(switch, supervisor, app)
         self._fleet = fleet
 
     async def switch(
         self, active: str, preview: str | None = None, *, force: bool = False, generation: int | None = None
     ) -> Routes:
-        return await self._fleet.switch(active, preview, force=force, generation=generation)
+        return await self._fleet.switch(self.app, active, preview, force=force, generation=generation)
 
     async def set_endpoints(self, pool: str, endpoints: Sequence[str], labels: Mapping[str, str] | None = None) -> None:
+        key = self._switch.pool_key(self.app, pool)
         await self._fleet.set_endpoints(
-            pool, normalize_endpoints(endpoints), None if labels is None else check_labels(labels)
+            key, normalize_endpoints(endpoints), None if labels is None else check_labels(labels)
         )
 
     async def delete_pool(self, pool: str) -> None:
-        await self._fleet.delete_pool(pool)
+        await self._fleet.delete_pool(self.app, pool)
 
 
 class Supervisor:
@@ -132,7 +133,8 @@ class Supervisor:
         self._pushed: DesiredState | None = None  # the state (pools) every live worker acknowledged
         self._pushed_health: dict[str, dict[str, int]] = {}  # and the health verdicts sent with it
         self._pushed_epoch = 0
-        self._slots: dict[str, int] = {}
+        self._slots: dict[str, int] = {}  # each pool's slot, as route words name pools
+        self._app_slots: dict[str, int] = {}  # each application's route word
         self.sockets: dict[str, socket.socket] = {}  # listeners by role, and "admin": bound here, inherited
         self.takeover = takeover
         self.owner = takeover is None  # changes are accepted (a successor waits until its predecessor stopped)
@@ -151,8 +153,13 @@ class Supervisor:
         state = DesiredState.from_json(taken["state"])
         self._reshape(state)
         self.switch.state = state
-        loaded = taken.get("loaded") or [state.active, state.preview]
-        self.switch.loaded = (loaded[0], loaded[1])
+        loaded = taken.get("loaded")
+        if isinstance(loaded, dict):
+            self.switch.loaded = {name: (routes[0], routes[1]) for name, routes in loaded.items()}
+        elif isinstance(loaded, list):  # a predecessor from before applications: the default one's
+            self.switch.loaded = {DEFAULT_APP: (loaded[0], loaded[1])}
+        else:
+            self.switch.loaded = {name: (a.active, a.preview) for name, a in state.apps.items()}
         self.registry.apply_verdicts(taken.get("health", {}))
 
     def _bind(self) -> None:
@@ -190,7 +197,12 @@ class Supervisor:
         self._bind()
         for pool in self.registry.pools.values():
             self.health.watch(pool)
-        control: SupervisedControl = SupervisedControl(self.switch, self)
+
+        def controls(app: str) -> SupervisedControl:
+            if self.fleet is not None:
+                return FleetControl(self.switch, self, self.fleet, app)
+            return SupervisedControl(self.switch, self, app)
+
         if self.config.state.backend == "etcd":
             admin = f"http://{self.config.admin.host}:{self.config.admin.port}"
             membership = self.takeover.state.get("fleet") if self.takeover is not None else None
@@ -199,14 +211,13 @@ class Supervisor:
                 await self.fleet.start()  # the fleet's state, before any worker serves
             except StoreUnavailableError as exc:
                 raise OSError(f"cannot join the fleet: {exc}") from None
-            control = FleetControl(self.switch, self, self.fleet)
         async with self.switch.lock:
             await self.publish(self.switch.state)  # no worker yet: settles the slots and writes the first word
             for i in range(self.n):
                 await self._spawn(i)
         fleet = self.fleet
         app = make_admin_app(
-            control,
+            controls,
             make_registry(
                 self.switch,
                 lambda: self.stats.pools.values(),
@@ -221,6 +232,7 @@ class Supervisor:
             reload=self.reload,
             fleet_status=fleet.status if fleet else None,
             switch_report=(lambda: fleet.last_report) if fleet else None,
+            apps=self.switch.apps,
         )
         app.middlewares.append(self._handover_guard)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -297,7 +309,7 @@ class Supervisor:
                 {
                     "op": "state",
                     "state": self.switch.state.to_json(),
-                    "loaded": list(self.switch.loaded),
+                    "loaded": {name: list(routes) for name, routes in self.switch.loaded.items()},
                     "health": self._verdicts(),
                     "fleet": self.fleet.membership() if self.fleet is not None else None,
                 }
@@ -336,7 +348,7 @@ class Supervisor:
                     state = DesiredState.from_json(message["state"])
                     async with self.switch.lock:
                         await self.switch.adopt(state)
-                    await link.send({"op": "adopted", "generation": state.generation})
+                    await link.send({"op": "adopted", "version": state.version})
         except (OSError, ValueError, KeyError, UpgradeError) as exc:
             log.warning("the successor's link broke while this proxy drains: %s", exc)
 
@@ -353,7 +365,7 @@ class Supervisor:
                 raise ConnectionError("it exited")
         except (OSError, TimeoutError, ValueError, UpgradeError) as exc:
             if not isinstance(exc, ConnectionError):
-                log.warning("the draining old proxy did not apply generation %d: %s", state.generation, exc)
+                log.warning("the draining old proxy did not apply state version %d: %s", state.version, exc)
             self._predecessor = None
             link.close()
 
@@ -492,6 +504,7 @@ class Supervisor:
             "op": "state",
             "state": state.to_json() if state is not None else None,
             "slots": {name: self._slots[name] for name in state.pools} if state is not None else {},
+            "app_slots": {name: self._app_slots[name] for name in state.apps} if state is not None else {},
             "health": self._pushed_health,
             "settings_epoch": self._pushed_epoch,
             "fence_until": self.fleet.fence_until() if self.fleet else 0.0,
@@ -518,7 +531,11 @@ class Supervisor:
         kept = {name: pushed[name] for name in self._word_names if name not in state.pools and name in pushed}
         await self._push_pools(state.with_pools({**state.pools, **kept}) if kept else state, health=False)
         slots = self._slots
-        self.word[0] = encode(state.generation, slots[state.active], slots[state.preview] if state.preview else NO_SLOT)
+        for name, app in state.apps.items():
+            preview = slots[app.preview] if app.preview else NO_SLOT
+            self.word[self._app_slots[name]] = encode(app.generation, slots[app.active], preview)
+        for name in [n for n in self._app_slots if n not in state.apps]:
+            self.word[self._app_slots.pop(name)] = 0  # no worker has the application now: its word is free
         self._word_names = state.routed()
         if kept:
             await self._push_pools(state, health=False)
@@ -543,8 +560,16 @@ class Supervisor:
         for name in state.pools:
             if name not in self._slots:
                 self._slots[name] = next(i for i in range(1, MAX_SLOT + 1) if i not in self._slots.values())
+        for name in state.apps:
+            if name not in self._app_slots:
+                used = set(self._app_slots.values())
+                self._app_slots[name] = next(i for i in range(MAX_APPS) if i not in used)
         verdicts = self._verdicts()
-        same = self._pushed is not None and self._pushed.pools == state.pools
+        same = (
+            self._pushed is not None
+            and self._pushed.pools == state.pools
+            and {n: a.hosts for n, a in self._pushed.apps.items()} == {n: a.hosts for n, a in state.apps.items()}
+        )
         if same and (not health or verdicts == self._pushed_health) and self.settings_epoch == self._pushed_epoch:
             return
         self._pushed, self._pushed_health, self._pushed_epoch = state, verdicts, self.settings_epoch

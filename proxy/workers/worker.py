@@ -66,14 +66,14 @@ def control_loop(
             op = message.get("op")
             if op == "fence":
                 dp.fence_until = message["until"]
-                send(stream, {"op": "ack", "generation": served(dp)})
+                send(stream, {"op": "ack", "generations": served(dp)})
             elif op == "state":
                 dp.fence_until = message.get("fence_until", 0.0)
                 if message.get("settings_epoch", 0) != epoch:
                     epoch = message["settings_epoch"]
                     loop.call_soon_threadsafe(dp.apply_settings, load_config(config_path))
                 apply(dp, message)
-                send(stream, {"op": "ack", "generation": served(dp)})
+                send(stream, {"op": "ack", "generations": served(dp)})
             elif op == "stats":
                 send(stream, {"op": "stats", "stats": collect(dp)})
             elif op == "drain":
@@ -82,7 +82,7 @@ def control_loop(
                 asyncio.run_coroutine_threadsafe(_stop_accepting(dp), loop).result(timeout=10)
                 grace[0] = dp.config.drain_timeout
                 loop.call_soon_threadsafe(stop.set)
-                send(stream, {"op": "ack", "generation": served(dp)})
+                send(stream, {"op": "ack", "generations": served(dp)})
             else:
                 send(stream, {"op": "error", "error": f"unknown op {op!r}"})
     except (OSError, ValueError, TimeoutError):
@@ -102,11 +102,14 @@ def apply(dp: DataPlane, message: dict[str, Any]) -> None:
     dp.set_pools(state.pools)
     dp.registry.apply_verdicts(message["health"])
     dp.slots = {slot: dp.pools[name] for name, slot in message["slots"].items()}  # one reference write
+    # Applications and their Host names; a new one starts on the state's routes, then follows its word.
+    apps = {name: (a.hosts, a.active, a.preview, a.generation) for name, a in state.apps.items()}
+    dp.set_apps(apps, message["app_slots"])
 
 
-def served(dp: DataPlane) -> int:
-    """The generation this worker routes by: the shared word's (its next request follows it)."""
-    return decode(dp.route_word[0])[0]
+def served(dp: DataPlane) -> dict[str, int]:
+    """The generation each application's routes have here: its shared word's (the next request follows it)."""
+    return {name: decode(dp.route_word[app.index])[0] for name, app in list(dp.apps.items())}
 
 
 async def serve(config_path: str, fd: int, word_fd: int, listen: dict[str, int]) -> int:
@@ -121,12 +124,13 @@ async def serve(config_path: str, fd: int, word_fd: int, listen: dict[str, int])
         return 1
     message = json.loads(first)
     apply(dp, message)
-    dp.follow_routes()
+    for app in list(dp.apps.values()):
+        dp.follow_routes(app)
     dp.fence_until = message.get("fence_until", 0.0)
     # Before the first ack: the supervisor forwards SIGUSR1 (reopen the access log) only to workers that acked.
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dp.reopen_logs)
     await dp.start(sockets=sockets)
-    send(stream, {"op": "ack", "generation": served(dp)})
+    send(stream, {"op": "ack", "generations": served(dp)})
 
     stop = asyncio.Event()
     grace = [dp.config.shutdown_timeout]  # the drain timeout after a handover (set by the control thread)

@@ -99,8 +99,8 @@ async def test_healthz_metrics_and_unknown_paths(admin: int) -> None:
     assert (await call(admin, "GET", "/healthz"))[0] == 200
     status, text = await call(admin, "GET", "/metrics")
     assert status == 200
-    assert 'bluegreen_route{listener="active",pool="blue"} 1.0' in text
-    assert "bluegreen_route_generation 1.0" in text
+    assert 'bluegreen_route{app="default",listener="active",pool="blue"} 1.0' in text
+    assert 'bluegreen_route_generation{app="default"} 1.0' in text
     status, body = await call(admin, "GET", "/api/v1/nothing")
     assert status == 404 and "error" in body
     status, body = await call(admin, "DELETE", "/api/v1/routes")

@@ -34,7 +34,8 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_sample_config_loads() -> None:
     config = load_config(REPO / "config" / "proxy.yaml")
-    assert config.active == "blue" and config.preview == "green"
+    (app,) = config.apps
+    assert (app.name, app.hosts, app.active, app.preview) == ("default", (), "blue", "green")
     assert config.listeners["active"].port == 8080 and config.admin.port == 8090
     assert [p.name for p in config.pools] == ["blue", "green"]
 
@@ -45,7 +46,7 @@ def test_contract_example_and_immutability(tmp_path: Path) -> None:
     assert config.pool("blue").endpoints == (("127.0.0.1", 9101), ("127.0.0.1", 9102))  # type: ignore[union-attr]
     assert config.admin.token is None
     with pytest.raises(dataclasses.FrozenInstanceError):
-        config.active = "green"  # type: ignore[misc]
+        config.workers = 2  # type: ignore[misc]
 
 
 def test_env_substitution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.config import load_config
+from proxy.config import DEFAULT_APP, load_config
 from proxy.control.api import (
     AckTimeoutError,
     ConflictError,
@@ -33,7 +33,7 @@ from proxy.control.api import (
 )
 from proxy.control.http import HttpControl
 from proxy.control.local import LocalControl
-from proxy.controlplane.admin import CONTROL
+from proxy.controlplane.admin import CONTROLS
 from proxy.server import ProxyServer
 from proxy.workers.supervisor import Supervisor
 from tests.proxy.conftest import StartProxy, StartUpstream
@@ -197,7 +197,7 @@ def served_control(supervisor: Supervisor) -> ProxyControl:
     """The in-process control object the supervisor's admin API serves (the one its HTTP calls reach)."""
     runner = supervisor._runner
     assert runner is not None
-    return runner.app[CONTROL]
+    return runner.app[CONTROLS](DEFAULT_APP)
 
 
 @pytest.fixture(params=TRANSPORTS)
@@ -263,7 +263,8 @@ async def test_store_down_is_unavailable_and_changes_nothing(fleet: Fleet, call:
 
 async def test_a_member_that_does_not_acknowledge_is_named_after_the_ack_timeout(fleet: Fleet) -> None:
     signal_tree(fleet.peer, signal.SIGSTOP)  # p1 keeps its lease for the TTL, but applies nothing
-    await refused(fleet.control.switch("green"), AckTimeoutError, "generation 2 is committed but not yet served by: p1")
+    laggard = "state version 2 is committed but not yet served by: p1"
+    await refused(fleet.control.switch("green"), AckTimeoutError, laggard)
     assert await fleet.control.routes() == Routes("green", "blue", 2)  # committed: this proxy serves it
 
 

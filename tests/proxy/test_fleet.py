@@ -226,7 +226,7 @@ async def test_flip_names_the_laggards_after_ack_timeout(
         async with aiohttp.ClientSession() as session:
             status, body = await switch(session, proxies[0], "green")
             # Committed, but p1 (lease still valid for TTL) has not served it within the 500 ms asked for.
-            assert status == 504 and "p1" in body["error"] and "generation 2" in body["error"]
+            assert status == 504 and "p1" in body["error"] and "state version 2" in body["error"]
             async with session.get(f"http://127.0.0.1:{proxies[2].ports['admin']}/api/v1/routes") as r:
                 assert (await r.json())["active"] == "green"  # the rest of the fleet serves it
     finally:

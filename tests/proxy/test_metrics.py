@@ -32,7 +32,11 @@ def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 
 
 def value(metrics: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
-    return metrics.get((name, frozenset(labels.items())), 0.0)
+    """The sample of `name` with exactly `labels` (a pool's series name its application: the default unless given)."""
+    found = metrics.get((name, frozenset(labels.items())))
+    if found is None and "app" not in labels:
+        found = metrics.get((name, frozenset({**labels, "app": "default"}.items())))
+    return found if found is not None else 0.0
 
 
 async def scrape(admin: int) -> str:

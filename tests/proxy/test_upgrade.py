@@ -582,14 +582,14 @@ async def test_upgrade_takes_over_fleet_membership(upstream: StartUpstream, tmp_
             assert (after["self"], after["lease"]) == (before["self"], before["lease"]), (before, after)
             assert sorted(m["id"] for m in after["members"]) == sorted([before["self"], "p1"])
             member = next(m for m in after["members"] if m["id"] == before["self"])
-            assert member["pid"] == new.pid and member["generation"] == 2
+            assert member["pid"] == new.pid and member["version"] == 2
 
             async with session.post(
                 f"http://127.0.0.1:{p1.ports['admin']}/api/v1/switch", json={"active": "blue"}
             ) as resp:
                 assert resp.status == 200
             report = await fleet(p1)
-            assert any(m["id"] == before["self"] and m["generation"] == 3 for m in report["members"]), report
+            assert any(m["id"] == before["self"] and m["version"] == 3 for m in report["members"]), report
             client = RawClient(p0.ports["active"])
             assert (await client.request(close=True)).headers[b"x-served-by-color"] == b"blue"
             assert p0.proc is not None and await exited(p0.proc) == 0

@@ -60,7 +60,7 @@ async def test_dead_worker_restarts_on_current_generation(upstream: StartUpstrea
             assert {p["name"] for p in body["pools"]} == {"blue", "green"}
             async with session.get(f"{admin}/metrics") as resp:
                 text = await resp.text()
-            assert 'bluegreen_requests_total{listener="active",pool="blue",status_class="2xx"}' in text
+            assert 'bluegreen_requests_total{app="default",listener="active",pool="blue",status_class="2xx"}' in text
     finally:
         code, out = await proxy.stop()
     assert code == 0, out
