@@ -1,7 +1,7 @@
 """Benchmark the proxy with wrk against the same upstream reached directly, HAProxy and nginx.
 
-    python -m loadtest.bench [--rounds N --duration S --connections C] [--cases ...] [--targets ...]
-                             [--flips N] [--bluegreen CMD] [--markdown FILE] [--json FILE] [--smoke]
+    python -m loadtest.bench [--rounds N --duration S --connections C] [--cases ...] [--tls] [--targets ...]
+                             [--flips N] [--bluegreen CMD] [--markdown FILE [--block NAME]] [--json FILE] [--smoke]
 
 One nginx upstream (one worker) serves every target. In front of it: HAProxy 2.6 (one thread),
 nginx as a reverse proxy (one worker), and `bluegreen proxy` with one and with two workers, its
@@ -16,6 +16,13 @@ request to answer: `POST /api/v1/switch` for ours, HAProxy's runtime socket for 
 also records the CPU that processes the bench did not start used meanwhile: the noise on a shared
 machine.
 
+On request (`--tls`, or TLS cases named in `--cases`): the same over TLS, every proxy with the same
+self-signed ECDSA P-256 certificate and TLS 1.3 suite (checked with `openssl s_client` before the rounds):
+keep-alive (`tls-small`, wrk over https), a resumed handshake per request (`tls-resume`, wrk with
+`Connection: close`: wrk keeps each connection's session) and a full handshake per request
+(`tls-handshake`, parallel `openssl s_time -new`). The target `ours-log` is ours with a json access log to
+a file, for the log's cost beside `ours` (its lines are counted and the file emptied after each run).
+
 Everything binds 127.0.0.1 on free ports, runs in a temporary directory, is bounded in time, and
 every process started here is stopped here (process groups, SIGTERM then SIGKILL).
 """
@@ -25,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import dataclasses
 import http.client
 import json
 import math
@@ -34,6 +42,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -48,10 +57,21 @@ HOST = "127.0.0.1"
 BODY_SIZE = 64 * 1024
 READY_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
-TARGETS = ("direct", "haproxy", "nginx", "ours", "ours-2w")
+TARGETS = ("direct", "haproxy", "nginx", "ours", "ours-2w", "ours-log")
+DEFAULT_TARGETS = ("direct", "haproxy", "nginx", "ours", "ours-2w")  # ours-log on request: `--targets`
 FLIP_TARGETS = ("haproxy", "ours", "ours-2w")
-MARK_BEGIN = "<!-- bench:begin -->"
-MARK_END = "<!-- bench:end -->"
+BLOCK = "bench"  # the markers `--markdown` writes between: <!-- bench:begin --> ... <!-- bench:end -->
+
+# TLS: the same certificate, protocol, suite and group for HAProxy, nginx and ours. ECDSA P-256 (what an
+# ACME client issues by default today); TLS 1.3 with TLS_AES_256_GCM_SHA384, the suite OpenSSL's clients
+# (wrk, s_time) offer first and the only one HAProxy and nginx are given; X25519, the first key share
+# OpenSSL's clients send. Ours cannot narrow its TLS 1.3 suites from Python, so the bench checks what each
+# target negotiates (`openssl s_client`) and refuses to run when they differ. TLS 1.2 gets the matching
+# suite everywhere (unused by these clients, which speak TLS 1.3).
+TLS13_SUITE = "TLS_AES_256_GCM_SHA384"
+TLS12_SUITE = "ECDHE-ECDSA-AES256-GCM-SHA384"
+TLS_GROUP = "X25519"
+HANDSHAKE_CLIENTS = 8  # parallel `openssl s_time` processes in the tls-handshake case (each is serial)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +79,10 @@ class Case:
     name: str
     title: str
     path: str
-    script: str = "get"  # the wrk script: get (wrk's one-field head), upload, browser
+    script: str = "get"  # the wrk script: get (wrk's one-field head), upload, browser, close
     one_client: bool = False
+    tls: bool = False  # against the targets' TLS listeners (https); opt-in: `--tls` or `--cases`
+    client: str = "wrk"  # or "s_time": HANDSHAKE_CLIENTS `openssl s_time -new` processes, full handshakes
 
 
 CASES = {
@@ -76,8 +98,25 @@ CASES = {
         Case("64k-response", "GET, 64 KiB response", "/64k"),
         Case("64k-upload", "POST, 64 KiB request body, small response", "/upload", script="upload"),
         Case("latency-1c", "GET, small body, one client", "/small", one_client=True),
+        Case("tls-small", "GET, small body, over TLS (keep-alive)", "/small", tls=True),
+        Case(
+            "tls-resume",
+            "a new TLS connection per request, resumed (wrk with Connection: close; it reuses its session)",
+            "/small",
+            script="close",
+            tls=True,
+        ),
+        Case(
+            "tls-handshake",
+            f"a new TLS connection per request, full handshake ({HANDSHAKE_CLIENTS} × openssl s_time -new)",
+            "/small",
+            tls=True,
+            client="s_time",
+        ),
     )
 }
+DEFAULT_CASES = tuple(name for name, case in CASES.items() if not case.tls)
+TLS_CASES = tuple(name for name, case in CASES.items() if case.tls)
 
 # What a browser sends for a page (Chromium's navigation request, with an application's and an analytics
 # tool's cookies): 17 fields, about 900 bytes with the request line. wrk adds Host.
@@ -182,13 +221,21 @@ http {{
   }}
   server {{
     listen {host}:{port};
-    location / {{
+{tls_listen}    location / {{
       proxy_pass http://up;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
     }}
   }}
 }}
+"""
+NGINX_TLS = """\
+    listen {host}:{tls_port} ssl;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_ciphers {tls12};
+    ssl_conf_command Ciphersuites {tls13};
 """
 
 # HAProxy, one thread, upstream connections reused. Blue and green are two servers on the same
@@ -198,6 +245,9 @@ global
     nbthread 1
     maxconn 4096
     stats socket {tmp}/haproxy.sock mode 600 level admin
+    ssl-default-bind-ciphersuites {tls13}
+    ssl-default-bind-ciphers {tls12}
+    ssl-default-bind-options ssl-min-ver TLSv1.2
 defaults
     mode http
     option http-keep-alive
@@ -208,7 +258,7 @@ defaults
     timeout http-keep-alive 60s
 frontend fe
     bind {host}:{port}
-    default_backend be
+{tls_bind}    default_backend be
 backend be
     server blue {host}:{upstream}
     server green {host}:{upstream} disabled
@@ -224,6 +274,17 @@ pools:
   green: {{endpoints: ["{host}:{upstream}"]}}
 routes: {{active: blue, preview: green}}
 """
+# With TLS cases, ours terminates TLS on its preview listener (its pool is the same upstream): the same
+# data plane and route lookup as the active listener, so one process serves both the plain and the TLS rows.
+OURS_TLS = """\
+listeners:
+  active: {{host: {host}, port: {port}}}
+  preview:
+    host: {host}
+    port: {preview}
+    tls: {{certificates: [{{cert: "{cert}", key: "{key}"}}], ciphers: {tls12}}}
+"""
+OURS_ACCESS_LOG = 'access_log: {{path: "{path}", format: json}}\n'
 
 WRK_SCRIPT = """\
 {request}
@@ -239,6 +300,7 @@ wrk.method = "POST"
 wrk.body = string.rep("x", {BODY_SIZE})
 wrk.headers["Content-Type"] = "application/octet-stream"
 """
+WRK_CLOSE = 'wrk.headers["Connection"] = "close"\n'
 WRK_RESULT = re.compile(
     r"WRK-RESULT requests=(\d+) duration_us=(\d+) p50_us=(\d+) p99_us=(\d+) errors=(\d+)",
 )
@@ -250,17 +312,20 @@ class Target:
     port: int
     cpu_root: int  # the pid whose process tree is charged for the target's CPU
     flip: Callable[[], float] | None = None  # one flip; returns its latency in seconds
+    tls_port: int | None = None  # its TLS listener, when TLS cases run
+    access_log: Path | None = None  # ours-log's access log (emptied after each run, its lines counted)
 
 
 @dataclass(frozen=True, slots=True)
 class Run:
     rps: float
     cpu_us_per_req: float | None
-    p50_us: float
-    p99_us: float
+    p50_us: float | None  # None: the client reports no latency (s_time)
+    p99_us: float | None
     errors: int
     requests: int
     other_cores: float  # CPU used meanwhile by processes the bench did not start, in cores
+    logged: int | None = None  # access-log lines written during the run (ours-log)
 
 
 @dataclass(slots=True)
@@ -354,8 +419,22 @@ def free_ports(count: int) -> list[int]:
         return [s.getsockname()[1] for s in socks]
 
 
-def _http_status(port: int, path: str, timeout: float = 1.0) -> int:
-    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+def _unverified() -> ssl.SSLContext:
+    # The bench's own checks reach a self-signed certificate on 127.0.0.1: encrypted, not verified.
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _connection(port: int, timeout: float, tls: bool) -> http.client.HTTPConnection:
+    if tls:
+        return http.client.HTTPSConnection(HOST, port, timeout=timeout, context=_unverified())
+    return http.client.HTTPConnection(HOST, port, timeout=timeout)
+
+
+def _http_status(port: int, path: str, timeout: float = 1.0, tls: bool = False) -> int:
+    conn = _connection(port, timeout, tls)
     try:
         conn.request("GET", path)
         resp = conn.getresponse()
@@ -365,7 +444,9 @@ def _http_status(port: int, path: str, timeout: float = 1.0) -> int:
         conn.close()
 
 
-def wait_ready(procs: Processes, name: str, proc: subprocess.Popen[bytes], port: int, path: str, hits: int = 1) -> None:
+def wait_ready(
+    procs: Processes, name: str, proc: subprocess.Popen[bytes], port: int, path: str, hits: int = 1, tls: bool = False
+) -> None:
     """Wait until `hits` consecutive fresh connections get a 200 (several: each worker must be up)."""
     deadline = time.monotonic() + READY_TIMEOUT
     ok = 0
@@ -375,7 +456,7 @@ def wait_ready(procs: Processes, name: str, proc: subprocess.Popen[bytes], port:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{name} not ready on port {port} after {READY_TIMEOUT:.0f} s:\n{procs.log_tail(name)}")
         try:
-            ok = ok + 1 if _http_status(port, path) == 200 else 0
+            ok = ok + 1 if _http_status(port, path, tls=tls) == 200 else 0
         except OSError:
             ok = 0
         if ok < hits:
@@ -435,13 +516,15 @@ def busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / _CLK_TCK
 
 
-def measure(root: int, duration: int, fn: Callable[[], tuple[str, str]]) -> Run:
+def measure(
+    root: int, duration: int, fn: Callable[[], tuple[str, str]], parse: Callable[[str, str], WrkResult] | None = None
+) -> Run:
     """Run wrk through `fn`; charge `root`'s process tree with its CPU, and note what the rest of
     the machine used meanwhile (on a shared machine that is the noise in the figures)."""
     busy, before = busy_seconds(), snapshot()
     stdout, stderr = fn()
     after, busy = snapshot(), busy_seconds() - busy
-    requests, seconds, p50, p99, errors = parse_wrk(stdout, stderr)
+    requests, seconds, p50, p99, errors = (parse or parse_wrk)(stdout, stderr)
     cpu = cpu_seconds(before, after, tree(after, root)) / requests * 1e6 if requests else None
     # Everything we started descends from this process (wrk is reaped into its cutime). The others are
     # the machine's busy time minus ours: summing their own ticks would overcount, since a child reaped
@@ -460,7 +543,7 @@ def _lua(text: str) -> str:
 
 def write_wrk_scripts(tmp: Path) -> dict[str, Path]:
     browser = "".join(f"wrk.headers[{_lua(name)}] = {_lua(value)}\n" for name, value in BROWSER_FIELDS)
-    requests = {"get": "", "upload": WRK_UPLOAD, "browser": browser}
+    requests = {"get": "", "upload": WRK_UPLOAD, "browser": browser, "close": WRK_CLOSE}
     scripts = {}
     for name, request in requests.items():
         path = tmp / f"wrk-{name}.lua"
@@ -469,11 +552,15 @@ def write_wrk_scripts(tmp: Path) -> dict[str, Path]:
     return scripts
 
 
-def wrk_argv(script: Path, port: int, path: str, connections: int, duration: int) -> list[str]:
-    return ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-s", str(script), f"http://{HOST}:{port}{path}"]
+def wrk_argv(script: Path, port: int, path: str, connections: int, duration: int, tls: bool = False) -> list[str]:
+    url = f"{'https' if tls else 'http'}://{HOST}:{port}{path}"
+    return ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-s", str(script), url]
 
 
-def parse_wrk(stdout: str, stderr: str) -> tuple[int, float, float, float, int]:
+WrkResult = tuple[int, float, float | None, float | None, int]  # requests, seconds, p50 µs, p99 µs, errors
+
+
+def parse_wrk(stdout: str, stderr: str) -> WrkResult:
     match = WRK_RESULT.search(stdout)
     if match is None:
         raise RuntimeError(f"wrk printed no result:\n{stdout}\n{stderr}")
@@ -481,8 +568,33 @@ def parse_wrk(stdout: str, stderr: str) -> tuple[int, float, float, float, int]:
     return requests, duration_us / 1e6, float(p50), float(p99), errors
 
 
+def run_case(target: Target, case: Case, scripts: dict[str, Path], connections: int, duration: int) -> Run:
+    if case.client == "s_time":
+        run = run_s_time(target, case, duration)
+    else:
+        run = run_wrk(target, case, scripts, connections, duration)
+    if target.access_log is not None:
+        run = dataclasses.replace(run, logged=_drain_log(target.access_log))
+    return run
+
+
+def _drain_log(path: Path) -> int:
+    """Count the access log's lines and empty it (O_APPEND: the writer goes on at the new end)."""
+    time.sleep(0.2)  # the writer thread's last batch
+    lines = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            lines += chunk.count(b"\n")
+    os.truncate(path, 0)
+    return lines
+
+
 def run_wrk(target: Target, case: Case, scripts: dict[str, Path], connections: int, duration: int) -> Run:
-    argv = wrk_argv(scripts[case.script], target.port, case.path, 1 if case.one_client else connections, duration)
+    port = target.tls_port if case.tls else target.port
+    assert port is not None, f"{target.name} has no TLS listener"
+    argv = wrk_argv(
+        scripts[case.script], port, case.path, 1 if case.one_client else connections, duration, tls=case.tls
+    )
 
     def wrk() -> tuple[str, str]:
         done = subprocess.run(
@@ -491,6 +603,111 @@ def run_wrk(target: Target, case: Case, scripts: dict[str, Path], connections: i
         return done.stdout, done.stderr
 
     return measure(target.cpu_root, duration, wrk)
+
+
+S_TIME_RESULT = re.compile(r"^(\d+) connections in (\d+) real seconds, (\d+) bytes read per connection", re.M)
+
+
+def s_time_argv(port: int, path: str, duration: int) -> list[str]:
+    # -new: a full handshake per connection, never a resumed one. -www: one HTTP/1.0 request, read to the close.
+    return [
+        "openssl", "s_time", "-connect", f"{HOST}:{port}", "-new", "-www", path, "-time", str(duration),
+        "-tls1_3", "-ciphersuites", TLS13_SUITE,
+    ]  # fmt: skip
+
+
+def parse_s_time(stdouts: Sequence[str], duration: int) -> WrkResult:
+    """The connections of all s_time processes (each counts those completed in its `-time` seconds)."""
+    total = errors = 0
+    for out in stdouts:
+        match = S_TIME_RESULT.search(out)
+        if match is None:
+            raise RuntimeError(f"openssl s_time printed no result:\n{out[-2000:]}")
+        count, _seconds, per_conn = (int(g) for g in match.groups())
+        total += count
+        errors += out.count("ERROR") + (1 if per_conn == 0 else 0)  # a 0-byte answer: no response came
+    return total, float(duration), None, None, errors
+
+
+def run_s_time(target: Target, case: Case, duration: int) -> Run:
+    """HANDSHAKE_CLIENTS `openssl s_time -new` in parallel: new TLS connections with full handshakes."""
+    assert target.tls_port is not None, f"{target.name} has no TLS listener"
+    argv = s_time_argv(target.tls_port, case.path, duration)
+    outs: list[str] = []
+
+    def clients() -> tuple[str, str]:
+        procs = [
+            subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                preexec_fn=_die_with_parent,
+            )
+            for _ in range(HANDSHAKE_CLIENTS)
+        ]
+        try:
+            outs.extend(p.communicate(timeout=duration + 30)[0] for p in procs)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        return "", ""
+
+    return measure(target.cpu_root, duration, clients, lambda _o, _e: parse_s_time(outs, duration))
+
+
+def negotiated(port: int) -> dict[str, str]:
+    """What an OpenSSL client (as wrk's and s_time's) negotiates with a TLS listener: protocol, suite, group."""
+    done = subprocess.run(
+        ["openssl", "s_client", "-connect", f"{HOST}:{port}", "-alpn", "http/1.1"],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    out = done.stdout + done.stderr
+    new = re.search(r"^New, (\S+), Cipher is (\S+)", out, re.M)
+    group = re.search(r"^(?:Server|Peer) Temp Key: ([^,\s]+)", out, re.M)
+    alpn = re.search(r"^ALPN protocol: (\S+)", out, re.M)
+    return {
+        "protocol": new.group(1) if new else "?",
+        "suite": new.group(2) if new else "?",
+        "group": group.group(1) if group else "?",
+        "alpn": alpn.group(1) if alpn else "?",
+    }
+
+
+def check_tls(targets: dict[str, Target]) -> dict[str, str]:
+    """Every TLS listener negotiates the same protocol, suite and group, or the comparison is off."""
+    seen = {t.name: negotiated(t.tls_port) for t in targets.values() if t.tls_port is not None}
+    want = {"protocol": "TLSv1.3", "suite": TLS13_SUITE, "group": TLS_GROUP, "alpn": "http/1.1"}
+    for name, got in seen.items():
+        if got != want:
+            raise RuntimeError(f"{name} negotiates {got}, the others are measured with {want}")
+    return want if seen else {}
+
+
+def make_certificate(tmp: Path) -> tuple[Path, Path, Path]:
+    """A self-signed ECDSA P-256 certificate for 127.0.0.1: (cert, key, both in one file for HAProxy)."""
+    cert, key, both = tmp / "tls-cert.pem", tmp / "tls-key.pem", tmp / "tls-both.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        capture_output=True,
+        check=True,
+        timeout=30,
+    )  # fmt: skip
+    both.write_bytes(cert.read_bytes() + key.read_bytes())
+    key.chmod(0o644)  # a throwaway key in the bench's own directory, readable by nginx's and HAProxy's users
+    both.chmod(0o644)
+    return cert, key, both
 
 
 def run_flips(target: Target, scripts: dict[str, Path], settings: Settings, stats: FlipStats) -> None:
@@ -596,14 +813,23 @@ def default_bluegreen() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "bluegreen"]
 
 
-def start_targets(procs: Processes, tmp: Path, names: Sequence[str], bluegreen: Sequence[str]) -> dict[str, Target]:
+def start_targets(
+    procs: Processes, tmp: Path, names: Sequence[str], bluegreen: Sequence[str], tls: bool = False
+) -> dict[str, Target]:
     tmp.chmod(0o755)  # nginx workers run as an unprivileged user and must read www/ and the temp paths
     (tmp / "www").mkdir()
     (tmp / "www" / "64k").write_bytes(os.urandom(BODY_SIZE))
     (tmp / "www" / "app").write_bytes((b"<p>" + b"order line " * 200)[:APP_BODY_SIZE])
     (tmp / "www" / "upload").write_text("the static handler must find a file to answer POST with 405\n")
-    upstream_port, haproxy_port, nginx_port, *ours_ports = free_ports(9)
-    fmt: dict[str, Any] = {"host": HOST, "upstream": upstream_port, "temp_paths": _temp_paths(tmp)}
+    upstream_port, haproxy_port, nginx_port, haproxy_tls, nginx_tls, *ours_ports = free_ports(14)
+    fmt: dict[str, Any] = {
+        "host": HOST,
+        "upstream": upstream_port,
+        "temp_paths": _temp_paths(tmp),
+        "tls13": TLS13_SUITE,
+        "tls12": TLS12_SUITE,
+    }
+    cert, key, both = make_certificate(tmp) if tls else (None, None, None)
 
     conf = tmp / "upstream.conf"
     app_headers = "\n".join(f"      add_header {name} {value} always;" for name, value in APP_HEADERS)
@@ -614,30 +840,49 @@ def start_targets(procs: Processes, tmp: Path, names: Sequence[str], bluegreen: 
 
     if "haproxy" in names:
         conf = tmp / "haproxy.cfg"
-        conf.write_text(HAPROXY_CONF.format(tmp=tmp, port=haproxy_port, **fmt))
+        tls_bind = f"    bind {HOST}:{haproxy_tls} ssl crt {both} alpn http/1.1\n" if tls else ""
+        conf.write_text(HAPROXY_CONF.format(tmp=tmp, port=haproxy_port, tls_bind=tls_bind, **fmt))
         proc = procs.start("haproxy", ["haproxy", "-db", "-f", str(conf)])
         wait_ready(procs, "haproxy", proc, haproxy_port, "/small")
-        targets["haproxy"] = Target("haproxy", haproxy_port, proc.pid, haproxy_flipper(tmp / "haproxy.sock"))
+        if tls:
+            wait_ready(procs, "haproxy", proc, haproxy_tls, "/small", tls=True)
+        targets["haproxy"] = Target(
+            "haproxy", haproxy_port, proc.pid, haproxy_flipper(tmp / "haproxy.sock"), haproxy_tls if tls else None
+        )
 
     if "nginx" in names:
         conf = tmp / "nginx-proxy.conf"
-        conf.write_text(NGINX_PROXY_CONF.format(tmp=tmp, port=nginx_port, **fmt))
+        tls_listen = NGINX_TLS.format(tls_port=nginx_tls, cert=cert, key=key, **fmt) if tls else ""
+        conf.write_text(NGINX_PROXY_CONF.format(tmp=tmp, port=nginx_port, tls_listen=tls_listen, **fmt))
         proc = procs.start("nginx", ["nginx", "-p", str(tmp), "-c", str(conf)])
         wait_ready(procs, "nginx", proc, nginx_port, "/small")
-        targets["nginx"] = Target("nginx", nginx_port, proc.pid)
+        if tls:
+            wait_ready(procs, "nginx", proc, nginx_tls, "/small", tls=True)
+        targets["nginx"] = Target("nginx", nginx_port, proc.pid, tls_port=nginx_tls if tls else None)
 
     # No admin token: the admin listener is on loopback, which the contract allows without one.
     env = {k: v for k, v in os.environ.items() if k != "BLUEGREEN_ADMIN_TOKEN"}
-    for name, workers, (port, preview, admin) in (("ours", 1, ours_ports[:3]), ("ours-2w", 2, ours_ports[3:])):
+    ours = (("ours", 1, ours_ports[:3]), ("ours-2w", 2, ours_ports[3:6]), ("ours-log", 1, ours_ports[6:9]))
+    for name, workers, (port, preview, admin) in ours:
         if name not in names:
             continue
         conf = tmp / f"{name}.yaml"
-        conf.write_text(OURS_CONF.format(port=port, preview=preview, admin=admin, **fmt))
+        text = OURS_CONF.format(port=port, preview=preview, admin=admin, **fmt)
+        if tls:  # the preview listener terminates TLS (see OURS_TLS)
+            listeners = OURS_TLS.format(port=port, preview=preview, cert=cert, key=key, **fmt)
+            text = listeners + text.split("\n", 3)[3]
+        log = tmp / f"{name}-access.log" if name == "ours-log" else None
+        if log is not None:
+            text += OURS_ACCESS_LOG.format(path=log)
+        conf.write_text(text)
         argv = [*bluegreen, "proxy", "--config", str(conf), "--workers", str(workers)]
         proc = procs.start(name, argv, env)
         wait_ready(procs, name, proc, admin, "/healthz")
         wait_ready(procs, name, proc, port, "/small", hits=10 * workers)
-        targets[name] = Target(name, port, proc.pid, ours_flipper(admin))
+        if tls:
+            wait_ready(procs, name, proc, preview, "/small", hits=10 * workers, tls=True)
+        flipper = ours_flipper(admin) if log is None else None  # ours-log measures the log, not flips
+        targets[name] = Target(name, port, proc.pid, flipper, preview if tls else None, log)
     for target in targets.values():
         check_answers(target)
     return {n: targets[n] for n in names}
@@ -652,34 +897,56 @@ def check_answers(target: Target) -> None:
         ("GET", "/app", None, APP_BODY_SIZE),
         ("POST", "/upload", upload, None),
     ):
-        conn = http.client.HTTPConnection(HOST, target.port, timeout=10)
-        try:
-            conn.request(method, path, body)
-            resp = conn.getresponse()
-            got = resp.read()
-        finally:
-            conn.close()
-        if resp.status != 200 or (size is not None and len(got) != size):
-            raise RuntimeError(f"{target.name}: {method} {path} answered {resp.status} with {len(got)} bytes")
+        for port, tls in ((target.port, False), (target.tls_port, True)):
+            if port is not None:
+                check_answer(target, port, tls, method, path, body, size)
+
+
+def check_answer(
+    target: Target, port: int, tls: bool, method: str, path: str, body: bytes | None, size: int | None
+) -> None:
+    conn = _connection(port, 10, tls)
+    try:
+        conn.request(method, path, body)
+        resp = conn.getresponse()
+        got = resp.read()
+    finally:
+        conn.close()
+    if resp.status != 200 or (size is not None and len(got) != size):
+        scheme = "https" if tls else "http"
+        raise RuntimeError(f"{target.name}: {method} {scheme} {path} answered {resp.status} with {len(got)} bytes")
 
 
 # --- the benchmark ---------------------------------------------------------------------------------
 
 
-def bench(settings: Settings, tmp: Path) -> tuple[dict[str, dict[str, list[Run]]], dict[str, FlipStats]]:
+Runs = dict[str, dict[str, list[Run]]]  # case -> target -> one run per round
+
+
+def bench(settings: Settings, tmp: Path) -> tuple[Runs, dict[str, FlipStats], dict[str, str]]:
+    """Runs, flips, and what the TLS listeners negotiate (empty without TLS cases)."""
     procs = Processes(tmp)
+    tls = any(CASES[c].tls for c in settings.cases)
     try:
-        targets = start_targets(procs, tmp, settings.targets, settings.bluegreen)
+        targets = start_targets(procs, tmp, settings.targets, settings.bluegreen, tls=tls)
+        negotiated = check_tls(targets) if tls else {}
         scripts = write_wrk_scripts(tmp)
         if settings.warmup:
             for target in targets.values():
-                run_wrk(target, CASES["small"], scripts, settings.connections, settings.warmup)
-        runs: dict[str, dict[str, list[Run]]] = {c: {t: [] for t in targets} for c in settings.cases}
+                for warm in ("small", "tls-small") if tls and target.tls_port is not None else ("small",):
+                    run_case(target, CASES[warm], scripts, settings.connections, settings.warmup)
+
+        def applies(case: Case, target: Target) -> bool:
+            return target.tls_port is not None or not case.tls
+
+        runs: Runs = {c: {t.name: [] for t in targets.values() if applies(CASES[c], t)} for c in settings.cases}
         flips = {t.name: FlipStats() for t in targets.values() if t.flip is not None and settings.flips}
         for rnd in range(1, settings.rounds + 1):
             for case_name in settings.cases:
                 for target in targets.values():
-                    run = run_wrk(target, CASES[case_name], scripts, settings.connections, settings.duration)
+                    if not applies(CASES[case_name], target):
+                        continue
+                    run = run_case(target, CASES[case_name], scripts, settings.connections, settings.duration)
                     runs[case_name][target.name].append(run)
                     _progress(rnd, settings.rounds, case_name, target.name, run)
             for name, stats in flips.items():
@@ -688,17 +955,19 @@ def bench(settings: Settings, tmp: Path) -> tuple[dict[str, dict[str, list[Run]]
                     f"[{rnd}/{settings.rounds}] flips {name:8} {len(stats.latencies)} so far, {stats.failed} failed",
                     file=sys.stderr,
                 )
-        return runs, flips
+        return runs, flips, negotiated
     finally:
         procs.stop_all()
 
 
 def _progress(rnd: int, rounds: int, case: str, target: str, run: Run) -> None:
     cpu = f"{run.cpu_us_per_req:.1f}" if run.cpu_us_per_req is not None else "-"
+    p50 = f"{run.p50_us / 1000:.3f}" if run.p50_us is not None else "-"
+    p99 = f"{run.p99_us / 1000:.3f}" if run.p99_us is not None else "-"
+    logged = f"  access log {run.logged} lines" if run.logged is not None else ""
     print(
         f"[{rnd}/{rounds}] {case:13} {target:8} {run.rps:9.0f} req/s  {cpu:>6} µs CPU/req  "
-        f"p50 {run.p50_us / 1000:.3f} ms  p99 {run.p99_us / 1000:.3f} ms  errors {run.errors}  "
-        f"other load {run.other_cores:.2f} cores",
+        f"p50 {p50} ms  p99 {p99} ms  errors {run.errors}  other load {run.other_cores:.2f} cores{logged}",
         file=sys.stderr,
     )
 
@@ -716,7 +985,7 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[max(0, math.ceil(q / 100 * len(sorted_values)) - 1)]
 
 
-def summarize(runs: dict[str, dict[str, list[Run]]], flips: dict[str, FlipStats]) -> dict[str, Any]:
+def summarize(runs: Runs, flips: dict[str, FlipStats], negotiated: dict[str, str] | None = None) -> dict[str, Any]:
     cases: dict[str, dict[str, dict[str, Any]]] = {}
     for case, by_target in runs.items():
         cases[case] = {}
@@ -729,7 +998,10 @@ def summarize(runs: dict[str, dict[str, list[Run]]], flips: dict[str, FlipStats]
                 "errors": sum(r.errors for r in rs),
                 "requests": sum(r.requests for r in rs),
                 "rounds": len(rs),
+                "rps_runs": [round(r.rps) for r in rs],
             }
+            if any(r.logged is not None for r in rs):
+                cases[case][target]["logged"] = sum(r.logged or 0 for r in rs)
     flip_out: dict[str, dict[str, Any]] = {}
     for target, stats in flips.items():
         lat = sorted(stats.latencies)
@@ -746,7 +1018,7 @@ def summarize(runs: dict[str, dict[str, list[Run]]], flips: dict[str, FlipStats]
     every_run += [r for stats in flips.values() for r in stats.runs]
     other = sorted(r.other_cores for r in every_run)
     noise = {"median_cores": statistics.median(other), "max_cores": other[-1]} if other else {}
-    return {"cases": cases, "flips": flip_out, "other_load": noise}
+    return {"cases": cases, "flips": flip_out, "other_load": noise, "tls": negotiated or {}}
 
 
 def _ratio(value: float | None, base: float | None) -> str:
@@ -755,6 +1027,10 @@ def _ratio(value: float | None, base: float | None) -> str:
 
 def _num(value: float | None, fmt: str) -> str:
     return format(value, fmt) if value is not None else "-"
+
+
+def _ms(us: float | None) -> float | None:
+    return us / 1000 if us is not None else None
 
 
 CASE_HEADER = (
@@ -802,8 +1078,8 @@ def case_rows(rows: dict[str, dict[str, Any]]) -> list[list[str]]:
                 _ratio(row["rps"], hap.get("rps")),
                 _num(row["cpu_us_per_req"], ".1f"),
                 _ratio(row["cpu_us_per_req"], hap.get("cpu_us_per_req")),
-                _num(row["p50_us"] / 1000, ".3f"),
-                _num(row["p99_us"] / 1000, ".3f"),
+                _num(_ms(row["p50_us"]), ".3f"),
+                _num(_ms(row["p99_us"]), ".3f"),
                 _ratio(row["p99_us"], hap.get("p99_us")),
                 _num(add, ".0f"),
                 _ratio(add, hap_added) if hap_added and hap_added > 0 else "-",
@@ -830,6 +1106,35 @@ def flip_rows(flips: dict[str, dict[str, Any]]) -> list[list[str]]:
         ]
         for target, f in flips.items()
     ]
+
+
+def log_lines(summary: dict[str, Any]) -> list[str]:
+    """The access log's cost in each case where both ours and ours-log ran: ours-log against ours."""
+    out = []
+    for case, rows in summary["cases"].items():
+        on, off = rows.get("ours-log"), rows.get("ours")
+        if not on or not off or not on["rps"] or not off["rps"]:
+            continue
+        cpu = (
+            f", CPU {on['cpu_us_per_req'] - off['cpu_us_per_req']:+.1f} µs/req"
+            if on["cpu_us_per_req"] is not None and off["cpu_us_per_req"] is not None
+            else ""
+        )
+        out.append(
+            f"{case}: access log (json, to a file) costs {1 - on['rps'] / off['rps']:.1%} of throughput "
+            f"(ours-log {on['rps']:.0f} vs ours {off['rps']:.0f} req/s{cpu}); {on.get('logged', 0)} lines logged."
+        )
+    return out
+
+
+def tls_line(summary: dict[str, Any]) -> str:
+    tls = summary.get("tls") or {}
+    if not tls:
+        return ""
+    return (
+        f"TLS: every target negotiates {tls['protocol']} {tls['suite']}, {tls['group']}, ALPN {tls['alpn']} "
+        "(openssl s_client), with the same self-signed ECDSA P-256 certificate."
+    )
 
 
 def noise_line(summary: dict[str, Any]) -> str:
@@ -860,7 +1165,10 @@ def md_table(header: Sequence[str], rows: list[list[str]]) -> str:
 
 def case_title(name: str, connections: int) -> str:
     case = CASES[name]
-    return f"{name}: {case.title} (wrk -t1 -c{1 if case.one_client else connections})"
+    if case.client == "s_time":
+        return f"{name}: {case.title}; req/s are handshakes/s"
+    scheme = " https" if case.tls else ""
+    return f"{name}: {case.title} (wrk -t1 -c{1 if case.one_client else connections}{scheme})"
 
 
 def report_text(summary: dict[str, Any], settings: Settings) -> str:
@@ -873,18 +1181,20 @@ def report_text(summary: dict[str, Any], settings: Settings) -> str:
             text_table(FLIP_HEADER, flip_rows(summary["flips"])),
             "",
         ]
-    parts.append(noise_line(summary))
+    parts += [line for line in (*log_lines(summary), tls_line(summary), noise_line(summary)) if line]
     return "\n".join(parts)
 
 
-def report_markdown(summary: dict[str, Any], settings: Settings, env: dict[str, str]) -> str:
+def report_markdown(summary: dict[str, Any], settings: Settings, env: dict[str, str], block: str = BLOCK) -> str:
+    tls = f" {tls_line(summary)}" if summary.get("tls") else ""
     parts = [
-        MARK_BEGIN,
+        f"<!-- {block}:begin -->",
         f"Run {env['date']} on {env['cpu']} ({env['cores']} cores), Linux {env['kernel']}; "
-        f"{env['wrk']}, {env['nginx']}, {env['haproxy']}, Python {env['python']}.",
+        f"{env['wrk']}, {env['nginx']}, {env['haproxy']}, {env['openssl']}, Python {env['python']} "
+        f"(data plane: {env['dataplane']}).",
         "",
         f"Command: `{env['command']}` — medians of {settings.rounds} interleaved rounds of "
-        f"{settings.duration} s per target and case. {noise_line(summary)}",
+        f"{settings.duration} s per target and case.{tls} {noise_line(summary)}",
         "",
     ]
     for name, rows in summary["cases"].items():
@@ -896,16 +1206,20 @@ def report_markdown(summary: dict[str, Any], settings: Settings, env: dict[str, 
             md_table(FLIP_HEADER, flip_rows(summary["flips"])),
             "",
         ]
-    parts.append(MARK_END)
+    logs = log_lines(summary)
+    if logs:
+        parts += [*(f"- {line}" for line in logs), ""]
+    parts.append(f"<!-- {block}:end -->")
     return "\n".join(parts) + "\n"
 
 
-def write_markdown(path: Path, block: str) -> None:
-    """Replace the block between the markers when the file has them (so prose around it stays)."""
+def write_markdown(path: Path, block: str, name: str = BLOCK) -> None:
+    """Replace the block between the markers `name` when the file has them (so prose around it stays)."""
+    mark_begin, mark_end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     text = path.read_text() if path.exists() else ""
-    begin, end = text.find(MARK_BEGIN), text.find(MARK_END)
+    begin, end = text.find(mark_begin), text.find(mark_end)
     if begin != -1 and end > begin:
-        text = text[:begin] + block.rstrip("\n") + text[end + len(MARK_END) :]
+        text = text[:begin] + block.rstrip("\n") + text[end + len(mark_end) :]
     else:
         text = (text.rstrip("\n") + "\n\n" if text else "") + block
     path.write_text(text)
@@ -920,7 +1234,7 @@ def _first_line(argv: Sequence[str]) -> str:
     return lines[0] if lines else "?"
 
 
-def environment(argv: Sequence[str]) -> dict[str, str]:
+def environment(argv: Sequence[str], bluegreen: Sequence[str]) -> dict[str, str]:
     cpu = "?"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -930,6 +1244,7 @@ def environment(argv: Sequence[str]) -> dict[str, str]:
     wrk = _first_line(["wrk", "-v"])
     nginx = _first_line(["nginx", "-v"]).removeprefix("nginx version: ")
     haproxy = _first_line(["haproxy", "-v"])
+    dataplane = _first_line([*bluegreen, "proxy", "--version"])
     return {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpu": cpu,
@@ -939,6 +1254,8 @@ def environment(argv: Sequence[str]) -> dict[str, str]:
         "nginx": nginx,
         "haproxy": "HAProxy " + (haproxy.split() + ["?"] * 3)[2],
         "python": sys.version.split()[0],
+        "openssl": _first_line(["openssl", "version"]).split(" (")[0],
+        "dataplane": dataplane.partition("data plane: ")[2].rstrip(")") or "?",
         "command": shlex.join(["python", "-m", "loadtest.bench", *argv]),
     }
 
@@ -960,14 +1277,28 @@ def parse_args(argv: Sequence[str]) -> tuple[Settings, argparse.Namespace]:
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="seconds of warm-up per target, not recorded")
     parser.add_argument("--connections", type=int, default=64, help="wrk -c for all but latency-1c (default 64)")
-    parser.add_argument("--cases", type=lambda s: _names(s, tuple(CASES)), default=tuple(CASES))
-    parser.add_argument("--targets", type=lambda s: _names(s, TARGETS), default=TARGETS)
+    parser.add_argument(
+        "--cases",
+        type=lambda s: _names(s, tuple(CASES)),
+        default=DEFAULT_CASES,
+        help=f"default {','.join(DEFAULT_CASES)}; TLS cases on request: {','.join(TLS_CASES)}",
+    )
+    parser.add_argument("--tls", action="store_true", help="add the TLS cases to --cases")
+    parser.add_argument(
+        "--targets",
+        type=lambda s: _names(s, TARGETS),
+        default=DEFAULT_TARGETS,
+        help=f"default {','.join(DEFAULT_TARGETS)}; ours-log (ours with a json access log) on request",
+    )
     parser.add_argument("--flips", type=int, default=200, help="flips per flip run, 0 to skip (default 200)")
     parser.add_argument("--flip-interval", type=float, default=0.01, help="seconds between flips (default 0.01)")
     parser.add_argument(
         "--bluegreen", type=shlex.split, help="command that runs bluegreen (default: the installed `bluegreen`)"
     )
-    parser.add_argument("--markdown", type=Path, help="write the tables to FILE (between bench markers)")
+    parser.add_argument("--markdown", type=Path, help="write the tables to FILE (between the --block markers)")
+    parser.add_argument(
+        "--block", default=BLOCK, help=f"the markers' name in --markdown (default {BLOCK}: <!-- {BLOCK}:begin -->)"
+    )
     parser.add_argument("--json", type=Path, help="write the medians to FILE as JSON")
     parser.add_argument("--smoke", action="store_true", help="everything once for 1 s: checks the bench runs")
     args = parser.parse_args(argv)
@@ -975,12 +1306,15 @@ def parse_args(argv: Sequence[str]) -> tuple[Settings, argparse.Namespace]:
         args.rounds, args.duration, args.warmup, args.flips = 1, 1, 0, min(args.flips, 50)
     if args.rounds < 1 or args.duration < 1 or args.connections < 1 or args.warmup < 0 or args.flips < 0:
         parser.error("--rounds, --duration and --connections must be >= 1; --warmup and --flips >= 0")
+    if not re.fullmatch(r"[a-z0-9-]+", args.block):
+        parser.error("--block: lowercase letters, digits and dashes")
+    cases = tuple(args.cases) + tuple(c for c in TLS_CASES if args.tls and c not in args.cases)
     settings = Settings(
         rounds=args.rounds,
         duration=args.duration,
         warmup=args.warmup,
         connections=args.connections,
-        cases=args.cases,
+        cases=cases,
         targets=args.targets,
         flips=args.flips,
         flip_interval=args.flip_interval,
@@ -997,22 +1331,22 @@ def _terminate(signum: int, _frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     settings, args = parse_args(argv)
-    missing = [tool for tool in ("wrk", "nginx", "haproxy") if shutil.which(tool) is None]
+    missing = [tool for tool in ("wrk", "nginx", "haproxy", "openssl") if shutil.which(tool) is None]
     if missing:
         print(f"bench: not installed: {', '.join(missing)} (apt-get install wrk nginx haproxy)", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _terminate)
     with tempfile.TemporaryDirectory(prefix="bluegreen-bench-") as tmp:
         try:
-            runs, flips = bench(settings, Path(tmp))
+            runs, flips, negotiated = bench(settings, Path(tmp))
         except RuntimeError as exc:
             print(f"bench: {exc}", file=sys.stderr)
             return 1
-    summary = summarize(runs, flips)
-    env = environment(argv)
+    summary = summarize(runs, flips, negotiated)
+    env = environment(argv, settings.bluegreen)
     print(report_text(summary, settings))
     if args.markdown:
-        write_markdown(args.markdown, report_markdown(summary, settings, env))
+        write_markdown(args.markdown, report_markdown(summary, settings, env, args.block), args.block)
     if args.json:
         args.json.write_text(json.dumps({"env": env, **summary}, indent=2) + "\n")
     return 0
