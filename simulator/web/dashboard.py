@@ -17,6 +17,11 @@ color the app answered (`GET /color`, what the strip shows) and the latency. It 
 and per pool and the error rate over the last `WINDOW` seconds (besides the totals since the start), and
 a strip of the last `STRIP` answers per listener, like Argo's rollouts-demo page.
 
+Failures are counted per listener only, under two names that never mean anything else: `errors` and
+`errorRate` over the last `WINDOW` seconds, `failed` (of `requests`) since the start. No count adds the
+listeners up: the preview answers 503 while a new revision's pods start (its Service selects them first,
+Argo #2641), and a sum of both would read as live requests lost in a flip.
+
 The picture names each proxy pool by the ReplicaSet it serves, with its revision and image; colors on the
 page are the colors the pods answer, never a slot. When a listener's pool has no healthy endpoint (the
 preview while a new revision's pods start, Argo #2641), the picture says why the listener answers 503.
@@ -186,11 +191,9 @@ class Traffic:
     def record(self, sample: Sample) -> None:
         self._window.append(sample)
         self._strips[sample.listener].append(sample)
-        self.totals["requests"] += 1
         self.totals[f"{sample.listener}.requests"] += 1
         if sample.failed:
-            self.totals["errors"] += 1
-            self.totals[f"{sample.listener}.errors"] += 1
+            self.totals[f"{sample.listener}.failed"] += 1
 
     def snapshot(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -214,7 +217,7 @@ class Traffic:
             answers = Counter(s.color for s in mine if s.color)
             listeners[name] = {
                 "rps": round(len(mine) / span, 1),
-                "errors": errors,
+                "errors": errors,  # in the window, as "errorRate"
                 "errorRate": round(errors / len(mine), 3) if mine else 0.0,
                 "latencyMs": {
                     "p50": round(latencies[len(latencies) // 2] * 1000, 1) if latencies else None,
@@ -223,23 +226,19 @@ class Traffic:
                 "byPool": {k: round(v / span, 1) for k, v in sorted(by_pool.items())},
                 "byColor": {k: round(v / span, 1) for k, v in sorted(answers.items())},
                 "requests": self.totals[f"{name}.requests"],  # since the start, as "failed"
-                "failed": self.totals[f"{name}.errors"],
+                "failed": self.totals[f"{name}.failed"],
                 "strip": [
                     {"color": s.color, "pool": s.pool, "pod": s.pod, "status": s.status, "error": s.error}
                     for s in self._strips[name]
                 ],
             }
-        failed = sum(1 for s in window if s.failed)
         return {
             "on": self.on,
             "rate": self.rate,
             "window": WINDOW,
-            "listeners": listeners,
+            "listeners": listeners,  # failures per listener only (the module's docstring)
             "pods": {k: round(v / span, 1) for k, v in sorted(per_pod.items())},
             "pools": {k: round(v / span, 1) for k, v in sorted(per_pool.items())},
-            "errorRate": round(failed / len(window), 3) if window else 0.0,
-            "requests": self.totals["requests"],
-            "errors": self.totals["errors"],
             "skipped": self.skipped,
         }
 

@@ -66,3 +66,30 @@ def test_error_rate_is_over_the_recent_window_and_totals_since_the_start() -> No
     assert (active["errors"], active["errorRate"]) == (1, 0.25)
     assert (active["failed"], active["requests"]) == (3, 6)  # since the start
     assert traffic.snapshot()["window"] == 10.0
+
+
+def test_failures_are_counted_per_listener_and_the_preview_503s_are_never_live() -> None:
+    """A rollout's usual traffic: the preview answers 503 twice while the new pods start, live traffic never
+    fails. No count of the snapshot adds the listeners up (a total of 2 "errors" beside the live listener's 0
+    failed read as live requests lost in a flip); `errors` is the window's, `failed` the start's, per listener."""
+    traffic = Traffic(dict)
+    for age in (9, 8, 7, 6):
+        traffic.record(Sample(time.monotonic() - age, "active", 200, "pool-a", "pod-a", "blue", 0.001))
+    for age, status in ((9, 200), (8, 503), (7, 503), (6, 200)):
+        color = "yellow" if status == 200 else ""
+        traffic.record(Sample(time.monotonic() - age, "preview", status, "pool-b", "pod-b", color, 0.001))
+    snapshot = traffic.snapshot()
+    active, preview = snapshot["listeners"]["active"], snapshot["listeners"]["preview"]
+    assert {k: active[k] for k in ("errors", "errorRate", "failed", "requests")} == {
+        "errors": 0,
+        "errorRate": 0.0,
+        "failed": 0,
+        "requests": 4,
+    }
+    assert {k: preview[k] for k in ("errors", "errorRate", "failed", "requests")} == {
+        "errors": 2,
+        "errorRate": 0.5,
+        "failed": 2,
+        "requests": 4,
+    }
+    assert not {"errors", "errorRate", "failed", "requests"} & set(snapshot), snapshot

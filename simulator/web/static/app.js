@@ -528,9 +528,11 @@ function renderTraffic() {
   }
   const pools = Object.entries(traffic.pools).map(([k, v]) => `${poolShort(k)} ${v} req/s`).join(", ");
   $("#errors-window").textContent = `errors, last ${traffic.window}s`;
-  $("#traffic-totals").textContent =
-    `last ${traffic.window}s: ${pools || "no requests"} · error rate ${(traffic.errorRate * 100).toFixed(1)} % · ` +
-    `${traffic.requests} requests, ${traffic.errors} failed since the start`;
+  // Since the start, per listener: the preview's 503s while new pods start are not live requests lost.
+  const since = ["active", "preview"]
+    .map((role) => `${role} ${traffic.listeners[role].failed}/${traffic.listeners[role].requests}`)
+    .join(" · ");
+  $("#traffic-totals").textContent = `last ${traffic.window}s: ${pools || "no requests"} · failed since the start: ${since}`;
 }
 
 // --- controls -----------------------------------------------------------------------------------
