@@ -139,6 +139,10 @@ class Demo:
         return f"http://{self.config.host}:{self.kube_port}"
 
     async def stop(self) -> None:
+        if self.dashboard is not None:
+            # The traffic generator first: once the proxy closes its listeners, every request it still sent
+            # would be counted as a failed live request (the admin app's shutdown stops it only later).
+            await self.dashboard.traffic.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -221,3 +221,34 @@ async def test_demo_smoke_test_passes_and_auto_promotes() -> None:
 
 async def _is(value: Any, expected: str) -> bool:
     return bool(await value == expected)
+
+
+async def test_stopping_the_demo_counts_no_failed_request_of_its_own_traffic() -> None:
+    """The dashboard's traffic generator stops before the proxy does: stopping the proxy first closes the
+    listeners under the generator, which then counts the demo's own stop as failed live requests. A slow
+    image keeps requests in flight, so the proxy waits its grace period for them meanwhile."""
+    loaded = manifests()
+    for obj in loaded.objects:
+        if isinstance(obj, Rollout):
+            container = obj.spec["template"]["spec"]["containers"][0]
+            container.update(image="argoproj/rollouts-demo:slow-blue", env=[{"name": "LATENCY_MS", "value": "300"}])
+    config = DemoConfig(
+        active_port=0,
+        preview_port=0,
+        admin_port=0,
+        timing=PodTiming(startup=0.2, termination_grace=1.0),
+        health_interval="200ms",
+    )
+    demo = Demo(loaded, config)
+    await demo.start()
+    try:
+        assert demo.dashboard is not None
+        traffic = demo.dashboard.traffic
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            await eventually(lambda: _is(color(http, demo, "active"), "blue"))
+        traffic.start(50)
+        await wait_until(lambda: traffic.totals["active.requests"] >= 20, message="20 live requests answered")
+    finally:
+        await demo.stop()
+    assert traffic.totals["active.requests"] >= 20
+    assert (traffic.totals["active.failed"], traffic.totals["preview.failed"]) == (0, 0), dict(traffic.totals)
