@@ -1,6 +1,7 @@
 """The proxy's own cost per request, without sockets: both protocols driven with in-memory transports.
 
-    python -m loadtest.hotpath [--requests N] [--rounds R] [--fields small|browser] [--instructions]
+    python -m loadtest.hotpath [--requests N] [--rounds R] [--fields small|browser]
+                               [--instructions [--counter perf|callgrind]]
                                [--access-log FILE [--access-log-format json|combined]]
 
 Feeds a client request and an upstream response (what nginx answers for a small body; with
@@ -10,16 +11,19 @@ them with its small counterpart) through
 read as the loop does, and prints the CPU time per request (best of R rounds). `--instructions` runs
 this under `perf stat` for two request counts and prints the instructions per request (the
 difference, so start-up cancels out): a steadier figure than time on a shared machine, and the one
-quoted in docs/benchmarks.md. `--access-log FILE` (`/dev/null`, say) turns the access log on: its lines
-are formatted in batches as the loop's callback would, and its writer thread writes them; that thread's
-CPU counts too. Otherwise no syscall is made, so what it measures is Python, httptools and the
-proxy's code; the wrk benchmark (`loadtest.bench`) measures the whole.
+quoted in docs/benchmarks.md. `--counter callgrind` counts them with valgrind instead, on a machine whose
+perf cannot read the counters (a VM that says `<not supported> instructions`): slower (about 15 s of
+start-up per run) but the same count every time. `--access-log FILE` (`/dev/null`, say) turns the
+access log on: its lines are formatted in batches as the loop's callback would, and its writer thread
+writes them; that thread's CPU counts too. Otherwise no syscall is made, so what it measures is Python,
+httptools and the proxy's code; the wrk benchmark (`loadtest.bench`) measures the whole.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import shutil
 import subprocess
 import sys
@@ -143,20 +147,30 @@ async def run(
     return best / requests, to_upstream.last, to_client.last
 
 
-def instructions_per_request(requests: int, fields: str, extra: tuple[str, ...] = ()) -> int:
-    """perf stat's user+kernel instructions for `requests` and 3x as many; the difference per request."""
+def instructions_per_request(requests: int, fields: str, extra: tuple[str, ...] = (), counter: str = "perf") -> int:
+    """User (and, with perf, kernel) instructions for `requests` and 3x as many; the difference per request."""
     counts = []
     for n in (requests, 3 * requests):
-        out = subprocess.run(
-            ["perf", "stat", "-x,", "-e", "instructions", sys.executable, "-m", "loadtest.hotpath"]
-            + ["--requests", str(n), "--rounds", "1", "--fields", fields, *extra],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stderr
-        line = next(line for line in out.splitlines() if ",instructions" in line)
-        counts.append(int(line.split(",")[0]))
+        argv = [sys.executable, "-m", "loadtest.hotpath", "--requests", str(n), "--rounds", "1", "--fields", fields]
+        if counter == "callgrind":
+            argv = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv]
+        else:
+            argv = ["perf", "stat", "-x,", "-e", "instructions", *argv]
+        out = subprocess.run(argv + list(extra), capture_output=True, text=True, check=True).stderr
+        counts.append(_count(out, counter))
     return (counts[1] - counts[0]) // (2 * requests)
+
+
+def _count(stderr: str, counter: str) -> int:
+    if counter == "callgrind":
+        found = re.search(r"Collected : (\d+)", stderr)
+        if found is None:
+            raise RuntimeError(f"no instruction count in valgrind's output: {stderr[-500:]}")
+        return int(found.group(1))
+    line = next((line for line in stderr.splitlines() if ",instructions" in line), "")
+    if not line[:1].isdigit():
+        raise RuntimeError(f"perf cannot count instructions here ({line or stderr[-200:]}); try --counter callgrind")
+    return int(line.split(",")[0])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,20 +178,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--fields", choices=sorted(FIELDS), default="small", help="the request and response used")
-    parser.add_argument("--instructions", action="store_true", help="count instructions with perf stat")
+    parser.add_argument("--instructions", action="store_true", help="count instructions (perf stat, or callgrind)")
+    parser.add_argument("--counter", choices=("perf", "callgrind"), default="perf", help="what counts them")
     parser.add_argument("--access-log", metavar="FILE", help="turn the access log on, writing to FILE (/dev/null)")
     parser.add_argument("--access-log-format", choices=("json", "combined"), default="json")
     args = parser.parse_args(argv)
     if args.requests < 1 or args.rounds < 1:
         parser.error("--requests and --rounds must be at least 1")
     if args.instructions:
-        if shutil.which("perf") is None:
-            print("perf is not installed (Debian: linux-perf)", file=sys.stderr)
+        tool = "valgrind" if args.counter == "callgrind" else "perf"
+        if shutil.which(tool) is None:
+            print(
+                f"{tool} is not installed (Debian: {'valgrind' if tool == 'valgrind' else 'linux-perf'})",
+                file=sys.stderr,
+            )
             return 2
         extra: tuple[str, ...] = ()
         if args.access_log:
             extra = ("--access-log", args.access_log, "--access-log-format", args.access_log_format)
-        print(f"{instructions_per_request(args.requests, args.fields, extra):,} instructions per request")
+        try:
+            count = instructions_per_request(args.requests, args.fields, extra, args.counter)
+        except RuntimeError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        print(f"{count:,} instructions per request ({args.counter})")
         return 0
     from proxy.dataplane.loop import new_event_loop  # uvloop, as the proxy runs
 
