@@ -8,6 +8,12 @@ the proxy's flip. A pool no Service points at keeps its ReplicaSet's ready pods 
 during `scaleDownDelaySeconds`) and is removed once the ReplicaSet is scaled down — after the routes left
 it, since the proxy refuses to delete a routed pool, as Argo switches a Service's selector before it
 scales the old ReplicaSet down. Only the control interface is used, so the proxy may be in-process or remote.
+
+What the proxy acknowledged serving is written back into the store: `bluegreen.dev/proxy-serves` on the
+active and preview Services holds the pod-template hash of the ReplicaSet whose pool that listener routes
+to, as the proxy last answered (a refused flip leaves it on the old one). The Rollout controller reads it as
+Argo reads its ALB target-group verification: the new ReplicaSet is not marked stable, so the old one is
+neither given its scale-down deadline nor scaled down, until the proxy serves what the active Service says.
 """
 
 from __future__ import annotations
@@ -17,7 +23,15 @@ import re
 from collections.abc import Collection
 
 from proxy.control.api import ConflictError, ControlError, NotFoundError, ProxyControl, Routes
-from simulator.k8s.objects import ANNOTATION_POOL, HASH_LABEL, Pod, ReplicaSet, Rollout, Service
+from simulator.k8s.objects import (
+    ANNOTATION_POOL,
+    ANNOTATION_PROXY_SERVES,
+    HASH_LABEL,
+    Pod,
+    ReplicaSet,
+    Rollout,
+    Service,
+)
 from simulator.k8s.store import Store
 from simulator.rollouts.spec import parse_rollout_spec
 
@@ -61,6 +75,7 @@ class Binding:
         self._sent: dict[str, tuple[list[str], dict[str, str]]] = {}
         self._routes: Routes | None = None
         self._verified_at: float | None = None
+        self._marked: set[tuple[str, str]] = set()  # (namespace, name) of Services carrying ANNOTATION_PROXY_SERVES
         self.last_error = ""
 
     def bound_rollout(self) -> Rollout | None:
@@ -89,14 +104,18 @@ class Binding:
     async def sync(self, now: float) -> list[float]:
         rollout = self.bound_rollout()
         if rollout is None or rollout.status is None:
+            self._unmark(set())
             return []
         spec, _, _ = parse_rollout_spec(rollout.spec)
         bg = spec.blue_green
         ns = rollout.metadata.namespace
         active = self._store.find(Service, bg.active_service, ns) if bg else None
         if bg is None or active is None:
+            self._unmark(set())
             return []
         preview = self._store.find(Service, bg.preview_service, ns) if bg.preview_service else None
+        listeners = {"active": active.name, "preview": preview.name if preview is not None else None}
+        self._unmark({(ns, name) for name in listeners.values() if name})
         owner = f"Rollout/{rollout.name}"
         replica_sets = {rs.pod_hash: rs for rs in self._store.list(ReplicaSet, ns) if rs.metadata.owner == owner}
         try:
@@ -105,6 +124,7 @@ class Binding:
                 self._verified_at = now
             if self._routes is None:
                 self._routes = await self.control.routes()
+            self._mark_served(ns, listeners, self._routes, replica_sets)
             active_hash = active.selector.get(HASH_LABEL) or rollout.status.stable_rs
             active_rs = replica_sets.get(active_hash)
             if active_rs is None:
@@ -134,6 +154,7 @@ class Binding:
             routes = self._routes
             if routes.active != active_pool or (preview_pool is not None and routes.preview != preview_pool):
                 self._routes = routes = await self.control.switch(active_pool, preview_pool)
+                self._mark_served(ns, listeners, routes, replica_sets)
             await self._remove_unwanted(set(wanted), routes)
             self.last_error = ""
             return [self._verified_at + VERIFY_SECONDS]
@@ -184,6 +205,34 @@ class Binding:
                 or dict(actual.labels) != labels
             ):
                 del self._sent[pool]
+
+    def _mark_served(
+        self, ns: str, listeners: dict[str, str | None], routes: Routes, replica_sets: dict[str, ReplicaSet]
+    ) -> None:
+        """`bluegreen.dev/proxy-serves` on each bound Service: the hash of the ReplicaSet whose pool the proxy
+        said its listener routes to (`routes` is always a proxy's answer: a read, or an accepted switch)."""
+        hashes = {pool_name(rs): pod_hash for pod_hash, rs in replica_sets.items()}
+        hashes.update({pool: pod_hash for pod_hash, pool in self.pools.items()})
+        for listener, name in listeners.items():
+            if name is None:
+                continue
+            served = hashes.get(routes.active if listener == "active" else routes.preview or "", "")
+            service = self._store.find(Service, name, ns)
+            if service is None:
+                continue
+            self._marked.add((ns, name))
+            if service.metadata.annotations.get(ANNOTATION_PROXY_SERVES) != served:
+                service.metadata.annotations[ANNOTATION_PROXY_SERVES] = served
+                self._store.update(service)
+
+    def _unmark(self, keep: set[tuple[str, str]]) -> None:
+        """Services no longer bound say nothing about the proxy (else their Rollout would wait for it)."""
+        for ns, name in self._marked - keep:
+            service = self._store.find(Service, name, ns)
+            if service is not None and ANNOTATION_PROXY_SERVES in service.metadata.annotations:
+                del service.metadata.annotations[ANNOTATION_PROXY_SERVES]
+                self._store.update(service)
+            self._marked.discard((ns, name))
 
     def _annotate(self, replica_sets: Collection[ReplicaSet]) -> None:
         """`bluegreen.dev/pool` on each ReplicaSet that is (or was) a proxy pool, for `-o json` and the dashboard."""

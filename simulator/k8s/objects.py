@@ -21,6 +21,7 @@ __all__ = [
     "ANNOTATION_EPHEMERAL",
     "ANNOTATION_MANAGED_BY",
     "ANNOTATION_POOL",
+    "ANNOTATION_PROXY_SERVES",
     "ANNOTATION_REVISION",
     "ANNOTATION_REVISION_HISTORY",
     "HASH_LABEL",
@@ -50,6 +51,10 @@ ANNOTATION_EPHEMERAL = "rollout.argoproj.io/ephemeral-metadata"
 ANNOTATION_MANAGED_BY = "argo-rollouts.argoproj.io/managed-by-rollouts"
 # Not Argo: the proxy pool that serves a ReplicaSet's pods (simulator.binding); shown by the dashboard.
 ANNOTATION_POOL = "bluegreen.dev/pool"
+# Not Argo: on a Service bound to a proxy listener, the pod-template hash of the ReplicaSet whose pool the
+# proxy acknowledged serving on that listener ("" for a pool of no ReplicaSet). Written by simulator.binding
+# from the proxy's answers; the Rollout controller reads it as Argo reads its target-group verification.
+ANNOTATION_PROXY_SERVES = "bluegreen.dev/proxy-serves"
 
 
 @dataclass

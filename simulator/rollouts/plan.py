@@ -20,6 +20,7 @@ from simulator.k8s.objects import (
     ANNOTATION_DEADLINE,
     ANNOTATION_DESIRED,
     ANNOTATION_EPHEMERAL,
+    ANNOTATION_PROXY_SERVES,
     ANNOTATION_REVISION,
     ANNOTATION_REVISION_HISTORY,
     HASH_LABEL,
@@ -387,6 +388,8 @@ class _Pass:
         delay = self.bg.abort_scale_down_delay_seconds
         if delay == 0 or new is stable or new.replicas == 0:
             return
+        if self.proxy_serves(self.bg.active_service) == new.pod_hash:
+            return  # live traffic has not left it yet (the proxy refuses the flip back): keep it, no delay yet
         deadline = _deadline(new)
         if deadline is not None:
             if deadline <= self.now:
@@ -397,11 +400,31 @@ class _Pass:
             self.annotate(new, {ANNOTATION_DEADLINE: format_time(self.now + delay)})
             self.requeue(self.now + delay)
 
+    def proxy_serves(self, name: str) -> str | None:
+        """What the proxy acknowledged serving for Service `name` (`bluegreen.dev/proxy-serves`, written by
+        the binding): a pod-template hash, "" for none of ours, None when the Service drives no proxy."""
+        service = self.services.get(name)
+        return service.metadata.annotations.get(ANNOTATION_PROXY_SERVES) if service else None
+
+    def targets_verified(self) -> bool:
+        """Argo's `areTargetsVerified` (`rollout/service.go`, ALB target-group verification, §2.6): once the
+        active Service selects the new ReplicaSet, the proxy must serve it too before the Rollout goes on
+        (marks it stable, starts post-promotion analysis, lets the old ReplicaSet's delay start). Like Argo,
+        verified only right after the switch: a Service bound to no proxy (no TargetGroupBinding), a promoted
+        Rollout or a post-promotion run already started need nothing more."""
+        served = self.proxy_serves(self.bg.active_service)
+        if served is None or self.old.stable_rs == self.hash or self.old.post_promotion is not None:
+            return True
+        return served == self.active_hash()
+
     def referenced_hashes(self) -> set[str]:
         refs = {self.st.stable_rs, self.hash, self.old.active_selector, self.old.preview_selector}
         refs.add(self.active_hash())
         if self.bg.preview_service:
             refs.add(self.service_hash(self.bg.preview_service))
+            # Not Argo: a ReplicaSet a proxy listener still serves is referenced, whatever the selectors say.
+            refs.add(self.proxy_serves(self.bg.preview_service) or "")
+        refs.add(self.proxy_serves(self.bg.active_service) or "")
         return refs - {""}
 
     def scale_down_old(self) -> None:
@@ -656,7 +679,8 @@ class _Pass:
             st.pre_promotion = self.track_run("PrePromotion", pre, st.pre_promotion, self.pre_saturated(new))
         if post is None or not post.templates or skip_common:
             self.terminate(st.post_promotion)
-        elif active == self.hash:
+        elif active == self.hash and (st.post_promotion is not None or self.targets_verified()):
+            # Argo's reconcilePostPromotionAnalysisRun: not before the switch is verified.
             st.post_promotion = self.track_run("PostPromotion", post, st.post_promotion, self.saturated(new))
         # Runs of earlier attempts or revisions that are still going are cancelled.
         current = {s.name for s in (st.pre_promotion, st.post_promotion) if s is not None}
@@ -758,6 +782,11 @@ class _Pass:
     def mark_stable(self) -> None:
         st, bg = self.st, self.bg
         if st.active_selector != self.hash or st.stable_rs == self.hash:
+            return
+        if not self.targets_verified():
+            # Argo's shouldFullPromote: "active selector is pointing to desired RS, but we have not verify the
+            # target group yet". The old stable ReplicaSet stays stable and at full size meanwhile; its
+            # scale-down deadline is written once it is no longer stable, so the delay counts from here.
             return
         post = bg.post_promotion_analysis
         post_ok = (

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from simulator import operations
-from simulator.k8s.objects import ANNOTATION_POOL
+from simulator.k8s.objects import ANNOTATION_DEADLINE, ANNOTATION_POOL, ANNOTATION_PROXY_SERVES, Pod, Service
+from simulator.k8s.store import EventType, WatchEvent
+from simulator.rollouts.tree import render
+from simulator.web.api import rollout_view
 from tests.simulator.fake_proxy import FakeProxy
 from tests.simulator.harness import EXAMPLES, Sim
 
@@ -165,3 +168,94 @@ async def test_rollback_relabels_the_pool_with_the_new_revision() -> None:
     await sim.until(lambda: sim.rs(NAME, 3).name == rev1)
     await sim.until(lambda: proxy.routes_now()[1] == rev1 and proxy.labels[rev1]["revision"] == "3")
     assert proxy.labels[rev1] == {"revision": "3", "image": f"{IMAGE}:blue"}
+
+
+async def test_old_stack_waits_until_the_proxy_serves_the_new_one() -> None:
+    """The proxy refuses the flip (the new pods fail its health checks) for longer than scaleDownDelaySeconds
+    (30 s): the old pods it still serves are never stopped. The Rollout waits "for post-promotion
+    verification", as Argo waits for its target-group verification, and the delay counts from the moment
+    the proxy serves the new pool."""
+    proxy = placeholder_proxy()
+    sim = bound(proxy)
+    killed_while_live: list[str] = []
+
+    def watch(event: WatchEvent) -> None:
+        pod = event.object
+        if event.type == EventType.DELETED and isinstance(pod, Pod) and pod.status.address in proxy.serving("active"):
+            killed_while_live.append(pod.name)
+
+    sim.store.subscribe(watch)
+    await sim.apply(DEMO)
+    await sim.until(lambda: sim.phase(NAME) == "Healthy")
+    rev1 = pool(sim, 1)
+    operations.set_image(sim.store, NAME, "*", f"{IMAGE}:green")
+    await sim.until(lambda: sim.phase(NAME) == "Paused")
+    rev2 = pool(sim, 2)
+    proxy.unhealthy.update(addresses(sim, 2))
+    await sim.promote(NAME)
+    await sim.advance(120)  # four times the delay
+    assert sim.selector(NAME) == sim.hash(NAME, 2)  # the store says "switched"...
+    assert proxy.routes_now()[0] == rev1  # ...the proxy still serves rev1
+    assert killed_while_live == []
+    assert sim.rs(NAME, 1).replicas == 3 and len(addresses(sim, 1)) == 3
+    assert ANNOTATION_DEADLINE not in sim.rs(NAME, 1).metadata.annotations  # the delay has not started
+    status = sim.status(NAME)
+    assert status.stable_rs == sim.hash(NAME, 1)
+    assert (sim.phase(NAME), status.message) == ("Progressing", "waiting for post-promotion verification to complete")
+    service = sim.store.get(Service, NAME)
+    assert service.metadata.annotations[ANNOTATION_PROXY_SERVES] == sim.hash(NAME, 1)
+    view = rollout_view(sim.cluster, NAME)
+    assert view is not None
+    tree = render(view, sim.cluster.clock.now())
+    assert "Message:         waiting for post-promotion verification to complete" in tree
+
+    proxy.unhealthy.clear()  # the proxy accepts the flip at its next attempt
+    acked = sim.cluster.clock.now() + await sim.until(lambda: proxy.routes_now()[0] == rev2)
+    await sim.until(lambda: sim.phase(NAME) == "Healthy")
+    assert sim.store.get(Service, NAME).metadata.annotations[ANNOTATION_PROXY_SERVES] == sim.hash(NAME, 2)
+    assert sim.status(NAME).stable_rs == sim.hash(NAME, 2)
+    waited = await sim.until(lambda: sim.rs(NAME, 1).replicas == 0)
+    assert sim.cluster.clock.now() - acked == 30  # scaleDownDelaySeconds, counted from the proxy's flip
+    assert waited <= 30
+    await sim.until(lambda: not sim.pods(NAME, 1))
+    assert killed_while_live == []
+    assert proxy.routes_now() == (rev2, rev2)
+
+
+async def test_abort_while_the_proxy_refuses_the_flip() -> None:
+    """Aborting while the switch waits for the proxy: the active Service goes back to rev1, which the proxy
+    never left, and rev2 is scaled down after abortScaleDownDelaySeconds as usual."""
+    proxy = placeholder_proxy()
+    sim = bound(proxy)
+    await sim.apply(DEMO)
+    await sim.until(lambda: sim.phase(NAME) == "Healthy")
+    rev1 = pool(sim, 1)
+    operations.set_image(sim.store, NAME, "*", f"{IMAGE}:green")
+    await sim.until(lambda: sim.phase(NAME) == "Paused")
+    proxy.unhealthy.update(addresses(sim, 2))
+    await sim.promote(NAME)
+    await sim.advance(10)
+    assert sim.status(NAME).message == "waiting for post-promotion verification to complete"
+    await sim.abort(NAME)
+    assert sim.phase(NAME) == "Degraded"
+    assert sim.selector(NAME) == sim.hash(NAME, 1) == sim.status(NAME).stable_rs
+    await sim.until(lambda: sim.rs(NAME, 2).replicas == 0, limit=60)
+    assert proxy.routes_now()[0] == rev1 and proxy.serving("active") == addresses(sim, 1) != []
+    assert sim.rs(NAME, 1).replicas == 3
+
+
+async def test_services_say_what_the_proxy_serves_only_while_bound() -> None:
+    """`bluegreen.dev/proxy-serves` follows the proxy's answers, and leaves a Service no Rollout binds any more
+    (else a Rollout that later uses it, unbound, would wait for a proxy that is not there)."""
+    proxy = placeholder_proxy()
+    sim = bound(proxy)
+    await sim.apply(DEMO)
+    await sim.until(lambda: sim.phase(NAME) == "Healthy")
+    preview = f"{NAME}-preview"
+    for service in (NAME, preview):
+        assert sim.store.get(Service, service).metadata.annotations[ANNOTATION_PROXY_SERVES] == sim.hash(NAME, 1)
+    rollout = sim.rollout(NAME)
+    operations.delete(sim.store, [rollout])
+    await sim.cluster.settle()
+    for service in (NAME, preview):
+        assert ANNOTATION_PROXY_SERVES not in sim.store.get(Service, service).metadata.annotations
