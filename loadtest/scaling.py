@@ -642,7 +642,7 @@ def section_workers(settings: Settings, tmp: Path) -> dict[str, Any]:
     procs = bench.Processes(tmp)
     both = set(os.sched_getaffinity(0))
     try:
-        upstream, haproxy, *ports = bench.free_ports(7)
+        upstream, haproxy, *ports = bench.free_ports(8)
         up_pid = start_upstream(procs, tmp, [upstream])
         scripts = bench.write_wrk_scripts(tmp)
         roots: dict[str, tuple[int, int]] = {"haproxy": (haproxy, start_haproxy(procs, tmp, haproxy, upstream))}
@@ -832,12 +832,14 @@ def write_markdown(path: Path, blocks: dict[str, str]) -> None:
 
 
 def other_load(result: dict[str, Any], section: str) -> float | None:
-    """Median cores used by processes this run did not start, over the section's runs."""
+    """Median cores used by processes this run did not start, over the section's runs (None for idle)."""
+    if section == "idle":
+        return None
     if section in ("endpoints", "pools"):
         values = [r["other_cores"] for n, r in result.get("shapes", {}).items() if n.startswith(section + "=")]
     else:
         values = [r["other_cores"] for by in result.get(section, {}).values() for r in by.values()]
-    return statistics.median(values) if values and section != "idle" else None
+    return statistics.median(values) if values else None
 
 
 def _first_line(argv: Sequence[str]) -> str:

@@ -38,7 +38,7 @@ from proxy.controlplane.state import DesiredState
 from proxy.controlplane.stats import WorkerStats
 from proxy.controlplane.switch import Switch, check_labels, normalize_endpoints, pool_status
 from proxy.controlplane.watch import Watch
-from proxy.dataplane.pool import PoolSet
+from proxy.dataplane.pool import PoolSet, PoolSpec
 from proxy.dataplane.routes import MAX_APPS, MAX_SLOT, NO_SLOT, encode
 from proxy.dataplane.tls import ServerTls
 from proxy.fleet.etcd import StoreUnavailableError
@@ -130,6 +130,7 @@ class Supervisor:
         self.fleet: Fleet | None = None
         self.word_fd, self.word = shared_word()
         self._word_names: set[str] = set()  # the pools the published word names
+        self._shaped: dict[str, PoolSpec] = {}  # the specs the supervisor's own pools were last shaped after
         self._pushed: DesiredState | None = None  # the state (pools) every live worker acknowledged
         self._pushed_health: dict[str, dict[str, int]] = {}  # and the health verdicts sent with it
         self._pushed_epoch = 0
@@ -526,7 +527,7 @@ class Supervisor:
         """
         if self._frozen and not self._follower and self.fleet is None:
             raise UnavailableError(HANDING_OVER)  # the state was handed over: a change here would be lost
-        self._reshape(state)
+        reshaped = self._reshape(state)
         pushed = self._pushed.pools if self._pushed is not None else {}
         kept = {name: pushed[name] for name in self._word_names if name not in state.pools and name in pushed}
         await self._push_pools(state.with_pools({**state.pools, **kept}) if kept else state, health=False)
@@ -539,17 +540,23 @@ class Supervisor:
         self._word_names = state.routed()
         if kept:
             await self._push_pools(state, health=False)
-        if self._verdicts() != self._pushed_health:
+        if reshaped and self._verdicts() != self._pushed_health:  # a flip changes no endpoint: on_change covers it
             self._health_changed()
         if self._predecessor is not None and self.fleet is None:  # in a fleet both follow etcd
             await self._forward(state)
 
-    def _reshape(self, state: DesiredState) -> None:
-        """The supervisor's own pools follow the state (for health checks and status)."""
+    def _reshape(self, state: DesiredState) -> bool:
+        """The supervisor's own pools follow the state (for health checks and status). False when no pool
+        changed, as in a flip: then no endpoint is parsed or compared (a flip keeps the same spec objects)."""
+        if state.pools == self._shaped:
+            return False
         for name, spec in state.pools.items():
-            self.registry.set(name, spec.addresses(), spec.balancer)
+            if self._shaped.get(name) != spec:
+                self.registry.set(name, spec.addresses(), spec.balancer)
         for name in [n for n in self.registry.pools if n not in state.pools]:
             del self.registry.pools[name]
+        self._shaped = dict(state.pools)
+        return True
 
     def _verdicts(self) -> dict[str, dict[str, int]]:
         return self.registry.verdicts()
@@ -564,13 +571,15 @@ class Supervisor:
             if name not in self._app_slots:
                 used = set(self._app_slots.values())
                 self._app_slots[name] = next(i for i in range(MAX_APPS) if i not in used)
-        verdicts = self._verdicts()
         same = (
             self._pushed is not None
             and self._pushed.pools == state.pools
             and {n: a.hosts for n, a in self._pushed.apps.items()} == {n: a.hosts for n, a in state.apps.items()}
         )
-        if same and (not health or verdicts == self._pushed_health) and self.settings_epoch == self._pushed_epoch:
+        if same and not health and self.settings_epoch == self._pushed_epoch:
+            return  # a flip: the word alone changes, and no verdict is collected per endpoint
+        verdicts = self._verdicts()
+        if same and verdicts == self._pushed_health and self.settings_epoch == self._pushed_epoch:
             return
         self._pushed, self._pushed_health, self._pushed_epoch = state, verdicts, self.settings_epoch
         self._slots = {name: self._slots[name] for name in state.pools}
