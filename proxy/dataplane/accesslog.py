@@ -113,7 +113,7 @@ class LoggedExchange(Exchange):
         )
         self.began = dp.loop.time()
         app = client.app  # `_request` has just resolved it and read its snapshot (same call, same loop)
-        self.app = app.name.encode() if app is not None else DEFAULT_APP
+        self.app = app.log_name if app is not None else DEFAULT_APP
         self.generation = app.routes.generation if app is not None else 0
         self.bytes_out = 0
         self.tunnel_in = 0
@@ -258,8 +258,8 @@ class AccessLog:
             (ended - ex.began) * 1000,
             ex.app,
             _LISTENERS[ex.listener],
-            ex.pool.local_name.encode(),
-            b'"' + ep.address.encode() + b'"' if ep is not None else b"null",
+            ex.pool.log_name,
+            b'"' + ep.log_address + b'"' if ep is not None else b"null",
             ex.generation,
             request_id,
             b"true" if ex.aborted else b"false",
@@ -283,8 +283,8 @@ class AccessLog:
             _escaped(_field(low, head, b"referer")),
             _escaped(_field(low, head, b"user-agent")),
             ex.app,
-            ex.pool.local_name.encode(),
-            ep.address.encode() if ep is not None else b"-",
+            ex.pool.log_name,
+            ep.log_address if ep is not None else b"-",
             ex.generation,
             _escaped(ex.request_id),
             (ex.ended - ex.began) * 1000,

@@ -47,6 +47,7 @@ class Endpoint:
         "host",
         "idle",
         "in_flight",
+        "log_address",
         "passive_ok",
         "pool",
         "port",
@@ -60,6 +61,7 @@ class Endpoint:
         self.host = host
         self.port = port
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.log_address = self.address.encode()  # as the access log writes it, encoded once
         self.in_flight = 0
         self.idle: deque[UpstreamConnection] = deque()
         self.checked = Health.UNKNOWN  # last verdict of active checks
@@ -130,6 +132,7 @@ class Pool:
         "latency_buckets",
         "latency_sum",
         "local_name",
+        "log_name",
         "max_idle",
         "max_in_flight",
         "name",
@@ -152,6 +155,7 @@ class Pool:
     ) -> None:
         self.name = name
         self.app, self.local_name = split_pool_key(name)
+        self.log_name = self.local_name.encode()  # as the access log writes it, encoded once
         self.balancer = balancer
         self.health_check = health_check or HealthCheckConfig()
         self.max_in_flight = max_in_flight

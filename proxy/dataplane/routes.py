@@ -37,10 +37,11 @@ class RouteTable:
 class App:
     """An application: its current RouteTable (swapped whole by a flip) and the index of its route word."""
 
-    __slots__ = ("index", "name", "routes")
+    __slots__ = ("index", "log_name", "name", "routes")
 
     def __init__(self, name: str, index: int, routes: RouteTable) -> None:
         self.name = name
+        self.log_name = name.encode()  # as the access log writes it, encoded once
         self.index = index
         self.routes = routes
 
