@@ -23,20 +23,10 @@ from playwright.async_api import Error as PlaywrightError, async_playwright
 
 from tests.proxy.support import ProxyProcess
 from tests.support.certs import CertAuthority
+from tests.support.chromium import CHROMIUM_ARGS, chromium
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 WAIT_MS = 15_000
 
 PAGE = """<!doctype html>
@@ -126,11 +116,6 @@ async def run(*argv: str, within: float = 20) -> tuple[int, str, str]:
             child.kill()
             await child.wait()
     return child.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
-
-
-def chromium() -> str:
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install -y chromium"
-    return CHROMIUM
 
 
 async def test_chromium_loads_a_page_through_a_tls_listener(tmp_path: Path) -> None:

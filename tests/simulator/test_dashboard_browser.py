@@ -5,12 +5,15 @@ it. The page must draw the pods and Services, generate traffic, set image yellow
 buttons, and show the flip live: the preview Service and strip go yellow first, then the active Service
 and the users' strip, with no failed request in between. Pools are named after ReplicaSets, with their
 revision and image; every color is the one the pods answer (yellow, not a "green slot"). The page fits a
-1280×720 projector. It saves `docs/img/dashboard.png` (1280×720).
+1280×720 projector. It takes a 1280×720 screenshot: into the test's temporary folder, or, with
+`BLUEGREEN_SCREENSHOT=1`, over `docs/img/dashboard.png` (the README's picture), so a test run leaves the
+work tree as it was.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -31,21 +34,11 @@ from simulator.web.api import CLUSTER
 from simulator.web.dashboard import setup_dashboard
 from simulator.workloads.kubelet import PodTiming
 from tests.support import wait_until
+from tests.support.chromium import CHROMIUM_ARGS, chromium
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "dashboard.png"
+README_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "dashboard.png"
 NAME = "rollout-bluegreen"
 WAIT_MS = 15_000
 VIEWPORT = (1280, 720)  # a projector
@@ -103,11 +96,6 @@ async def demo(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Demo]:
         yield running
 
 
-def chromium() -> str:
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install -y chromium"
-    return CHROMIUM
-
-
 @contextlib.asynccontextmanager
 async def browser_page(executable: str) -> AsyncIterator[Page]:
     async with async_playwright() as playwright:
@@ -129,10 +117,10 @@ async def strip(page: Page, listener: str) -> list[str]:
     return [c for c in cells if c]
 
 
-async def test_dashboard_draws_the_rollout_and_shows_a_flip_live(demo: Demo) -> None:
+async def test_dashboard_draws_the_rollout_and_shows_a_flip_live(demo: Demo, tmp_path: Path) -> None:
     errors: list[str] = []
     executable = chromium()
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    screenshot = README_SCREENSHOT if os.environ.get("BLUEGREEN_SCREENSHOT") == "1" else tmp_path / "dashboard.png"
     async with browser_page(executable) as page:
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         await page.goto(f"http://127.0.0.1:{demo.ports['admin']}/")
@@ -191,7 +179,7 @@ async def test_dashboard_draws_the_rollout_and_shows_a_flip_live(demo: Demo) -> 
         # are not live requests lost in the flip.
         assert "failed since the start: active 0/" in (await page.text_content("#traffic-totals") or "")
 
-        await page.screenshot(path=str(SCREENSHOT))  # the projector's 1280×720
+        await page.screenshot(path=str(screenshot))  # the projector's 1280×720
         # A projector: nothing wider than 1280 px, and the diagram and the traffic above the fold.
         width = await page.evaluate("document.documentElement.scrollWidth")
         assert width <= VIEWPORT[0], width
