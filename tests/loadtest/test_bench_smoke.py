@@ -15,8 +15,6 @@ from loadtest.bench import DEFAULT_CASES, DEFAULT_TARGETS, FLIP_TARGETS, TLS_CAS
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(240)
 def run_bench(*args: str) -> tuple[str, str]:
     """`python -m loadtest.bench --smoke ARGS`: its stdout and stderr, after checking it succeeded."""
     argv = [sys.executable, "-m", "loadtest.bench", "--smoke", *args]
@@ -31,6 +29,7 @@ def run_bench(*args: str) -> tuple[str, str]:
     return stdout, stderr
 
 
+@pytest.mark.mode_independent  # the bench harness, in the installed mode: run once (scripts/test)
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_bench_smoke_reports_every_target(tmp_path: Path) -> None:
@@ -56,6 +55,7 @@ def test_bench_smoke_reports_every_target(tmp_path: Path) -> None:
     assert md.read_text().count("| ours-2w |") == len(DEFAULT_CASES) + 1
 
 
+@pytest.mark.mode_independent  # the bench harness, in the installed mode: run once (scripts/test)
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_bench_smoke_tls_cases_and_access_log(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from loadtest.scaling import CONNECTION_TARGETS, SECTIONS, markers
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.mode_independent  # the scaling harness, in the installed mode: run once (scripts/test)
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_scaling_smoke_reports_positive_numbers(tmp_path: Path) -> None:

@@ -259,6 +259,7 @@ async def test_reencryption_to_a_tls_pool_verifies_the_upstream(ca: CertAuthorit
         await runner.cleanup()
 
 
+@pytest.mark.mode_independent  # protocols and ciphers are OpenSSL's, not the data plane's: run once (scripts/test)
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 async def test_testssl_verdicts(ca: CertAuthority, tls_proxy: ProxyServer) -> None:
