@@ -39,15 +39,15 @@ def manifests(**blue_green: Any) -> Any:
     return loaded
 
 
+def fast_config(**more: Any) -> DemoConfig:
+    """A demo on free ports whose pods start in 0.2 s and whose proxy probes every 200 ms."""
+    timing = PodTiming(startup=0.2, termination_grace=1.0)
+    return DemoConfig(active_port=0, preview_port=0, admin_port=0, timing=timing, health_interval="200ms", **more)
+
+
 @contextlib.asynccontextmanager
 async def running_demo(**blue_green: Any) -> AsyncIterator[tuple[Demo, aiohttp.ClientSession]]:
-    config = DemoConfig(
-        active_port=0,
-        preview_port=0,
-        admin_port=0,
-        timing=PodTiming(startup=0.2, termination_grace=1.0),
-        health_interval="200ms",
-    )
+    config = fast_config()
     demo = Demo(manifests(**blue_green), config)
     await demo.start()
     try:
@@ -232,13 +232,7 @@ async def test_stopping_the_demo_counts_no_failed_request_of_its_own_traffic() -
         if isinstance(obj, Rollout):
             container = obj.spec["template"]["spec"]["containers"][0]
             container.update(image="argoproj/rollouts-demo:slow-blue", env=[{"name": "LATENCY_MS", "value": "300"}])
-    config = DemoConfig(
-        active_port=0,
-        preview_port=0,
-        admin_port=0,
-        timing=PodTiming(startup=0.2, termination_grace=1.0),
-        health_interval="200ms",
-    )
+    config = fast_config()
     demo = Demo(loaded, config)
     await demo.start()
     try:

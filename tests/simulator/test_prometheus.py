@@ -25,11 +25,11 @@ from aiohttp import web
 from simulator.analysis.prometheus import LocalPrometheus, PrometheusClient, PrometheusError, format_sample
 from simulator.analysis.spec import validate_template
 from simulator.cluster import Cluster
-from simulator.demo import BUNDLED_PROMETHEUS_MANIFESTS, Demo, DemoConfig
+from simulator.demo import BUNDLED_PROMETHEUS_MANIFESTS, Demo
 from simulator.k8s.objects import AnalysisRun, AnalysisTemplate, ObjectMeta, Rollout
 from simulator.manifests import load_path
 from simulator.operations import merge_patch, promote, set_image
-from simulator.workloads.kubelet import PodTiming
+from tests.simulator.test_demo_e2e import fast_config
 from tests.support import REPO, Process, wait_until
 
 pytestmark = pytest.mark.slow
@@ -214,14 +214,7 @@ def prometheus_manifests(**blue_green: Any) -> Any:
 
 @contextlib.asynccontextmanager
 async def prometheus_demo(**blue_green: Any) -> AsyncIterator[Demo]:
-    config = DemoConfig(
-        active_port=0,
-        preview_port=0,
-        admin_port=0,
-        timing=PodTiming(startup=0.2, termination_grace=1.0),
-        health_interval="200ms",
-        prometheus=True,
-    )
+    config = fast_config(prometheus=True)
     demo = Demo(prometheus_manifests(**blue_green), config)
     await demo.start()
     try:
