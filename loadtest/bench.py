@@ -268,7 +268,7 @@ OURS_CONF = """\
 listeners:
   active: {{host: {host}, port: {port}}}
   preview: {{host: {host}, port: {preview}}}
-admin: {{host: {host}, port: {admin}}}
+admin: {{host: {host}, port: {admin}, socket: "{socket}"}}
 pools:
   blue: {{endpoints: ["{host}:{upstream}"]}}
   green: {{endpoints: ["{host}:{upstream}"]}}
@@ -314,6 +314,7 @@ class Target:
     flip: Callable[[], float] | None = None  # one flip; returns its latency in seconds
     tls_port: int | None = None  # its TLS listener, when TLS cases run
     access_log: Path | None = None  # ours-log's access log (emptied after each run, its lines counted)
+    flip_http: Callable[[], float] | None = None  # ours: the same flip through the admin API's HTTP
 
 
 @dataclass(frozen=True, slots=True)
@@ -710,8 +711,10 @@ def make_certificate(tmp: Path) -> tuple[Path, Path, Path]:
     return cert, key, both
 
 
-def run_flips(target: Target, scripts: dict[str, Path], settings: Settings, stats: FlipStats) -> None:
-    """Saturate the target with wrk (small body) and flip it in a loop meanwhile."""
+def run_flips(
+    target: Target, flip: Callable[[], float], scripts: dict[str, Path], settings: Settings, stats: FlipStats
+) -> None:
+    """Saturate the target with wrk (small body) and `flip` it in a loop meanwhile."""
     argv = wrk_argv(scripts["get"], target.port, "/small", settings.connections, settings.duration)
 
     def wrk_with_flips() -> tuple[str, str]:
@@ -719,7 +722,7 @@ def run_flips(target: Target, scripts: dict[str, Path], settings: Settings, stat
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_die_with_parent
         )
         try:
-            flip_while(target, settings, stats, start=time.monotonic())
+            flip_while(target.name, flip, settings, stats, start=time.monotonic())
             return wrk.communicate(timeout=settings.duration + 30)
         finally:
             if wrk.poll() is None:
@@ -729,8 +732,7 @@ def run_flips(target: Target, scripts: dict[str, Path], settings: Settings, stat
     stats.runs.append(measure(target.cpu_root, settings.duration, wrk_with_flips))
 
 
-def flip_while(target: Target, settings: Settings, stats: FlipStats, start: float) -> None:
-    assert target.flip is not None
+def flip_while(name: str, flip: Callable[[], float], settings: Settings, stats: FlipStats, start: float) -> None:
     # Leave wrk a moment to open its connections, and stop before it winds down: flips count only
     # while the data plane is saturated.
     margin = min(0.25, settings.duration / 5)
@@ -739,10 +741,10 @@ def flip_while(target: Target, settings: Settings, stats: FlipStats, start: floa
     flips = 0
     while flips < settings.flips and time.monotonic() < end:
         try:
-            stats.latencies.append(target.flip())
+            stats.latencies.append(flip())
         except (OSError, RuntimeError) as exc:
             stats.failed += 1
-            print(f"  {target.name}: flip failed: {exc}", file=sys.stderr)
+            print(f"  {name}: flip failed: {exc}", file=sys.stderr)
         flips += 1
         time.sleep(settings.flip_interval)
 
@@ -759,6 +761,32 @@ def ours_flipper(admin_port: int) -> Callable[[], float]:
         if status != 200:
             raise RuntimeError(f"switch answered {status}: {text.strip()}")
         state["active"] = json.loads(text)["active"]
+        return elapsed
+
+    return flip
+
+
+def socket_flipper(path: Path) -> Callable[[], float]:
+    """The flip through ours' runtime socket (`admin.socket`): the same transport and shape of call as
+    HAProxy's runtime socket below (connect, one command line, read the answer until the close)."""
+    state = {"active": "blue"}
+
+    def flip() -> float:
+        new = "green" if state["active"] == "blue" else "blue"
+        t0 = time.perf_counter()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(str(path))
+            s.sendall(f"switch {new}\n".encode())
+            s.shutdown(socket.SHUT_WR)  # one command: the proxy closes once it has answered
+            answer = b""
+            while chunk := s.recv(4096):
+                answer += chunk
+        elapsed = time.perf_counter() - t0
+        reply = json.loads(answer or b"{}")
+        if reply.get("active") != new:
+            raise RuntimeError(f"the runtime socket answered {answer.decode(errors='replace').strip()!r}")
+        state["active"] = new
         return elapsed
 
     return flip
@@ -867,7 +895,7 @@ def start_targets(
         if name not in names:
             continue
         conf = tmp / f"{name}.yaml"
-        text = OURS_CONF.format(port=port, preview=preview, admin=admin, **fmt)
+        text = OURS_CONF.format(port=port, preview=preview, admin=admin, socket=tmp / f"{name}.sock", **fmt)
         if tls:  # the preview listener terminates TLS (see OURS_TLS)
             listeners = OURS_TLS.format(port=port, preview=preview, cert=cert, key=key, **fmt)
             text = listeners + text.split("\n", 3)[3]
@@ -881,8 +909,16 @@ def start_targets(
         wait_ready(procs, name, proc, port, "/small", hits=10 * workers)
         if tls:
             wait_ready(procs, name, proc, preview, "/small", hits=10 * workers, tls=True)
-        flipper = ours_flipper(admin) if log is None else None  # ours-log measures the log, not flips
-        targets[name] = Target(name, port, proc.pid, flipper, preview if tls else None, log)
+        flips = log is None  # ours-log measures the log, not flips
+        targets[name] = Target(
+            name,
+            port,
+            proc.pid,
+            socket_flipper(tmp / f"{name}.sock") if flips else None,
+            preview if tls else None,
+            log,
+            ours_flipper(admin) if flips and workers == 1 else None,
+        )
     for target in targets.values():
         check_answers(target)
     return {n: targets[n] for n in names}
@@ -940,7 +976,14 @@ def bench(settings: Settings, tmp: Path) -> tuple[Runs, dict[str, FlipStats], di
             return target.tls_port is not None or not case.tls
 
         runs: Runs = {c: {t.name: [] for t in targets.values() if applies(CASES[c], t)} for c in settings.cases}
-        flips = {t.name: FlipStats() for t in targets.values() if t.flip is not None and settings.flips}
+        # Flip rows: each target's runtime socket, and ours' admin API over HTTP as `ours-http`.
+        flippers: dict[str, tuple[Target, Callable[[], float]]] = {}
+        for t in targets.values():
+            if t.flip is not None:
+                flippers[t.name] = (t, t.flip)
+            if t.flip_http is not None:
+                flippers[f"{t.name}-http"] = (t, t.flip_http)
+        flips = {name: FlipStats() for name in flippers} if settings.flips else {}
         for rnd in range(1, settings.rounds + 1):
             for case_name in settings.cases:
                 for target in targets.values():
@@ -950,7 +993,8 @@ def bench(settings: Settings, tmp: Path) -> tuple[Runs, dict[str, FlipStats], di
                     runs[case_name][target.name].append(run)
                     _progress(rnd, settings.rounds, case_name, target.name, run)
             for name, stats in flips.items():
-                run_flips(targets[name], scripts, settings, stats)
+                target, flip = flippers[name]
+                run_flips(target, flip, scripts, settings, stats)
                 print(
                     f"[{rnd}/{settings.rounds}] flips {name:8} {len(stats.latencies)} so far, {stats.failed} failed",
                     file=sys.stderr,

@@ -137,6 +137,7 @@ class AdminConfig:
     port: int = 8090
     token: str | None = None
     tls: TlsConfig | None = None
+    socket: str | None = None  # the runtime socket's path (`proxy.controlplane.runtime`), off unless set
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,13 +350,14 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
 
     admin = AdminConfig()
     if "admin" in m:
-        am = m["admin"].mapping(optional=("host", "port", "token", "tls"))
+        am = m["admin"].mapping(optional=("host", "port", "token", "tls", "socket"))
         token = am["token"].optional_str() if "token" in am else None
         admin = AdminConfig(
             host=am["host"].host() if "host" in am else admin.host,
             port=am["port"].port() if "port" in am else admin.port,
             token=token or None,
             tls=_tls(am["tls"], base) if "tls" in am else None,
+            socket=_socket_path(am["socket"], base) if "socket" in am else None,
         )
         if admin.token is None and not _is_loopback(admin.host):
             raise ConfigError(source, "admin.token", f"an admin listener on {admin.host} (not loopback) needs a token")
@@ -674,6 +676,16 @@ def _listener(node: _Node, base: Path | None) -> ListenerConfig:
         port=lm["port"].port(),
         tls=_tls(lm["tls"], base) if "tls" in lm else None,
     )
+
+
+def _socket_path(node: _Node, base: Path | None) -> str:
+    """A Unix socket's path, relative to the config file: in a directory that exists, short enough to bind."""
+    path = _file(node, base)
+    if not os.path.isdir(os.path.dirname(path) or "."):
+        raise node.fail(f"directory {os.path.dirname(path)} does not exist")
+    if len(os.fsencode(path)) > 100:  # sun_path holds 108 bytes, and binding goes through PATH.PID.tmp
+        raise node.fail(f"path too long for a Unix socket ({len(os.fsencode(path))} bytes; at most 100)")
+    return path
 
 
 def _base_dir(source: str) -> Path | None:

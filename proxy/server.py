@@ -32,6 +32,8 @@ class ProxyServer:
         if config.state.backend != "memory":
             # Fleet state needs the supervisor (`bluegreen proxy`); silently ignoring it would split the fleet.
             raise ValueError("the embedded proxy keeps its state in the process: run `bluegreen proxy` for a fleet")
+        if config.admin.socket is not None:
+            raise ValueError("the runtime socket (admin.socket) is served by `bluegreen proxy`, not the embedded proxy")
         self.config = config
         self._admin_setup = admin_setup
         self.dataplane: DataPlane | None = None

@@ -14,6 +14,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from proxy.config import DEFAULT_APP, Config, ListenerConfig, label_problem, parse_address, pool_key, split_pool_key
@@ -135,13 +136,19 @@ class Switch:
             if self.state is not current:
                 raise ConflictError("routes changed while checking the target; retry")
             await self.adopt(current.with_routes(app, *plan))
-            self.record_flip(time.monotonic() - started)
-            self.log_flip(app, current.routes(app), self.state.routes(app), time.monotonic() - started, force=force)
+            seconds = time.monotonic() - started
+            self.record_flip(seconds)
+            self.log_flip(app, current.routes(app), self.state.routes(app), seconds, force=force)
             return self.state.routes(app)
 
     def log_flip(self, app: str, before: Routes, after: Routes, seconds: float, **more: Any) -> None:
         """The audit record of a flip: who, which application, from what to what, the generation, how long
-        until it was served."""
+        until it was served. Written just after the answer: the caller writes it in this same loop iteration,
+        and the record (formatting, the ring, the write to stderr: as long as the flip itself) runs next, in
+        the caller's context (who flipped)."""
+        asyncio.get_running_loop().call_soon(partial(self._log_flip, app, before, after, seconds, **more))
+
+    def _log_flip(self, app: str, before: Routes, after: Routes, seconds: float, **more: Any) -> None:
         where = "" if app == DEFAULT_APP else f" of {app}"
         emit(
             log,
@@ -243,13 +250,8 @@ class Switch:
 
             restart = [f"listeners.{r}" for r in config.listeners if moved(config.listeners[r], old.listeners.get(r))]
             restart += ["listeners.preview"] if "preview" in old.listeners and "preview" not in config.listeners else []
-            if (config.admin.host, config.admin.port, config.admin.token, config.admin.tls) != (
-                old.admin.host,
-                old.admin.port,
-                old.admin.token,
-                old.admin.tls,
-            ):
-                restart.append("admin")
+            if config.admin != old.admin:
+                restart.append("admin")  # address, token, TLS or runtime socket: bound once, at start
             current = self.state
             wanted = DesiredState.from_config(config)
             loaded = _file_routes(config)

@@ -8,6 +8,7 @@ user: its pid and command line).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -43,6 +44,52 @@ def bind_listener(key: str, host: str, port: int, *, listen: bool = True) -> soc
         raise PortError(f"{key}: {describe_bind_error(exc, host, port)}") from None
     sock.set_inheritable(True)
     return sock
+
+
+def bind_unix(key: str, path: str, *, backlog: int = BACKLOG) -> socket.socket:
+    """A listening Unix stream socket at `path`, mode 0600 (its file mode is its access control). A path left
+    by a proxy that died is taken over (nobody answers there); one where a process answers is refused. Bound
+    under a temporary name, restricted, then renamed into place (HAProxy's way): the path never exists with
+    wider rights, and no umask (process-wide, shared with threads) is changed."""
+    if os.path.exists(path):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            pass  # stale: replaced by the rename below
+        else:
+            raise PortError(f"{key}: another process answers on {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    staging = f"{path}.{os.getpid()}.tmp"
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staging)
+        sock.bind(staging)
+        os.chmod(staging, 0o600)
+        os.rename(staging, path)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(staging)
+        raise PortError(f"{key}: cannot bind {path}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def bound_at(sock: socket.socket, path: str) -> bool:
+    """Whether a Unix socket made by `bind_unix` was made for `path` (it is bound under the staging name)."""
+    name = sock.getsockname()
+    return isinstance(name, str) and (name == path or (name.startswith(path + ".") and name.endswith(".tmp")))
+
+
+def unlink_if_ours(path: str, inode: int) -> None:
+    """Remove a Unix socket's path unless another process has bound it since (a successor's, by inode)."""
+    with contextlib.suppress(OSError):
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
 
 
 def describe_bind_error(exc: OSError, host: str, port: int) -> str:

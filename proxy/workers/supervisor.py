@@ -34,6 +34,7 @@ from proxy.controlplane.admin import make_admin_app
 from proxy.controlplane.events import emit
 from proxy.controlplane.health import HealthChecker
 from proxy.controlplane.metrics import make_registry
+from proxy.controlplane.runtime import Runtime, serve_runtime
 from proxy.controlplane.state import DesiredState
 from proxy.controlplane.stats import WorkerStats
 from proxy.controlplane.switch import Switch, check_labels, normalize_endpoints, pool_status
@@ -45,7 +46,7 @@ from proxy.fleet.etcd import StoreUnavailableError
 from proxy.fleet.member import Fleet
 from proxy.server import read_config_for_reload
 from proxy.workers.channel import Channel
-from proxy.workers.ports import bind_listener
+from proxy.workers.ports import bind_listener, bind_unix, bound_at, unlink_if_ours
 from proxy.workers.routeword import shared_word
 from proxy.workers.upgrade import (
     PROTOCOL,
@@ -123,6 +124,8 @@ class Supervisor:
         )
         self.ports: dict[str, int] = {}
         self._runner: web.AppRunner | None = None
+        self._runtime: asyncio.AbstractServer | None = None  # the runtime socket's server (`admin.socket`)
+        self._runtime_inode = 0
         self._stopping = False
         self._monitors: list[asyncio.Task[None]] = []
         self._health_push: asyncio.Task[None] | None = None
@@ -177,6 +180,14 @@ class Supervisor:
                     sock = None
                 # The admin port accepts once everything serves (the readiness signal): its site listens last.
                 self.sockets[role] = sock or bind_listener(key, host, port, listen=role != "admin")
+            path = self.config.admin.socket
+            if path is not None:
+                sock = inherited.pop("runtime", None)
+                if sock is not None and not bound_at(sock, path):
+                    sock.close()
+                    sock = None
+                self.sockets["runtime"] = sock or bind_unix("admin.socket", path)
+                self._runtime_inode = os.stat(path).st_ino
         except OSError:
             for sock in self.sockets.values():
                 sock.close()
@@ -243,7 +254,15 @@ class Supervisor:
             self._runner, self.sockets["admin"], ssl_context=admin_tls.context if admin_tls is not None else None
         )
         await site.start()
-        self.ports = {role: sock.getsockname()[1] for role, sock in self.sockets.items()}
+        self.ports = {role: sock.getsockname()[1] for role, sock in self.sockets.items() if role != "runtime"}
+        if "runtime" in self.sockets:
+            runtime = Runtime(
+                controls,
+                apps=self.switch.apps,
+                guard=self.check_changes,
+                switch_report=(lambda: fleet.last_report) if fleet else None,
+            )
+            self._runtime = await serve_runtime(self.sockets["runtime"], runtime)
         if self.owner:
             self._listen_for_successor()
         self.watch = Watch(self.switch, lambda: self.stats.pools.values(), refresh=self.refresh_stats)
@@ -383,6 +402,7 @@ class Supervisor:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        self._close_runtime()
         self.upgrade.close(unlink=False)  # the successor binds the path anew
         for sock in self.sockets.values():
             sock.close()  # the successor holds its own copies
@@ -390,8 +410,9 @@ class Supervisor:
     async def _spawn(self, index: int, restarts: int = 0) -> None:
         """Start worker `index` on the current state (called with the switch lock held)."""
         parent, child = socket.socketpair()
-        listen = [f"--listen={role}={sock.fileno()}" for role, sock in self.sockets.items() if role != "admin"]
-        listen_fds = tuple(sock.fileno() for role, sock in self.sockets.items() if role != "admin")
+        served = [(role, sock) for role, sock in self.sockets.items() if role in self.config.listeners]
+        listen = [f"--listen={role}={sock.fileno()}" for role, sock in served]
+        listen_fds = tuple(sock.fileno() for _, sock in served)
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-P",  # not the working directory first on sys.path: a `proxy/` folder there must not shadow this code
@@ -632,11 +653,20 @@ class Supervisor:
         await self.health.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        self._close_runtime()
+        if self.config.admin.socket is not None and not self.handed_over.is_set():
+            unlink_if_ours(self.config.admin.socket, self._runtime_inode)  # not a successor's path
         for sock in self.sockets.values():
             sock.close()
         if self._predecessor is not None:  # kept until now: a draining successor still forwards changes through us
             self._predecessor.close()
             self._predecessor = None
+
+    def _close_runtime(self) -> None:
+        """Stop accepting on the runtime socket (its answers in progress still go out)."""
+        if self._runtime is not None:
+            self._runtime.close()
+            self._runtime = None
 
 
 def _same_address(sock: socket.socket, host: str, port: int) -> bool:

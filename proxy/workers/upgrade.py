@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.config import Config
+from proxy.workers.ports import bind_unix, unlink_if_ours
 
 PROTOCOL = 1
 MAX_FDS = 16
@@ -233,23 +234,8 @@ class UpgradeListener:
 
     def bind(self) -> None:
         """Bind `path`, taking it over from a proxy that died without removing it (nobody answers there)."""
-        if os.path.exists(self.path):
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(self.path)
-            except OSError:
-                os.unlink(self.path)  # stale
-            else:
-                raise OSError(f"another proxy answers on {self.path}")
-            finally:
-                probe.close()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_mask = os.umask(0o177)
-        try:
-            sock.bind(self.path)
-        finally:
-            os.umask(old_mask)
-        sock.listen(4)
+        sock = bind_unix("upgrade socket", self.path, backlog=4)
+        sock.set_inheritable(False)
         sock.setblocking(False)
         self.sock = sock
         self._inode = os.stat(self.path).st_ino
@@ -305,6 +291,4 @@ class UpgradeListener:
             self.sock.close()
             self.sock = None
         if unlink:
-            with contextlib.suppress(OSError):
-                if os.stat(self.path).st_ino == self._inode:
-                    os.unlink(self.path)
+            unlink_if_ours(self.path, self._inode)

@@ -1,0 +1,182 @@
+"""The runtime socket (`admin.socket`): flips and reads over a Unix socket, as HAProxy's runtime API.
+
+The real `bluegreen proxy`, reached with socat (what an operator types) and with a plain socket client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from proxy.config import ConfigError, parse_config
+from tests.proxy.conftest import StartUpstream
+from tests.proxy.support import ProxyProcess, RawClient
+from tests.proxy.test_upgrade import exited, started, upgrade
+from tests.support import Process, wait_until
+
+
+async def ask(path: Path, *lines: str) -> list[dict[str, Any]]:
+    """Send the lines on one connection, half-close, read the answers until the proxy closes."""
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    writer.write("".join(line + "\n" for line in lines).encode())
+    await writer.drain()
+    writer.write_eof()
+    async with asyncio.timeout(10):
+        raw = await reader.read()
+    writer.close()
+    return [json.loads(line) for line in raw.decode().splitlines()]
+
+
+async def socat(path: Path, command: str) -> dict[str, Any]:
+    proc = await asyncio.create_subprocess_exec(
+        "socat", "-", f"UNIX-CONNECT:{path}", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+    )
+    async with asyncio.timeout(10):
+        out, _ = await proc.communicate(command.encode() + b"\n")
+    assert proc.returncode == 0
+    (line,) = out.decode().splitlines()
+    return json.loads(line)  # type: ignore[no-any-return]
+
+
+async def color(proxy: ProxyProcess) -> str:
+    client = RawClient(proxy.ports["active"])
+    try:
+        return str(json.loads((await client.request("/color", close=True)).body))
+    finally:
+        await client.close()
+
+
+def with_socket(proxy: ProxyProcess, path: Path) -> ProxyProcess:
+    proxy.path.write_text(proxy.path.read_text().replace("admin:\n", f"admin:\n  socket: {path}\n", 1))
+    return proxy
+
+
+async def proxy_with_socket(upstream: StartUpstream, tmp_path: Path, **extra: Any) -> tuple[ProxyProcess, Path]:
+    path = tmp_path / "bluegreen.sock"
+    pools = {"blue": [await upstream("blue")], "green": [await upstream("green")]}
+    proxy = with_socket(ProxyProcess(tmp_path, pools, "blue", "green", **extra), path)
+    await started(await proxy.start())
+    return proxy, path
+
+
+async def test_flip_and_read_through_the_socket(upstream: StartUpstream, tmp_path: Path) -> None:
+    proxy, path = await proxy_with_socket(upstream, tmp_path)
+    try:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600  # the file mode is the access control
+        assert await color(proxy) == "blue"
+        (before,) = await ask(path, "routes")
+        answer = await socat(path, "switch green")
+        assert answer == {"active": "green", "preview": "blue", "generation": before["generation"] + 1}
+        assert await color(proxy) == "green"  # served once answered
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{proxy.url('admin')}/api/v1/routes") as resp:
+                assert await resp.json() == answer  # the HTTP API sees the same state
+            (routes,) = await ask(path, "routes")
+            assert routes == answer
+            async with session.get(f"{proxy.url('admin')}/api/v1/events") as resp:
+                flips = [e for e in (await resp.json())["events"] if e["event"] == "flip"]
+        # The audit trail names the socket and the peer's uid and pid (SO_PEERCRED).
+        assert flips[-1]["via"] == "runtime socket" and flips[-1]["uid"] == os.getuid() and flips[-1]["pid"] > 0
+        assert flips[-1]["active_to"] == "green"
+        # Several commands on one connection: answered in order, each on its line.
+        generation = answer["generation"] + 1
+        answers = await ask(path, "switch blue", "routes", f"switch blue green force generation={generation}", "apps")
+        assert [a.get("active") for a in answers[:3]] == ["blue", "blue", "blue"]
+        assert answers[1]["generation"] == answers[2]["generation"] == generation  # idempotent: no new one
+        assert answers[3]["apps"]["default"]["routes"]["active"] == "blue"
+    finally:
+        code, _ = await proxy.stop()
+    assert code == 0
+    assert not path.exists()  # removed on the way out
+
+
+@pytest.mark.parametrize(
+    ("command", "status", "words"),
+    [
+        ("frobnicate", 400, "unknown command"),
+        ("switch", 400, "name the pool"),
+        ("switch purple", 404, "purple"),
+        ("switch green generation=7", 409, "generation 7"),
+        ("switch green generation=x", 400, "generation=x"),
+        ("switch green blue extra", 400, "unexpected argument"),
+        ("routes app=nope", 404, "nope"),
+        ("routes color=red", 400, "unexpected argument"),
+    ],
+)
+async def test_a_bad_command_gets_a_json_error_and_changes_nothing(
+    upstream: StartUpstream, tmp_path: Path, command: str, status: int, words: str
+) -> None:
+    proxy, path = await proxy_with_socket(upstream, tmp_path)
+    try:
+        (before,) = await ask(path, "routes")
+        answer, routes = await ask(path, command, "routes")
+        assert answer["status"] == status and words in answer["error"], answer
+        assert routes == before  # nothing changed, and the connection goes on
+        too_long = await ask(path, "routes " + "x" * 5000)
+        assert too_long == [{"error": "command longer than 4096 bytes", "status": 400}]
+        assert await color(proxy) == "blue"
+    finally:
+        await proxy.stop()
+
+
+async def test_a_stale_socket_is_taken_over_and_a_live_one_refused(upstream: StartUpstream, tmp_path: Path) -> None:
+    proxy, path = await proxy_with_socket(upstream, tmp_path)
+    (tmp_path / "two").mkdir()
+    second = with_socket(ProxyProcess(tmp_path / "two", {"blue": [await upstream("blue2")]}, "blue", None), path)
+    try:
+        proc = await Process.start(
+            [sys.executable, "-m", "bluegreen", "proxy", "--config", str(second.path)], name="second proxy"
+        )
+        assert await exited(proc) != 0
+        assert f"admin.socket: another process answers on {path}" in proc.output
+        assert (await ask(path, "routes"))[0]["active"] == "blue"  # the first one still answers there
+    finally:
+        first = proxy.proc
+        assert first is not None
+        first.proc.send_signal(signal.SIGKILL)  # dies without removing its path
+        await first.stop()
+    assert path.exists()
+    await started(await second.start())  # nobody answers there: the path is taken over
+    try:
+        (routes,) = await ask(path, "routes")
+        assert routes["active"] == "blue" and routes["preview"] is None
+    finally:
+        await second.stop()
+
+
+async def test_the_socket_survives_a_hot_upgrade(upstream: StartUpstream, tmp_path: Path) -> None:
+    """The successor inherits the socket (same inode, no moment without it) and answers on it."""
+    proxy, path = await proxy_with_socket(upstream, tmp_path, drain={"timeout": "2s"}, shutdown_timeout="2s")
+    inode = os.stat(path).st_ino
+    old = proxy.proc
+    assert old is not None
+    new = await upgrade(proxy)
+    try:
+        assert await exited(old) == 0
+        assert os.stat(path).st_ino == inode
+        answer = await socat(path, "switch green")
+        assert answer["active"] == "green"
+        assert await color(proxy) == "green"
+    finally:
+        await new.stop()
+    await wait_until(lambda: not path.exists(), 5, message="the successor removed the path on its way out")
+
+
+def test_config_errors_name_the_key(tmp_path: Path) -> None:
+    base = {"listeners": {"active": {"port": 8080}}, "pools": {"blue": {"endpoints": ["127.0.0.1:1"]}}}
+    base["routes"] = {"active": "blue"}
+    with pytest.raises(ConfigError, match=r"admin\.socket: directory .*/nowhere does not exist"):
+        parse_config({**base, "admin": {"socket": str(tmp_path / "nowhere" / "s.sock")}}, "t.yaml")
+    with pytest.raises(ConfigError, match=r"admin\.socket: path too long"):
+        parse_config({**base, "admin": {"socket": str(tmp_path / ("x" * 120))}}, "t.yaml")
+    config = parse_config({**base, "admin": {"socket": "run.sock"}}, str(tmp_path / "proxy.yaml"))
+    assert config.admin.socket == str(tmp_path / "run.sock")  # relative to the config file
