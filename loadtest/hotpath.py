@@ -131,7 +131,7 @@ async def run(
             upstream.data_received(response)
             if outbox.held:
                 outbox.send()
-            if log is not None and len(log.records) >= BATCH:
+            if log is not None and len(log.lines) >= BATCH:
                 log.flush()  # as the callback the log asked for would
 
     serve(min(1000, requests))  # warm up: specialised bytecode, pooled objects

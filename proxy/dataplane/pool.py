@@ -48,6 +48,7 @@ class Endpoint:
         "idle",
         "in_flight",
         "log_address",
+        "log_json",
         "passive_ok",
         "pool",
         "port",
@@ -62,6 +63,7 @@ class Endpoint:
         self.port = port
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.log_address = self.address.encode()  # as the access log writes it, encoded once
+        self.log_json = b'"' + self.log_address + b'"'
         self.in_flight = 0
         self.idle: deque[UpstreamConnection] = deque()
         self.checked = Health.UNKNOWN  # last verdict of active checks
@@ -132,6 +134,7 @@ class Pool:
         "latency_buckets",
         "latency_sum",
         "local_name",
+        "log_json",
         "log_name",
         "max_idle",
         "max_in_flight",
@@ -156,6 +159,11 @@ class Pool:
         self.name = name
         self.app, self.local_name = split_pool_key(name)
         self.log_name = self.local_name.encode()  # as the access log writes it, encoded once
+        # The json access log's app, listener and pool of a request this pool serves, by listener: one piece.
+        self.log_json = tuple(
+            b'"app":"%s","listener":"%s","pool":"%s"' % (self.app.encode(), listener, self.log_name)
+            for listener in (b"active", b"preview")
+        )
         self.balancer = balancer
         self.health_check = health_check or HealthCheckConfig()
         self.max_in_flight = max_in_flight
