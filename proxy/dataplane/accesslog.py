@@ -4,12 +4,13 @@ Nothing of it runs on the request path while it is off: the DataPlane then build
 it is on it builds `LoggedExchange`s, which note the few things an `Exchange` does not keep (start and end
 time, bytes sent, the endpoint that served it, the route generation) and, when they finish, format their
 line (one `%` of a template: no logging call, no lock) onto the log's list, so the exchange is freed at
-once. The lines are joined in batches, at the end of the loop iteration in which `BATCH` lines gathered
-(a `call_soon`, as `proxy.dataplane.outbox` sends writes) or at the data plane's next tick, and handed as
-one chunk to a writer thread, so the loop never waits for the disk. The writer appends whole lines (O_APPEND; to a pipe or terminal in pieces of at most PIPE_BUF, at line
-ends), so several workers can share one file. When the disk stalls, chunks queue up to `MAX_PENDING`
-bytes; past that the loop drops lines and counts them (`bluegreen_access_log_dropped_total`) rather
-than wait. `reopen` (SIGUSR1, after logrotate moved the file) makes the writer open the path again.
+once. The lines are joined in batches, at the end of the loop iteration in which `BATCH` lines gathered (a
+`call_soon`, as `proxy.dataplane.outbox` sends writes) or at the data plane's next tick, and handed as one
+chunk to a writer thread, so the loop never waits for the disk. The writer appends whole lines (O_APPEND; to
+a pipe or terminal in pieces of at most PIPE_BUF, at line ends), so several workers can share one file. When
+the disk stalls, chunks queue up to `MAX_PENDING` bytes; past that the loop drops lines and counts them
+(`bluegreen_access_log_dropped_total`) rather than wait. `reopen` (SIGUSR1, after logrotate moved the file)
+makes the writer open the path again.
 
 `time` is when the response ended (UTC, milliseconds); `duration_ms` runs from the end of the request
 head to the end of the response; `bytes_in` counts the request body (and what a tunnel carried upstream),
