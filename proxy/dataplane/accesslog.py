@@ -29,6 +29,7 @@ import stat
 import sys
 import threading
 import time
+from time import perf_counter
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -116,7 +117,7 @@ class LoggedExchange(Exchange):
             keep_alive,
             request_id,
         )
-        self.began = dp.loop.time()
+        self.began = perf_counter()  # not the loop's clock: uvloop's steps in whole milliseconds
         app = client.app  # `_request` has just resolved it and read its snapshot (same call, same loop)
         self.app = app.log_name if app is not None else DEFAULT_APP
         self.generation = app.routes.generation if app is not None else 0
@@ -158,7 +159,7 @@ class LoggedExchange(Exchange):
     def _finish(self, status: int, aborted: bool = False) -> None:
         if self.state != DONE:
             self.served_by = self.endpoint
-            self.ended = self.dp.loop.time()
+            self.ended = perf_counter()
             # What the client was sent: the status of a response cut after its head, 0 when nothing went out.
             self.final_status = status if not aborted else (self.status if self.state == HEAD_SENT else 0)
             self.aborted = aborted
@@ -204,7 +205,7 @@ class AccessLog:
         self.config = config
         self.lines: list[bytes] = []  # formatted, waiting for the batch's join
         self.json = config.format == "json"
-        self.offset = time.time() - loop.time()  # wall clock minus the loop's; renewed at every flush
+        self.offset = time.time() - perf_counter()  # wall clock minus perf_counter's; renewed at every flush
         self.stalled = False  # the writer is MAX_PENDING behind (renewed at every flush): lines are dropped
         self.dropped = 0  # lines dropped on the loop (the writer was MAX_PENDING behind)
         self.queued = 0  # bytes handed to the writer (written by the loop thread only)
@@ -229,7 +230,7 @@ class AccessLog:
 
     def flush(self) -> None:
         lines = self.lines
-        self.offset = time.time() - self.loop.time()
+        self.offset = time.time() - perf_counter()
         self.stalled = self.queued - self.writer.written > MAX_PENDING or self.writer.closed
         if not lines:
             return

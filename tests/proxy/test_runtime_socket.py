@@ -159,7 +159,11 @@ async def test_the_socket_survives_a_hot_upgrade(upstream: StartUpstream, tmp_pa
     inode = os.stat(path).st_ino
     old = proxy.proc
     assert old is not None
-    new = await upgrade(proxy)
+    try:
+        new = await upgrade(proxy)
+    except BaseException:
+        await proxy.stop()
+        raise
     try:
         assert await exited(old) == 0
         assert os.stat(path).st_ino == inode
