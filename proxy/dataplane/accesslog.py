@@ -29,8 +29,8 @@ import stat
 import sys
 import threading
 import time
-from time import perf_counter
 from collections import deque
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 from proxy.config import AccessLogConfig, Config, ConfigError
