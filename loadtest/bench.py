@@ -1299,7 +1299,7 @@ def environment(argv: Sequence[str], bluegreen: Sequence[str]) -> dict[str, str]
         "haproxy": "HAProxy " + (haproxy.split() + ["?"] * 3)[2],
         "python": sys.version.split()[0],
         "openssl": _first_line(["openssl", "version"]).split(" (")[0],
-        "dataplane": dataplane.partition("data plane: ")[2].rstrip(")") or "?",
+        "dataplane": dataplane.partition("data plane: ")[2].removesuffix(")") or "?",
         "command": shlex.join(["python", "-m", "loadtest.bench", *argv]),
     }
 
@@ -1379,6 +1379,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing:
         print(f"bench: not installed: {', '.join(missing)} (apt-get install wrk nginx haproxy)", file=sys.stderr)
         return 2
+    env = environment(argv, settings.bluegreen)  # before the runs: the mode they ran in, not one after an edit
+    if "reinstall" in env["dataplane"]:
+        # Pure Python because a source changed after the install: not the build anyone means to measure.
+        print(f"bench: the data plane would run {env['dataplane']} (or BLUEGREEN_PURE=1 to mean it)", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _terminate)
     with tempfile.TemporaryDirectory(prefix="bluegreen-bench-") as tmp:
         try:
@@ -1387,7 +1392,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"bench: {exc}", file=sys.stderr)
             return 1
     summary = summarize(runs, flips, negotiated)
-    env = environment(argv, settings.bluegreen)
     print(report_text(summary, settings))
     if args.markdown:
         write_markdown(args.markdown, report_markdown(summary, settings, env, args.block), args.block)

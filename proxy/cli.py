@@ -61,13 +61,14 @@ class _Version(argparse.Action):
 def version_line() -> str:
     from importlib import metadata
 
-    from proxy.dataplane import mode
+    from proxy.dataplane import pure_because
 
     try:
         release = metadata.version("bluegreen")
     except metadata.PackageNotFoundError:
         release = "unknown"
-    how = "compiled with mypyc" if mode() == "compiled" else "pure Python"
+    why = pure_because()
+    how = f"pure Python; {why}" if why else "compiled with mypyc"
     return f"bluegreen {release} (data plane: {how})"
 
 

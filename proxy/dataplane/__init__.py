@@ -47,7 +47,15 @@ def incomplete(folders: list[str]) -> bool:
 
 
 _FOLDERS = list(globals().get("__path__", [os.path.dirname(__file__)]))  # (also when imported as a module)
-if os.environ.get("BLUEGREEN_PURE") or any(stale(folder) for folder in _FOLDERS) or incomplete(_FOLDERS):
+if os.environ.get("BLUEGREEN_PURE"):
+    _PURE_BECAUSE = "BLUEGREEN_PURE=1"
+elif any(stale(folder) for folder in _FOLDERS):
+    _PURE_BECAUSE = "a source is newer than its compiled module: reinstall to compile it again"
+elif incomplete(_FOLDERS):
+    _PURE_BECAUSE = "the compiled modules' runtime is missing: reinstall"
+else:
+    _PURE_BECAUSE = ""
+if _PURE_BECAUSE:
     for _folder in _FOLDERS:
         sys.path_importer_cache[_folder] = FileFinder(_folder, (SourceFileLoader, SOURCE_SUFFIXES))
 
@@ -57,3 +65,10 @@ def mode() -> str:
     from proxy.dataplane import client
 
     return "compiled" if (client.__file__ or "").endswith((".so", ".pyd")) else "pure"
+
+
+def pure_because() -> str:
+    """Why the request path runs pure ("" when it runs compiled): a benchmark of a stale build must say so."""
+    if mode() == "compiled":
+        return ""
+    return _PURE_BECAUSE or "not compiled at install (no C compiler, or built with BLUEGREEN_PURE=1)"

@@ -23,8 +23,10 @@ def test_version_says_which_mode_runs(pure: bool) -> None:
         [sys.executable, "-m", "bluegreen", "proxy", "--version"], cwd=REPO, env=env, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
-    expected = "compiled with mypyc" if COMPILED_ON_DISK and not pure else "pure Python"
-    assert out.stdout.startswith("bluegreen ") and f"(data plane: {expected})" in out.stdout, out.stdout
+    expected = "compiled with mypyc)" if COMPILED_ON_DISK and not pure else "pure Python; "
+    assert out.stdout.startswith("bluegreen ") and f"(data plane: {expected}" in out.stdout, out.stdout
+    if pure:
+        assert "pure Python; BLUEGREEN_PURE=1)" in out.stdout  # and why
 
 
 def test_this_run_reports_its_mode_in_the_metrics() -> None:
