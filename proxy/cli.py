@@ -1,4 +1,4 @@
-"""The proxy's commands: `proxy` (run it), `status` and `switch` (talk to its admin API)."""
+"""The proxy's commands: `proxy` (run it), `status` and `switch` (through its admin API or runtime socket)."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def add_admin_args(p: argparse.ArgumentParser) -> None:
         "--admin",
         default=os.environ.get("BLUEGREEN_ADMIN", DEFAULT_ADMIN),
         metavar="URL",
-        help=f"admin API (default: $BLUEGREEN_ADMIN or {DEFAULT_ADMIN})",
+        help=f"admin API, or unix:PATH for the runtime socket (default: $BLUEGREEN_ADMIN or {DEFAULT_ADMIN})",
     )
 
 
@@ -91,11 +91,20 @@ def fail(message: str, code: int = 1) -> int:
 
 
 def run_client(coro_fn: Callable[[Any], Coroutine[Any, Any, int]], args: argparse.Namespace) -> int:
+    """Run `coro_fn` with the control of the proxy at `--admin`: its admin API, or its runtime socket."""
     from proxy.control.http import HttpControl
+    from proxy.control.runtime import RuntimeControl, socket_path
+
+    path = socket_path(args.admin)
+    app = getattr(args, "app", None)
 
     async def main() -> int:
-        token = os.environ.get("BLUEGREEN_ADMIN_TOKEN") or None
-        async with HttpControl(args.admin, token, app=getattr(args, "app", None)) as control:
+        control: HttpControl | RuntimeControl
+        if path is not None:  # the file's mode is the access control: no token
+            control = RuntimeControl(path, app=app)
+        else:
+            control = HttpControl(args.admin, os.environ.get("BLUEGREEN_ADMIN_TOKEN") or None, app=app)
+        async with control:
             return await coro_fn(control)
 
     try:
@@ -103,7 +112,8 @@ def run_client(coro_fn: Callable[[Any], Coroutine[Any, Any, int]], args: argpars
     except ControlError as exc:
         return fail(f"{exc.status}: {exc.message}")
     except (TimeoutError, OSError) as exc:
-        return fail(f"cannot reach the admin API at {args.admin}: {exc}")
+        where = f"the runtime socket at {path}" if path is not None else f"the admin API at {args.admin}"
+        return fail(f"cannot reach {where}: {exc or type(exc).__name__}")
     except Exception as exc:  # aiohttp.ClientError and friends: one line, no traceback
         return fail(f"{type(exc).__name__}: {exc} ({args.admin})")
 

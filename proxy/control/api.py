@@ -16,6 +16,7 @@ __all__ = [
     "AckTimeoutError",
     "ConflictError",
     "ControlError",
+    "NOT_IN_FLEET",
     "EndpointStatus",
     "InvalidRequestError",
     "NotFoundError",
@@ -24,6 +25,7 @@ __all__ = [
     "ProxyStatus",
     "Routes",
     "UnavailableError",
+    "error_for",
 ]
 
 
@@ -100,6 +102,23 @@ class ProxyStatus:
                 return p
         return None
 
+    def to_json(self) -> dict[str, Any]:
+        """The admin API's `GET /pools` body: each pool with the routes that name it, and the routes."""
+        routes = self.routes
+        pools = []
+        for p in self.pools:
+            item = p.to_json()
+            item["routes"] = [r for r, n in (("active", routes.active), ("preview", routes.preview)) if n == p.name]
+            pools.append(item)
+        return {"pools": pools, "routes": routes.to_json()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ProxyStatus:
+        return cls(Routes.from_json(data["routes"]), tuple(PoolStatus.from_json(p) for p in data["pools"]))
+
+
+NOT_IN_FLEET = "this proxy is not part of a fleet (no state: {backend: etcd} in its config)"
+
 
 class ControlError(Exception):
     """A refused control call; `status` is the admin API's HTTP status for it."""
@@ -133,6 +152,19 @@ class AckTimeoutError(ControlError):
     """The change was committed but not every live proxy acknowledged it in time (the message says who)."""
 
     status = 504
+
+
+_ERRORS: dict[int, type[ControlError]] = {
+    cls.status: cls for cls in (InvalidRequestError, NotFoundError, ConflictError, UnavailableError, AckTimeoutError)
+}
+
+
+def error_for(status: int, message: str) -> ControlError:
+    """The error a remote transport raises for a refusal the proxy answered with `status`: the same type and
+    message an in-process caller gets (ControlError itself, with that status, for 401, 413, 5xx...)."""
+    error = _ERRORS.get(status, ControlError)(message)
+    error.status = status
+    return error
 
 
 @runtime_checkable

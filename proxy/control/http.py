@@ -8,23 +8,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from proxy.control.api import (
-    AckTimeoutError,
-    ConflictError,
-    ControlError,
-    InvalidRequestError,
-    NotFoundError,
-    PoolStatus,
-    ProxyStatus,
-    Routes,
-    UnavailableError,
-)
-
-# The admin API answers a refused call with its ControlError's status and message (`{"error": message}`), so
-# a remote caller gets the error an in-process caller gets: the same type and the same message.
-_ERRORS: dict[int, type[ControlError]] = {
-    cls.status: cls for cls in (InvalidRequestError, NotFoundError, ConflictError, UnavailableError, AckTimeoutError)
-}
+from proxy.control.api import NotFoundError, ProxyStatus, Routes, error_for
 
 
 class HttpControl:
@@ -57,16 +41,13 @@ class HttpControl:
                 data = await resp.json(content_type=None)
             except ValueError:
                 data = {"error": (await resp.text())[:200]}
-            if resp.status >= 400:
+            if resp.status >= 400:  # the admin API answers a refusal with `{"error": message}`
                 message = data.get("error", resp.reason) if isinstance(data, dict) else str(data)
-                error = _ERRORS.get(resp.status, ControlError)(str(message))
-                error.status = resp.status  # also for statuses without a class of their own (401, 413, 5xx)
-                raise error
+                raise error_for(resp.status, str(message))
             return data
 
     async def status(self) -> ProxyStatus:
-        data = await self._call("GET", f"{self._prefix}/pools")
-        return ProxyStatus(Routes.from_json(data["routes"]), tuple(PoolStatus.from_json(p) for p in data["pools"]))
+        return ProxyStatus.from_json(await self._call("GET", f"{self._prefix}/pools"))
 
     async def apps(self) -> dict[str, Any]:
         """Every application of the proxy: Host names, whether it is the default one, routes."""

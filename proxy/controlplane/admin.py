@@ -16,7 +16,7 @@ from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from proxy.config import DEFAULT_APP
-from proxy.control.api import ControlError, InvalidRequestError, ProxyControl
+from proxy.control.api import NOT_IN_FLEET, ControlError, InvalidRequestError, ProxyControl
 from proxy.controlplane.events import ACTOR, install_ring
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -132,14 +132,7 @@ def make_admin_app(
         return web.json_response(body)
 
     async def get_pools(request: web.Request) -> web.Response:
-        status = await control_of(request).status()
-        routes = status.routes
-        pools = []
-        for p in status.pools:
-            item = p.to_json()
-            item["routes"] = [r for r, n in (("active", routes.active), ("preview", routes.preview)) if n == p.name]
-            pools.append(item)
-        return web.json_response({"pools": pools, "routes": routes.to_json()})
+        return web.json_response((await control_of(request).status()).to_json())
 
     async def put_pool(request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -165,7 +158,7 @@ def make_admin_app(
 
     async def get_fleet(request: web.Request) -> web.Response:
         if fleet_status is None:
-            return json_error(404, "this proxy is not part of a fleet (no state: {backend: etcd} in its config)")
+            return json_error(404, NOT_IN_FLEET)
         return web.json_response(fleet_status())
 
     async def get_events(request: web.Request) -> web.Response:

@@ -6,16 +6,21 @@ machine, the flip: through the admin API's HTTP a flip costs the supervisor abou
 the change itself (aiohttp's per-connection and per-request machinery, measured in docs/benchmarks.md);
 here a command is split on spaces and answered with one JSON line.
 
-    switch ACTIVE [PREVIEW] [force] [generation=N] [app=NAME]
+    switch ACTIVE [PREVIEW] [force] [preview=NAME] [generation=N] [app=NAME]
     routes [app=NAME]
+    pools [app=NAME]
     apps
+    fleet
     help
 
-Answers are one JSON object per line: the admin API's body for the same call (`POST /switch`,
-`GET /routes`, `GET /apps`), or `{"error": ..., "status": N}` with the status the admin API would have
+The first word after `switch` is always the pool to make active, so a pool may be named `force`; after
+it, `force` is the flag (`preview=force` names such a pool as the preview). Answers are one JSON object
+per line: the admin API's body for the same call (`POST /switch`, `GET /routes`, `GET /pools`,
+`GET /apps`, `GET /fleet`), or `{"error": ..., "status": N}` with the status the admin API would have
 given. Commands on one connection are answered in order; after the client half-closes, the proxy closes
 once it has answered (so `echo 'switch green' | nc -NU PATH` works). The event log names the peer's
-uid and pid (SO_PEERCRED) as the actor of a flip.
+uid and pid (SO_PEERCRED) as the actor of a flip. `bluegreen status|switch --admin unix:PATH` speak this
+protocol (`proxy.control.runtime`).
 """
 
 from __future__ import annotations
@@ -30,15 +35,17 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from proxy.config import DEFAULT_APP
-from proxy.control.api import ControlError, InvalidRequestError, ProxyControl
+from proxy.control.api import NOT_IN_FLEET, ControlError, InvalidRequestError, NotFoundError, ProxyControl
 from proxy.controlplane.events import ACTOR
 
 MAX_LINE = 4096  # a longer line is not a command: answered with an error, the connection closed
 HELP = {
     "commands": [
-        "switch ACTIVE [PREVIEW] [force] [generation=N] [app=NAME]",
+        "switch ACTIVE [PREVIEW] [force] [preview=NAME] [generation=N] [app=NAME]",
         "routes [app=NAME]",
+        "pools [app=NAME]",
         "apps",
+        "fleet",
         "help",
     ]
 }
@@ -49,7 +56,8 @@ Controls = Callable[[str], ProxyControl]
 
 class Runtime:
     """What the socket's commands reach: the controls of each application, and the few callbacks the admin
-    API has too (`guard` refuses changes during a handover; `switch_report` is the fleet's report)."""
+    API has too (`guard` refuses changes during a handover; `switch_report` is the fleet's report of a flip,
+    `fleet_status` its view, both None outside a fleet)."""
 
     def __init__(
         self,
@@ -58,11 +66,13 @@ class Runtime:
         apps: Callable[[], dict[str, Any]],
         guard: Callable[[], None] | None = None,
         switch_report: Callable[[], dict[str, Any] | None] | None = None,
+        fleet_status: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.controls = controls
         self.apps = apps
         self.guard = guard
         self.switch_report = switch_report
+        self.fleet_status = fleet_status
 
     async def execute(self, line: str) -> dict[str, Any]:
         """One command's answer (a ControlError for a refusal)."""
@@ -72,22 +82,23 @@ class Runtime:
         options = dict(a.split("=", 1) for a in args if "=" in a)
         app = options.pop("app", DEFAULT_APP)
         if command == "switch":
-            force = "force" in positional
-            if force:
-                positional.remove("force")
-            generation = options.pop("generation", None)
-            _no_more(command, positional[2:], options)
             if not positional:
                 raise InvalidRequestError("switch: name the pool to make active (switch ACTIVE [PREVIEW])")
-            if generation is not None and not generation.isdigit():
+            active, rest = positional[0], positional[1:]
+            force = "force" in rest
+            if force:
+                rest.remove("force")
+            preview = options.pop("preview", None)
+            if preview is None and rest:
+                preview = rest.pop(0)
+            generation = options.pop("generation", None)
+            _no_more(command, rest, options)
+            if generation is not None and not (generation.isascii() and generation.isdigit()):
                 raise InvalidRequestError(f"generation={generation}: expected a non-negative integer")
             if self.guard is not None:
                 self.guard()
             routes = await self.controls(app).switch(
-                positional[0],
-                positional[1] if len(positional) > 1 else None,
-                force=force,
-                generation=int(generation) if generation is not None else None,
+                active, preview, force=force, generation=int(generation) if generation is not None else None
             )
             body = routes.to_json()
             if self.switch_report is not None and (report := self.switch_report()) is not None:
@@ -96,12 +107,20 @@ class Runtime:
         if command == "routes":
             _no_more(command, positional, options)
             return (await self.controls(app).routes()).to_json()
+        if command == "pools":
+            _no_more(command, positional, options)
+            return (await self.controls(app).status()).to_json()
+        if command == "fleet":
+            _no_more(command, positional, options if app == DEFAULT_APP else {"app": app, **options})
+            if self.fleet_status is None:
+                raise NotFoundError(NOT_IN_FLEET)
+            return self.fleet_status()
         if command == "apps":
             _no_more(command, positional, options if app == DEFAULT_APP else {"app": app, **options})
             return {"apps": self.apps()}
         if command == "help":
             return HELP
-        raise InvalidRequestError(f"unknown command {command!r} (commands: switch, routes, apps, help)")
+        raise InvalidRequestError(f"unknown command {command!r} (commands: switch, routes, pools, apps, fleet, help)")
 
 
 def _no_more(command: str, positional: list[str], options: dict[str, str]) -> None:

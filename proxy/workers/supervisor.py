@@ -261,6 +261,7 @@ class Supervisor:
                 apps=self.switch.apps,
                 guard=self.check_changes,
                 switch_report=(lambda: fleet.last_report) if fleet else None,
+                fleet_status=fleet.status if fleet else None,
             )
             self._runtime = await serve_runtime(self.sockets["runtime"], runtime)
         if self.owner:

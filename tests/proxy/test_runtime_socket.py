@@ -11,6 +11,7 @@ import os
 import signal
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,12 @@ import aiohttp
 import pytest
 
 from proxy.config import ConfigError, parse_config
+from proxy.control.api import ConflictError, ControlError, InvalidRequestError, NotFoundError, Routes
+from proxy.control.http import HttpControl
+from proxy.control.runtime import RuntimeControl
 from tests.proxy.conftest import StartUpstream
 from tests.proxy.support import ProxyProcess, RawClient
+from tests.proxy.test_apps import bluegreen
 from tests.proxy.test_upgrade import exited, started, upgrade
 from tests.support import Process, wait_until
 
@@ -107,9 +112,13 @@ async def test_flip_and_read_through_the_socket(upstream: StartUpstream, tmp_pat
         ("switch purple", 404, "purple"),
         ("switch green generation=7", 409, "generation 7"),
         ("switch green generation=x", 400, "generation=x"),
+        ("switch green generation=\u00b2", 400, "generation=\u00b2"),  # a digit to str.isdigit, not to int()
+        ("switch force", 404, "'force'"),  # the first word is always the pool to make active
         ("switch green blue extra", 400, "unexpected argument"),
         ("routes app=nope", 404, "nope"),
         ("routes color=red", 400, "unexpected argument"),
+        ("pools app=nope", 404, "nope"),
+        ("fleet", 404, "not part of a fleet"),
     ],
 )
 async def test_a_bad_command_gets_a_json_error_and_changes_nothing(
@@ -124,6 +133,69 @@ async def test_a_bad_command_gets_a_json_error_and_changes_nothing(
         too_long = await ask(path, "routes " + "x" * 5000)
         assert too_long == [{"error": "command longer than 4096 bytes", "status": 400}]
         assert await color(proxy) == "blue"
+    finally:
+        await proxy.stop()
+
+
+async def test_a_pool_named_force(upstream: StartUpstream, tmp_path: Path) -> None:
+    """`force` is the flag only after the pool to make active; `preview=` names any pool as the preview."""
+    path = tmp_path / "bluegreen.sock"
+    pools = {"blue": [await upstream("blue")], "force": [await upstream("force")]}
+    proxy = with_socket(ProxyProcess(tmp_path, pools, "blue", None), path)
+    await started(await proxy.start())
+    try:
+        assert (await ask(path, "switch force"))[0]["active"] == "force"
+        assert await color(proxy) == "force"
+        (answer,) = await ask(path, "switch blue preview=force")
+        assert (answer["active"], answer["preview"]) == ("blue", "force")
+        (answer,) = await ask(path, "switch force blue force")  # active force, preview blue, the flag
+        assert (answer["active"], answer["preview"]) == ("force", "blue")
+    finally:
+        await proxy.stop()
+
+
+async def refused(call: Any, kind: type[ControlError]) -> ControlError:
+    try:
+        await call
+    except ControlError as exc:
+        assert type(exc) is kind and exc.status == kind.status, repr(exc)
+        return exc
+    raise AssertionError(f"{call} was not refused")
+
+
+async def test_the_runtime_control_answers_as_the_admin_api(upstream: StartUpstream, tmp_path: Path) -> None:
+    """RuntimeControl (the CLI's `--admin unix:PATH`) reads, flips and is refused as HttpControl is."""
+    proxy, path = await proxy_with_socket(upstream, tmp_path)
+    try:
+        async with RuntimeControl(str(path)) as local, HttpControl(proxy.url("admin")) as remote:
+            assert await local.status() == await remote.status()
+            assert await local.apps() == await remote.apps()
+            assert await local.fleet() is None is await remote.fleet()
+            assert await local.switch("green", generation=1) == Routes("green", "blue", 2) == await remote.routes()
+            calls: list[tuple[type[ControlError], Callable[[Any], Any]]] = [
+                (NotFoundError, lambda c: c.switch("purple")),
+                (ConflictError, lambda c: c.switch("blue", generation=1)),
+                (NotFoundError, lambda c: c.switch("blue", "purple")),
+            ]
+            for kind, call in calls:
+                mine, theirs = await refused(call(local), kind), await refused(call(remote), kind)
+                assert mine.message == theirs.message
+            assert await local.switch("blue", "green", force=True) == Routes("blue", "green", 3)
+            # What would split the command line is refused before anything is sent; pools are not its job.
+            await refused(local.switch("green force"), InvalidRequestError)
+            await refused(local.switch("green", "a=b"), InvalidRequestError)
+            await refused(local.set_endpoints("yellow", ["127.0.0.1:1"]), InvalidRequestError)
+            assert await remote.routes() == Routes("blue", "green", 3)
+        async with RuntimeControl(str(path), app="nope") as other:
+            await refused(other.routes(), NotFoundError)
+        # The CLI through the socket: no token, the same lines as through the admin API.
+        admin = f"unix:{path}"
+        code, out = await bluegreen("switch", "green", "--admin", admin)
+        assert code == 0 and "generation 4: active -> green, preview -> blue" in out, out
+        code, out = await bluegreen("status", "--admin", admin)
+        assert code == 0 and "pool green (active)" in out and "pool blue (preview)" in out, out
+        code, out = await bluegreen("status", "--admin", f"unix:{tmp_path / 'nobody.sock'}")
+        assert code == 1 and f"cannot reach the runtime socket at {tmp_path / 'nobody.sock'}" in out, out
     finally:
         await proxy.stop()
 
