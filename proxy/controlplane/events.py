@@ -20,6 +20,7 @@ import threading
 import time
 from collections import deque
 from contextvars import ContextVar
+from types import TracebackType
 from typing import Any
 
 RING_SIZE = 1000
@@ -119,16 +120,52 @@ def install_ring() -> EventRing:
     return RING
 
 
-def configure(level: str = "info", fmt: str = "text") -> None:
-    """The proxy's event log on stderr: `level` and above, as JSON lines or text (the CLI's flags)."""
+SETTINGS = {"level": "info", "format": "text"}  # as configured: the supervisor hands them to its workers
+
+
+def configure(level: str = "info", fmt: str = "text", *, ring: bool = True) -> None:
+    """The proxy's event log on stderr: `level` and above, as JSON lines or text (the CLI's flags). Whatever
+    else would reach stderr as a traceback (asyncio's unhandled task errors, an uncaught exception in any
+    thread) goes through the same handler, so a JSON log stays one JSON object per line. `ring=False` (a
+    worker: no admin API reads it) keeps no records in memory."""
+    stream = logging.StreamHandler(sys.stderr)
+    stream.bluegreen_stream = True  # type: ignore[attr-defined]
+    stream.setLevel(getattr(logging, level.upper()))
+    stream.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    for name in (ROOT, "asyncio"):
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if getattr(h, "bluegreen_stream", False)]:
+            logger.removeHandler(handler)
+        logger.addHandler(stream)
+        logger.propagate = False  # one line per record, whatever the root logger does
     root = logging.getLogger(ROOT)
-    for handler in [h for h in root.handlers if getattr(h, "bluegreen_stream", False)]:
-        root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.bluegreen_stream = True  # type: ignore[attr-defined]
-    handler.setLevel(getattr(logging, level.upper()))
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    root.addHandler(handler)
-    root.setLevel(min(logging.INFO, getattr(logging, level.upper())))
-    root.propagate = False  # one line per record, whatever the root logger does
-    install_ring()
+    root.setLevel(min(logging.INFO, getattr(logging, level.upper())) if ring else getattr(logging, level.upper()))
+    SETTINGS.update(level=level, format=fmt)
+    sys.excepthook = _uncaught
+    threading.excepthook = _uncaught_in_thread
+    if ring:
+        install_ring()
+
+
+_crash = logging.getLogger(f"{ROOT}.crash")
+
+
+def _uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, exc, tb)
+        return
+    _crash.critical("uncaught %s: %s", kind.__name__, exc, exc_info=(kind, exc, tb), extra={"event": "crash"})
+
+
+def _uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is None or issubclass(args.exc_type, SystemExit):
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    _crash.critical(
+        "uncaught %s in thread %s: %s",
+        args.exc_type.__name__,
+        name,
+        args.exc_value,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+        extra={"event": "crash", "fields": {"thread": name}},
+    )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import os
 import re
 import select
@@ -35,6 +36,8 @@ from typing import TYPE_CHECKING
 
 from proxy.config import AccessLogConfig, Config, ConfigError
 from proxy.dataplane.exchange import DONE, HEAD_SENT, Exchange
+
+log = logging.getLogger("bluegreen.accesslog")
 
 if TYPE_CHECKING:
     from proxy.dataplane.client import ClientConnection
@@ -364,7 +367,7 @@ class _Writer(threading.Thread):
         try:
             fd = _open(self.path)
         except OSError as exc:
-            print(f"bluegreen: cannot reopen the access log {self.path}: {exc}", file=sys.stderr, flush=True)
+            _report("cannot reopen the access log %s: %s", self.path, exc)
             return
         old, self.fd = self.fd, fd
         self.whole = _regular(fd)
@@ -381,7 +384,7 @@ class _Writer(threading.Thread):
                 self._write(data)
             except OSError as exc:
                 self.dropped += data.count(b"\n")
-                print(f"bluegreen: access log {self.path}: {exc}", file=sys.stderr, flush=True)
+                _report("access log %s: %s (%d lines dropped)", self.path, exc, data.count(b"\n"))
             self.written += len(data)
 
     def _write(self, data: bytes) -> None:
@@ -397,6 +400,12 @@ class _Writer(threading.Thread):
                 select.select([], [self.fd], [], 1.0)  # a non-blocking pipe that is full: this thread waits
                 continue
             view = view[done:]
+
+
+def _report(message: str, path: str, exc: OSError, *more: object) -> None:
+    """An access-log failure, on the event log (the process's stderr, in its `--log-format`): the log's
+    writer thread, never the request path."""
+    log.error(message, path, exc, *more, extra={"event": "access_log_error", "fields": {"path": path}})
 
 
 def _open(path: str) -> int:

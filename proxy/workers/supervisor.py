@@ -31,7 +31,7 @@ from proxy.config import DEFAULT_APP, Config
 from proxy.control.api import EndpointStatus, PoolStatus, ProxyStatus, Routes, UnavailableError
 from proxy.control.local import LocalControl
 from proxy.controlplane.admin import make_admin_app
-from proxy.controlplane.events import emit
+from proxy.controlplane.events import SETTINGS as LOG_SETTINGS, emit
 from proxy.controlplane.health import HealthChecker
 from proxy.controlplane.metrics import make_registry
 from proxy.controlplane.runtime import Runtime, serve_runtime
@@ -426,6 +426,8 @@ class Supervisor:
             "--routes-fd",
             str(self.word_fd),
             *listen,
+            f"--log-level={LOG_SETTINGS['level']}",  # its records (access-log errors, crashes) as the supervisor's
+            f"--log-format={LOG_SETTINGS['format']}",
             pass_fds=(child.fileno(), self.word_fd, *listen_fds),
             env=_worker_env(),
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import resource
 import signal
@@ -22,6 +23,7 @@ import threading
 from typing import Any, BinaryIO, cast
 
 from proxy.config import ConfigError, load_config
+from proxy.controlplane.events import LEVELS, ROOT, configure
 from proxy.controlplane.state import DesiredState
 from proxy.controlplane.stats import collect
 from proxy.dataplane.plane import DataPlane
@@ -31,6 +33,7 @@ from proxy.workers.routeword import attach_word
 # A control message waits for the GIL at most this long while the data plane runs Python code.
 SWITCH_INTERVAL = 0.0005
 CONTROL_NICE = -10  # Linux nice value of control threads and the supervisor (Linux: per thread)
+log = logging.getLogger(f"{ROOT}.worker")
 
 
 def raise_nofile_limit() -> None:
@@ -156,7 +159,10 @@ def main() -> None:
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--routes-fd", type=int, required=True)
     parser.add_argument("--listen", action="append", default=[], metavar="ROLE=FD", help="an inherited listener")
+    parser.add_argument("--log-level", choices=LEVELS, default="info")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
     args = parser.parse_args()
+    configure(args.log_level, args.log_format, ring=False)  # stderr is the supervisor's: one format for both
     from proxy.dataplane.loop import new_event_loop
 
     raise_nofile_limit()
@@ -169,7 +175,7 @@ def main() -> None:
             listen = {role: int(fd) for role, _, fd in (item.partition("=") for item in args.listen)}
             sys.exit(runner.run(serve(args.config, args.fd, args.routes_fd, listen)))
     except ConfigError as exc:
-        print(f"bluegreen worker: config error: {exc}", file=sys.stderr)
+        log.error("worker %d: config error: %s", os.getpid(), exc, extra={"event": "worker_config_error"})
         sys.exit(2)
 
 

@@ -138,6 +138,37 @@ async def test_sigusr1_reopens_access_log(upstream: StartUpstream, tmp_path: Pat
     assert code == 0, output
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_a_worker_logs_in_the_supervisors_format(upstream: StartUpstream, tmp_path: Path, workers: str) -> None:
+    """With `--log-format json`, what a worker has to say (here: its access log cannot be reopened, the
+    directory is gone) is a JSON line on stderr like the supervisor's events, and every line is one."""
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    pools = {"blue": [await upstream("blue")]}
+    proxy = ProxyProcess(tmp_path, pools, "blue", None, access_log={"path": str(folder / "access.log")})
+    await proxy.start("--workers", workers, "--log-format", "json", "--log-level", "warning")
+    assert proxy.proc is not None
+    try:
+        await RawClient(proxy.ports["active"]).request("/color", close=True)
+        folder.rename(tmp_path / "gone")
+        proxy.proc.send_signal(signal.SIGUSR1)
+        await wait_until(
+            lambda: proxy.proc is not None and proxy.proc.output.count("access_log_error") >= int(workers),
+            message=lambda: f"each worker's error: {proxy.proc.output if proxy.proc else ''}",
+        )
+        await RawClient(proxy.ports["active"]).request("/color", close=True)  # it serves on, logging to the old file
+    finally:
+        code, output = await proxy.stop()
+    assert code == 0, output
+    # stdout carries the lifecycle lines (`bluegreen proxy ...`), stderr the event log: one JSON object a line
+    records = [json.loads(line) for line in output.splitlines() if not line.startswith("bluegreen proxy")]
+    errors = [r for r in records if r["event"] == "access_log_error"]
+    assert len(errors) == int(workers), output
+    assert all(r["level"] == "error" and r["path"] == str(folder / "access.log") for r in errors), errors
+    assert "cannot reopen the access log" in errors[0]["message"]
+    assert (tmp_path / "gone" / "access.log").read_text().count("\n") == 2  # nothing lost
+
+
 async def events(admin: int, **params: str) -> list[dict[str, Any]]:
     async with aiohttp.ClientSession() as session:
         async with session.get(f"http://127.0.0.1:{admin}/api/v1/events", params=params) as resp:
