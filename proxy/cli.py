@@ -263,13 +263,22 @@ def run_proxy(config: Config, workers: int = 1, *, upgrade: bool = False) -> int
         reloads: set[asyncio.Task[None]] = set()
 
         async def reload() -> None:
-            from proxy.controlplane.events import ACTOR
+            import logging
+
+            from proxy.controlplane.events import ACTOR, emit
 
             ACTOR.set({"via": "SIGHUP"})  # this task's context: the event log says who reloaded
             try:
                 result = await server.reload()
-            except ControlError as exc:
-                print(f"bluegreen proxy: reload refused: {exc.message}", file=sys.stderr, flush=True)
+            except ControlError as exc:  # no caller to answer: the event log says why, in its format
+                emit(
+                    logging.getLogger("bluegreen.reload"),
+                    logging.WARNING,
+                    "reload_refused",
+                    f"reload refused: {exc.message}",
+                    status=exc.status,
+                    via="SIGHUP",
+                )
                 return
             changed = ", ".join(result["changed"]) or "nothing"
             print(f"bluegreen proxy: reloaded ({changed} changed)", flush=True)
