@@ -32,7 +32,7 @@ import threading
 import time
 from collections import deque
 from time import perf_counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from proxy.config import AccessLogConfig, Config, ConfigError
 from proxy.dataplane.exchange import DONE, HEAD_SENT, Exchange
@@ -48,14 +48,14 @@ MAX_PENDING = 16 * 1024 * 1024  # bytes of formatted lines waiting for the write
 BATCH = 128  # lines joined at the end of the loop iteration that reached this many (else at the tick)
 FLUSH_INTERVAL = 0.1  # seconds between the writer thread's rounds (a reopen or close wakes it at once)
 PIPE_BUF = 4096  # a write to a pipe of at most this many bytes is never interleaved with another's
-DEFAULT_APP = b"default"  # the application of a request that named none (never resolved: not logged)
+DEFAULT_APP: Final = b"default"  # the application of a request that named none (never resolved: not logged)
 
 # Bytes a JSON string (or a quoted field of the combined format) carries as they are: printable ASCII but
 # `"` and `\`. `_unsafe(value)` maps every other byte to another one, so the copy differs when something
 # needs escaping (rare): a table lookup per byte and a memcmp. A regex search costs about 150 instructions
 # per byte here, `value.translate(None, safe)` builds its deletion table on every call.
-_UNSAFE = re.compile(rb"[^\x20\x21\x23-\x5b\x5d-\x7e]")
-_MARK = bytes(c if 0x20 <= c < 0x7F and c not in b'"\\' else (1 if c != 1 else 2) for c in range(256))
+_UNSAFE: Final = re.compile(rb"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+_MARK: Final = bytes(c if 0x20 <= c < 0x7F and c not in b'"\\' else (1 if c != 1 else 2) for c in range(256))
 
 
 def _unsafe(value: bytes) -> bool:
@@ -193,11 +193,11 @@ def _field(low: bytes, head: bytes, name: bytes) -> bytes:
     return head[start : head.find(b"\r\n", start)].strip() or b"-"
 
 
-_JSON = (
+_JSON: Final = (
     b'{"time":"%s.%03dZ","client":"%s","method":"%s","target":"%s","status":%d,"bytes_in":%d,"bytes_out":%d,'
     b'"duration_ms":%.3f,%s,"endpoint":%s,"generation":%d,"request_id":"%s","aborted":%s}\n'
 )  # the fourth %s from the end is the pool's `log_json` (app, listener, pool): one piece per pool and listener
-_COMBINED = b'%s - - [%s] "%s %s %s" %d %d "%s" "%s" "%s" "%s" "%s" %d %s %.3fms\n'
+_COMBINED: Final = b'%s - - [%s] "%s %s %s" %d %d "%s" "%s" "%s" "%s" "%s" %d %s %.3fms\n'
 
 
 class AccessLog:

@@ -23,7 +23,7 @@ import re
 import struct
 import termios
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
@@ -50,9 +50,22 @@ if TYPE_CHECKING:
     from proxy.dataplane.routes import App, HostMap
 
 # Request fields the proxy acts on, by kind; every other field is copied as it came.
-_COPY, _DROP, _HOST, _LENGTH, _TE, _CONNECTION, _UPGRADE, _EXPECT = range(8)
-_XFF, _XFH, _XFP, _VIA, _FORWARDED_FIELD, _REQUEST_ID = range(8, 14)
-_REQ_FIELDS = {name: _DROP for name in HOP_BY_HOP} | {
+# Final: mypyc inlines the ints and reads the other constants from C statics, not the module's dict (per use).
+_COPY: Final = 0
+_DROP: Final = 1
+_HOST: Final = 2
+_LENGTH: Final = 3
+_TE: Final = 4
+_CONNECTION: Final = 5
+_UPGRADE: Final = 6
+_EXPECT: Final = 7
+_XFF: Final = 8
+_XFH: Final = 9
+_XFP: Final = 10
+_VIA: Final = 11
+_FORWARDED_FIELD: Final = 12
+_REQUEST_ID: Final = 13
+_REQ_FIELDS: Final = {name: _DROP for name in HOP_BY_HOP} | {
     b"host": _HOST,
     b"content-length": _LENGTH,
     b"transfer-encoding": _TE,
@@ -66,16 +79,101 @@ _REQ_FIELDS = {name: _DROP for name in HOP_BY_HOP} | {
     b"forwarded": _FORWARDED_FIELD,
     b"x-request-id": _REQUEST_ID,
 }
-_REQ_FIRST = frozenset(name[0] for name in _REQ_FIELDS)
+_REQ_FIRST: Final = frozenset(name[0] for name in _REQ_FIELDS)
+# The same names by first letter, for `_scan`: a field whose first letter is none of these is copied unread.
+_REQ_BY_FIRST: Final = {
+    first: tuple((name, kind) for name, kind in _REQ_FIELDS.items() if name[0] == first) for first in _REQ_FIRST
+}
+_CONNECTION_PLAIN: Final = frozenset({b"keep-alive", b"close"})
 
 
 IDLE_GRACE = 1.0  # at a graceful stop, an idle keep-alive connection closes once idle this long (seconds)
 LINGER = 2.0  # seconds a client that was answered early may go on sending before the connection closes
-_HOST_NAME = frozenset({b"host"})
-_EXPECT_NAME = frozenset({b"expect"})
+_HOST_NAME: Final = frozenset({b"host"})
+_EXPECT_NAME: Final = frozenset({b"expect"})
 # RFC 9110 §7.2 / RFC 3986 §3.2.2: an IP literal or a reg-name (unreserved, pct-encoded, sub-delims except
 # the comma, which would make a list), then an optional port of digits.
-_HOST_VALUE = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|(?:%[0-9A-Fa-f]{2}|[A-Za-z0-9\-._~!$&'()*+;=])+)(?::[0-9]*)?")
+_HOST_VALUE: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|(?:%[0-9A-Fa-f]{2}|[A-Za-z0-9\-._~!$&'()*+;=])+)(?::[0-9]*)?")
+
+
+# A head `_scan` found plain: target, its field lines as forwarded, Host value, Host fields, had `Connection`,
+# size (as `limits.max_header_bytes` counts it: the target and the field lines as they came).
+Plan = tuple[bytes, bytes, "bytes | None", int, bool, int]
+
+
+def _scan(head: bytes) -> Plan | None:
+    """Split a complete head (request line, field lines, empty line) that needs nothing but copying, or None.
+
+    Such a head has an origin-form target, no body, and no field the proxy acts on but Host (kept) and a
+    `Connection: keep-alive|close` (dropped); everything else (a body, hop-by-hop, forwarding, Expect or
+    Upgrade fields, two Connection fields, odd spacing) goes to the field-by-field parser. It runs before llhttp
+    has seen the head, so it only chooses: `_FastHead` then has llhttp check the same bytes (a field line
+    llhttp accepts is exactly `name ":" OWS value OWS`), and a head it refuses is refused as always.
+
+    It calls two bytes methods per head (under mypyc a method call is generic, ~10 times an index or a
+    slice; `find` parses its arguments the slow way) and, per field, looks its first letter up: only a field
+    whose first letter starts a name the proxy acts on is compared with those names, a byte at a time."""
+    lines = head.split(b"\r\n")  # the request line, a line per field, then two empty ones
+    request = lines[0].split(b" ")
+    if len(request) != 3:
+        return None  # not one space each side of the target: llhttp may read it otherwise
+    url = request[1]
+    if not url or url[0] != 47:
+        return None  # not origin-form ("/...")
+    fields = head[len(lines[0]) + 2 : -2]  # "name: value" CRLF, per field
+    size = len(url) + len(fields)
+    host: bytes | None = None
+    hosts = 0
+    cut = -1
+    cut_end = 0
+    offset = 0
+    for index in range(1, len(lines) - 2):
+        field = lines[index]
+        length = len(field)
+        names = _REQ_BY_FIRST.get(field[0] | 32) if length else None
+        if names is not None:
+            for name, kind in names:
+                colon = len(name)
+                if length > colon and field[colon] == 58 and _named(field, name):
+                    start = colon + 1
+                    while start < length and (field[start] == 32 or field[start] == 9):
+                        start += 1  # the value as llhttp hands it over: without leading OWS, trailing OWS kept
+                    if kind == _HOST:
+                        hosts += 1
+                        host = field[start:]
+                    elif kind == _CONNECTION and cut < 0 and field[start:].lower() in _CONNECTION_PLAIN:
+                        cut = offset
+                        cut_end = offset + length + 2
+                    else:
+                        return None
+                    break
+        offset += length + 2
+    if cut >= 0:
+        fields = fields[:cut] + fields[cut_end:]
+    return url, fields, host, hosts, cut >= 0, size
+
+
+def _named(field: bytes, name: bytes) -> bool:
+    """Whether `field` starts with `name` (lowercase letters and "-"), in any case."""
+    for i in range(len(name)):
+        if field[i] | 32 != name[i]:
+            return False
+    return True
+
+
+class _FastHead:
+    """Parser callbacks for heads `_scan` split: llhttp checks them, with no callback per field."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self.conn = conn
+
+    def on_headers_complete(self) -> None:
+        self.conn.on_fast_head()
+
+    def on_message_complete(self) -> None:
+        self.conn.on_message_complete()
 
 
 class _Reject(Exception):
@@ -149,6 +247,8 @@ class ClientConnection(Sender, asyncio.Protocol):
         "closing",
         "deadline",
         "dp",
+        "fast",
+        "fast_off",
         "half_closed",
         "head_size",
         "headers",
@@ -163,6 +263,7 @@ class ClientConnection(Sender, asyncio.Protocol):
         "parsing",
         "paused",
         "peer",
+        "plan",
         "proto_via",
         "queue",
         "reject",
@@ -188,7 +289,10 @@ class ClientConnection(Sender, asyncio.Protocol):
         # Per connection.
         self.transport: asyncio.Transport | None = None
         self.held: list[bytes] = []  # written in this loop iteration, not sent yet (`proxy.dataplane.outbox`)
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser = httptools.HttpRequestParser(self)  # field by field (`on_header`)
+        self.fast: httptools.HttpRequestParser | None = None  # for heads `_scan` split, made on first use
+        self.plan: Plan | None = None
+        self.fast_off = False  # every byte to `parser` from now on (see `_fast_heads`)
         self.peer = b""
         self.xff_line = b""
         self.trusted = False
@@ -265,20 +369,18 @@ class ClientConnection(Sender, asyncio.Protocol):
             self.in_head = True
             if was_idle:
                 self.deadline = self.dp.now + self.dp.timeouts.client_header
+            if 65 <= data[0] & 0xDF <= 90 and not self.fast_off:  # a letter: a method, not an empty line
+                data = self._fast_heads(data)
+                if not data:
+                    if was_idle and queue and not queue[0].started:
+                        queue[0].start()
+                    return
+                self.in_head = not self.paused & self.P_REJECT  # what is left starts a head, if read at all
+                if not self.in_head:
+                    return
         body = self.parsing  # a request body under way
         seen = body.request_bytes if body is not None else 0
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self._upgrade(data[exc.args[0] :])
-        except _Reject as exc:
-            self._reject(exc.response)
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__ or exc.__cause__
-            self._reject(cause.response if isinstance(cause, _Reject) else RESPONSE_400)
-        except httptools.HttpParserError:
-            self._reject(RESPONSE_400)
-        else:
+        if self._feed(self.parser, data, data):
             if self.in_head:  # this read ended inside a head
                 self.head_size += len(data)
                 if self.head_size > self.dp.limits.max_header_bytes:
@@ -294,6 +396,56 @@ class ClientConnection(Sender, asyncio.Protocol):
                     self.head_size = 0
         if was_idle and queue and not queue[0].started:
             queue[0].start()
+
+    def _feed(self, parser: httptools.HttpRequestParser, data: bytes, rest: bytes) -> bool:
+        """Parse `data` (`rest`: it and what follows it in this read); False when the parse stopped: a
+        refused request, a malformed one, an upgrade (the bytes after its head are the tunnel's)."""
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade(rest[exc.args[0] :])
+        except _Reject as exc:
+            self._reject(exc.response)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__ or exc.__cause__
+            self._reject(cause.response if isinstance(cause, _Reject) else RESPONSE_400)
+        except httptools.HttpParserError:
+            self._reject(RESPONSE_400)
+        else:
+            return True
+        return False
+
+    def _fast_heads(self, data: bytes) -> bytes:
+        """Serve the complete heads at the start of `data` that need nothing but copying (`_scan`): llhttp
+        checks each one with no callback per field, and its field lines are forwarded in one piece. Returns
+        what is left for the field-by-field parser (from the first head that is incomplete or needs more:
+        a body, hop-by-hop or forwarding fields, an absolute-form target...), b"" when nothing is."""
+        n = len(data)
+        pos = 0
+        while True:
+            end = (data.find(b"\r\n\r\n", pos) if pos else data.find(b"\r\n\r\n")) + 4  # (no start: cheaper)
+            if end < 4:
+                return data[pos:] if pos else data
+            head = data[pos:end] if pos or end != n else data
+            plan = _scan(head)
+            if plan is None:
+                return data[pos:] if pos else data
+            self.plan = plan
+            fast = self.fast
+            if fast is None:
+                fast = self.fast = httptools.HttpRequestParser(_FastHead(self))
+            rest = data[pos:] if pos else data
+            if not self._feed(fast, head, rest):
+                return b""
+            pos = end
+            if self.paused & self.P_REJECT:
+                return b""
+            if self.fast_off:  # that message closes the connection (`_fast_request`)
+                return data[pos:]
+            if pos == n:
+                return b""
+            if not 65 <= data[pos] & 0xDF <= 90:
+                return data[pos:]
 
     def eof_received(self) -> bool | None:
         ex = self.parsing
@@ -338,10 +490,21 @@ class ClientConnection(Sender, asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self.in_head = False
-        ex = self._request()
+        ex = self._request(self.parser)
         self.url = b""  # ready for the next head
         self.headers = []
+        self._queue(ex)
+
+    def on_fast_head(self) -> None:
+        """A head `_fast_heads` split, now checked by llhttp (`_FastHead`)."""
+        plan = self.plan
+        if plan is None:  # never: `_fast_heads` plans each head it feeds, and a closed parser refuses the rest
+            raise _Reject(RESPONSE_400)
+        self.plan = None
+        self._queue(self._fast_request(plan))
+
+    def _queue(self, ex: Exchange) -> None:
+        self.in_head = False
         self.head_size = 0
         self.parsing = ex
         queue = self.queue
@@ -367,10 +530,9 @@ class ClientConnection(Sender, asyncio.Protocol):
             ex.request_done()
             self.parsing = None
 
-    def _request(self) -> Exchange:
-        """Validate the head just parsed and build the upstream request head once."""
+    def _request(self, parser: httptools.HttpRequestParser) -> Exchange:
+        """Validate the head just parsed (`self.url`, `self.headers`) and build the upstream request head once."""
         dp = self.dp
-        parser = self.parser
         method = parser.get_method()
         if method == b"CONNECT":
             raise _Reject(RESPONSE_405_CONNECT)
@@ -440,27 +602,10 @@ class ClientConnection(Sender, asyncio.Protocol):
         if size > dp.limits.max_header_bytes:
             raise _Reject(RESPONSE_431)
         keep_alive = parser.should_keep_alive()
-        if keep_alive and not has_connection:
-            # llhttp keeps a connection alive without a `Connection` field for HTTP/1.1 only (1.0 and 2.0
-            # need `keep-alive`; other versions are refused), so the common request skips
-            # get_http_version(), which formats a str on every call (~4 % of the request path).
-            self.http11 = True
-        else:
-            version = parser.get_http_version()
-            if version == "1.1":
-                self.http11 = True
-            elif version == "1.0":
-                self.http11 = False
-            else:
-                raise _Reject(RESPONSE_505)
-        if hosts > 1 or (hosts == 0 and self.http11):
-            raise _Reject(RESPONSE_400)  # RFC 9112 §3.2
-        if host is not None and host != self.last_host:
-            # RFC 9110 §7.2: `uri-host [":" port]`, nothing else (no userinfo, path, list, empty value). A
-            # keep-alive connection sends the same Host each time: checked once per connection and value.
-            if _HOST_VALUE.fullmatch(host) is None:
-                raise _Reject(RESPONSE_400)
-            self.last_host = host
+        if not keep_alive:
+            self.fast_off = True  # llhttp refuses what follows a message that closes: this parser must see it
+        self._version(parser, keep_alive and not has_connection)
+        self._check_host(host, hosts)
         if expect_continue and not self.http11:
             # RFC 9110 §10.1.1: no 1xx to an HTTP/1.0 client, so the upstream is not asked for one either.
             expect_continue = False
@@ -493,6 +638,87 @@ class ClientConnection(Sender, asyncio.Protocol):
                 extend = parts.extend
                 extend((b"host: ", host, b"\r\n"))
 
+        return self._forward(
+            method,
+            host,
+            parts,
+            xff,
+            xfh,
+            xfp,
+            via,
+            request_id,
+            chunked or content_length > 0,  # has a body
+            chunked,
+            expect_continue,
+            upgrade_value if upgrade else b"",
+            keep_alive,
+        )
+
+    def _version(self, parser: httptools.HttpRequestParser, plain: bool) -> None:
+        """HTTP/1.1 or 1.0 (`http11`), else 505. `plain`: kept alive with no `Connection` field, which llhttp
+        does for HTTP/1.1 only (1.0 and 2.0 need `keep-alive`; other versions are refused), so the common
+        request skips get_http_version(), which formats a str on every call (~4 % of the request path)."""
+        if plain:
+            self.http11 = True
+            return
+        version = parser.get_http_version()
+        if version == "1.1":
+            self.http11 = True
+        elif version == "1.0":
+            self.http11 = False
+        else:
+            raise _Reject(RESPONSE_505)
+
+    def _check_host(self, host: bytes | None, hosts: int) -> None:
+        if hosts > 1 or (hosts == 0 and self.http11):
+            raise _Reject(RESPONSE_400)  # RFC 9112 §3.2
+        if host is not None and host != self.last_host:
+            # RFC 9110 §7.2: `uri-host [":" port]`, nothing else (no userinfo, path, list, empty value). A
+            # keep-alive connection sends the same Host each time: checked once per connection and value.
+            if _HOST_VALUE.fullmatch(host) is None:
+                raise _Reject(RESPONSE_400)
+            self.last_host = host
+
+    def _fast_request(self, plan: Plan) -> Exchange:
+        """`_request` for a head `_scan` found plain: its field lines go upstream as they came (less a
+        `Connection: keep-alive|close`), and no field of it asks for more than the Host check."""
+        dp = self.dp
+        fast = self.fast
+        assert fast is not None
+        url, fields, host, hosts, has_connection, size = plan
+        if size > dp.limits.max_header_bytes:
+            raise _Reject(RESPONSE_431)
+        method = fast.get_method()
+        keep_alive = fast.should_keep_alive()
+        if not keep_alive:
+            # The message closes the connection: llhttp refuses whatever follows, now or in a later read, so
+            # that parser reads it all (`_request` does the same for one the other parser parsed).
+            self.parser = fast
+            self.fast_off = True
+        self._version(fast, keep_alive and not has_connection)
+        self._check_host(host, hosts)
+        parts = [method, b" ", url, b" HTTP/1.1\r\n", fields]
+        return self._forward(method, host, parts, b"", b"", b"", b"", b"", False, False, False, b"", keep_alive)
+
+    def _forward(
+        self,
+        method: bytes,
+        host: bytes | None,
+        parts: list[bytes],
+        xff: bytes,
+        xfh: bytes,
+        xfp: bytes,
+        via: bytes,
+        request_id: bytes,
+        has_body: bool,
+        chunked: bool,
+        expect_continue: bool,
+        upgrade_value: bytes,
+        keep_alive: bool,
+    ) -> Exchange:
+        """The application and pool of a checked head, its forwarding fields, and its Exchange (`upgrade_value`:
+        the Upgrade field's value of an upgrade request, else empty)."""
+        dp = self.dp
         app_map = dp.app_map
         app = self.app
         if app is None or host != self.app_host or app_map is not self.app_map:
@@ -501,24 +727,24 @@ class ClientConnection(Sender, asyncio.Protocol):
             # HTTP/1.0 without Host: name the authority the client reached, as the upstream needs one.
             sock = self.transport.get_extra_info("sockname") if self.transport is not None else None
             host = f"{sock[0]}:{sock[1]}".encode() if sock else b"localhost"
-            extend((b"host: ", host, b"\r\n"))
+            parts.extend((b"host: ", host, b"\r\n"))
         if xff or xfp or via:
-            extend((b"x-forwarded-for: ", xff + b", " + self.peer if xff else self.peer, b"\r\n"))
+            parts.extend((b"x-forwarded-for: ", xff + b", " + self.peer if xff else self.peer, b"\r\n"))
             proto = xfp or (b"https" if self.dp.tls.get(self.role) else b"http")
-            extend((b"x-forwarded-proto: ", proto, b"\r\nvia: ", via + b", " + VIA if via else VIA, b"\r\n"))
+            parts.extend((b"x-forwarded-proto: ", proto, b"\r\nvia: ", via + b", " + VIA if via else VIA, b"\r\n"))
         else:
-            extend((self.xff_line, self.proto_via))  # built once per connection / once per listener
+            parts.extend((self.xff_line, self.proto_via))  # built once per connection / once per listener
         if xfh or host:
-            extend((b"x-forwarded-host: ", xfh or host, b"\r\n"))
+            parts.extend((b"x-forwarded-host: ", xfh or host, b"\r\n"))
         if not request_id:
             ids = dp.request_ids  # a per-process prefix and a counter: one format per request
             request_id = ids.template % next(ids.counter)
-        extend((b"x-request-id: ", request_id, b"\r\n"))
+        parts.extend((b"x-request-id: ", request_id, b"\r\n"))
         if chunked:
-            extend((b"transfer-encoding: chunked\r\n",))
-        if upgrade:
-            extend((b"connection: upgrade\r\nupgrade: ", upgrade_value, b"\r\n"))
-        extend((b"\r\n",))
+            parts.extend((b"transfer-encoding: chunked\r\n",))
+        if upgrade_value:
+            parts.extend((b"connection: upgrade\r\nupgrade: ", upgrade_value, b"\r\n"))
+        parts.extend((b"\r\n",))
 
         routes = app.routes  # the one read of the snapshot for this request
         if dp.route_word[app.index] != routes.word:
@@ -532,10 +758,10 @@ class ClientConnection(Sender, asyncio.Protocol):
             pool if pool is not None else dp.null_pool,
             b"".join(parts),
             method,
-            chunked or content_length > 0,  # has a body
+            has_body,
             chunked,
             expect_continue,
-            upgrade,
+            bool(upgrade_value),
             keep_alive and not self.closing,
             request_id,
         )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import re
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from proxy.dataplane.http import (
     CONTINUE_100,
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from proxy.dataplane.plane import DataPlane
     from proxy.dataplane.pool import Endpoint, Pool
 
-BUFFER_LIMIT = 256 * 1024  # request body held while connecting before the client is paused
+BUFFER_LIMIT: Final = 256 * 1024  # request body held while connecting before the client is paused
 
 RESPONSE_502 = error_response(502, "Bad Gateway", close=False)
 RESPONSE_502_CLOSE = error_response(502, "Bad Gateway", close=True)
@@ -53,18 +53,23 @@ _ERRORS = {
 }
 
 # Response fields the proxy acts on, by kind; every other field is copied as it came.
-_COPY, _DROP, _LENGTH, _TE, _CONNECTION, _UPGRADE = range(6)
-_RESP_FIELDS = {name: _DROP for name in HOP_BY_HOP} | {
+_COPY: Final = 0
+_DROP: Final = 1
+_LENGTH: Final = 2
+_TE: Final = 3
+_CONNECTION: Final = 4
+_UPGRADE: Final = 5
+_RESP_FIELDS: Final = {name: _DROP for name in HOP_BY_HOP} | {
     b"content-length": _LENGTH,
     b"transfer-encoding": _TE,
     b"connection": _CONNECTION,
     b"upgrade": _UPGRADE,
 }
-_RESP_FIRST = frozenset(name[0] for name in _RESP_FIELDS)
+_RESP_FIRST: Final = frozenset(name[0] for name in _RESP_FIELDS)
 # Hop-by-hop names other than Connection, as they start a line of a lowercased head: rare in responses.
-_RESP_RARE = re.compile(rb"\r\n(?:keep-alive|proxy-|te:|trailer:|transfer-encoding:|upgrade:)")
-_CONNECTION_PLAIN = frozenset({b"keep-alive", b"close", b"upgrade"})
-_VIA_LINE = b"via: " + VIA + b"\r\n"
+_RESP_RARE: Final = re.compile(rb"\r\n(?:keep-alive|proxy-|te:|trailer:|transfer-encoding:|upgrade:)")
+_CONNECTION_PLAIN: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
+_VIA_LINE: Final = b"via: " + VIA + b"\r\n"
 
 # Response-side states.
 WAITING, HEAD_SENT, DONE = 0, 1, 2

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Set as AbstractSet
 from http import HTTPStatus
+from typing import Final
 
 # RFC 9110 §7.6.1: connection-specific fields, removed in both directions (plus any field named in
 # `Connection`). Transfer-Encoding and Content-Length are re-framed by the proxy itself.
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -25,7 +26,7 @@ HOP_BY_HOP = frozenset(
 # frame or address the message. A peer naming Content-Length, Transfer-Encoding or Host must not make the
 # proxy forward a body without its framing (a request smuggled into the next one on a pooled upstream
 # connection) or a request without its authority: such tokens are ignored, as HAProxy and nginx do.
-_CONNECTION_KEPT = frozenset(
+_CONNECTION_KEPT: Final = frozenset(
     {b"", b"close", b"keep-alive", b"upgrade", b"content-length", b"transfer-encoding", b"host", b"expect"}
 )
 
@@ -55,11 +56,11 @@ def drop_fields(parts: list[bytes], names: AbstractSet[bytes], start: int) -> li
 
 
 # RFC 9110 §9.2.2: only these may be retried after the upstream may have seen them.
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
-STATUS_LINE = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
+STATUS_LINE: Final = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 
-VIA = b"1.1 bluegreen"
+VIA: Final = b"1.1 bluegreen"
 
 
 def status_line(code: int) -> bytes:
@@ -97,4 +98,4 @@ RESPONSE_413 = error_response(413, "Content Too Large", close=True)
 RESPONSE_431 = error_response(431, "Request Header Fields Too Large", close=True)
 RESPONSE_501_CODING = error_response(501, "Not Implemented: transfer coding other than chunked", close=True)
 RESPONSE_505 = error_response(505, "HTTP Version Not Supported", close=True)
-CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"

@@ -72,10 +72,12 @@ class RecordingOrigin:
         self.server: asyncio.Server | None = None
         self.writers: list[asyncio.StreamWriter] = []
         self.connected = asyncio.Event()  # set at the first upstream connection
+        self.arrived: list[Request] = []
 
     @property
     def requests(self) -> list[Request]:
-        return [req for conn in self.connections for req in conn.requests]
+        """Every request, in the order they arrived (across connections)."""
+        return list(self.arrived)
 
     @property
     def targets(self) -> list[str]:
@@ -103,6 +105,7 @@ class RecordingOrigin:
                     break
                 for req in parser.done:
                     conn.requests.append(req)
+                    self.arrived.append(req)
                     answer, close = self.answer(conn, req)
                     if answer:
                         writer.write(answer)

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from proxy.config import ConfigError, parse_config
 from proxy.server import ProxyServer
 from tests.proxy.conftest import proxy_config
+from tests.proxy.origin import _Parser
 
 
 class Recorder:
@@ -203,3 +204,117 @@ def test_admin_fuzz_never_500(live: LiveProxy, method: str, path: str, body: Any
     assert resp.status in (200, 201, 400, 404, 405, 409), (resp.status, payload)
     if resp.status >= 400:
         assert "error" in json.loads(payload)
+
+
+# -- plain heads (one piece) against field-by-field ones --------------------------------------------------------
+
+NAMES = [
+    b"Host",
+    b"host",
+    b"HOST",
+    b"Hostx",
+    b"Connection",
+    b"connection",
+    b"Accept",
+    b"Cookie",
+    b"X-Api-Key",
+    b"X-Forwarded-For",
+    b"X-Request-Id",
+    b"Te",
+    b"Trailer",
+    b"Upgrade",
+    b"Expect",
+    b"Keep-Alive",
+    b"Via",
+    b"Content-Length",
+    b"Transfer-Encoding",
+    b"Proxy-Authorization",
+    b"Forwarded",
+    b"User-Agent",
+    b"C",
+]
+VALUES = [
+    b"a",
+    b"example.com",
+    b"keep-alive",
+    b"close",
+    b"Keep-Alive",
+    b"upgrade",
+    b"x-api-key",
+    b"0",
+    b"3",
+    b"chunked",
+    b"trailers",
+    b"100-continue",
+    b" a ",
+    b"\ta",
+    b"a b",
+    b"",
+    b"*/*",
+]
+
+
+PLAIN = [b"Host", b"host", b"HOST", b"Hostx", b"Accept", b"Cookie", b"X-Api-Key", b"User-Agent", b"C", b"Connection"]
+
+
+@st.composite
+def plain_ish(draw: st.DrawFn) -> bytes:
+    """A head of fields a proxy acts on or not, in any case and order, sometimes broken, sometimes a body.
+    Three fields in four are of names a plain head may have, so most heads take the one-piece path."""
+    target = draw(st.sampled_from([b"/", b"/a?b", b"/c", b"*", b"http://h/x", b"/x y"]))
+    version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0"]))
+    fields = b"".join(
+        draw(st.sampled_from(PLAIN if draw(st.integers(0, 3)) else NAMES))
+        + b":"
+        + draw(st.sampled_from([b" ", b"", b"  "]))
+        + draw(st.sampled_from(VALUES))
+        + b"\r\n"
+        for _ in range(draw(st.integers(0, 6)))
+    )
+    head = b"GET " + target + b" " + version + b"\r\n" + fields + b"\r\n"
+    data = bytearray(head + draw(st.sampled_from([b"", b"abc"])))
+    if draw(st.integers(0, 4)) == 0:
+        pos = draw(st.integers(len(b"GET / HTTP/1.1\r\n"), len(data)))
+        data[pos:pos] = draw(st.sampled_from(NASTY))
+    return bytes(data)
+
+
+def upstream_bytes(
+    live: LiveProxy, request: bytes
+) -> tuple[list[int], list[tuple[str, str, list[tuple[str, str]], bytes]]]:
+    """The statuses the client got and the requests the upstream received, with the client's side shut after
+    sending (the proxy answers what it read, then closes)."""
+    live.recorder.received.clear()
+    with socket.create_connection(("127.0.0.1", live.ports["active"]), timeout=2) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except OSError:
+            pass
+    answer = b"".join(chunks)
+    statuses = [int(answer[i + 9 : i + 12]) for i in range(len(answer)) if answer.startswith(b"HTTP/1.1 ", i)]
+    return statuses, requests_in(bytes(live.recorder.received))
+
+
+def requests_in(raw: bytes) -> list[tuple[str, str, list[tuple[str, str]], bytes]]:
+    """The requests in `raw` as a server reads them (a plain head's field lines go as they came: `Host:a`,
+    where a head built field by field says `Host: a`), less the generated request ids."""
+    parser = _Parser()
+    parser.parser.feed_data(raw)
+    return [
+        (r.method, r.target, [(k.lower(), v) for k, v in r.headers if k.lower() != "x-request-id"], r.body)
+        for r in parser.done
+    ]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(request=plain_ish())
+def test_plain_heads_fuzz_against_field_by_field(live: LiveProxy, request: bytes) -> None:
+    """Whatever a head holds, the proxy answers and forwards it alike whether it is served in one piece
+    (`_scan`) or field by field (the same head with a `TE: trailers` field, which is dropped)."""
+    line_end = request.index(b"\r\n") + 2
+    slowed = request[:line_end] + b"TE: trailers\r\n" + request[line_end:]
+    assert upstream_bytes(live, request) == upstream_bytes(live, slowed), request

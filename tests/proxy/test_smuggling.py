@@ -392,3 +392,140 @@ async def test_client_half_close_mid_body_closes_the_upstream_at_once(
     finally:
         writer.close()
     assert o.requests == []  # the truncated request was never completed upstream
+
+
+# -- 9. Plain heads, forwarded in one piece, frame exactly as field-by-field ones ----------------------------
+#
+# A complete head with no body and no field to act on but Host and `Connection: keep-alive|close` skips the
+# per-field parser callbacks (`proxy.dataplane.client._scan`); any other head goes field by field. Each case is
+# sent twice: as is, and with a `TE: trailers` field in every request (hop-by-hop, so dropped, but it sends
+# the head field by field). The origin must see the same requests and the client the same answers, and the
+# plain run is also sent in 7-byte pieces, so heads end in every position of a read.
+
+PLAIN_CASES: dict[str, tuple[list[bytes], int]] = {
+    "pipelined_mix": (
+        [
+            b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"POST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+            b"GET /c HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nAccept: */*\r\n\r\n",
+            b"POST /d HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            b"GET /e HTTP/1.1\r\nhost: a\r\nX-Api-Key: k\r\nCookie: c=1\r\n\r\n",
+            b"GET /f HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n",
+            b"GET /g HTTP/1.1\r\nHost: a\r\n\r\n",
+        ],
+        7,
+    ),
+    "browser": (
+        [
+            b"GET /account/orders?page=2 HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n"
+            b'sec-ch-ua: "Chromium";v="131"\r\nUpgrade-Insecure-Requests: 1\r\nUser-Agent: Mozilla/5.0 (X11)\r\n'
+            b"Accept: text/html,*/*;q=0.8\r\nReferer: http://a/account\r\nAccept-Encoding: gzip, br\r\n"
+            b"Cookie: session=8f14e45f; theme=dark\r\nhostname: not-host\r\nTEA: not-te\r\n\r\n",
+            b"GET /second HTTP/1.1\r\nHost: a\r\nAccept:*/*  \r\n\r\n",
+        ],
+        2,
+    ),
+    "close_then_more": (
+        [b"GET /close HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n"],
+        9,
+    ),
+    "http10": ([b"GET /ten HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", b"GET /ten2 HTTP/1.0\r\n\r\n"], 9),
+    "two_hosts": ([b"GET /two HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"], 9),
+    "host_trailing_space": ([b"GET /t HTTP/1.1\r\nHost: a \r\n\r\n"], 9),  # llhttp keeps trailing OWS: 400
+    "connection_trailing_space": ([b"GET /t HTTP/1.1\r\nHost: a\r\nConnection: keep-alive \r\n\r\n"], 1),
+    "bad_host": ([b"GET /bad HTTP/1.1\r\nHost: a b\r\n\r\n"], 9),
+    "no_host": ([b"GET /none HTTP/1.1\r\nAccept: */*\r\n\r\n"], 9),
+    "garbage_after": ([b"GET /g1 HTTP/1.1\r\nHost: a\r\n\r\n", b"NOT HTTP\r\n\r\n"], 9),
+    "two_connection_fields": (
+        [b"GET /two-conn HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nConnection: x-drop\r\nX-Drop: 1\r\n\r\n"],
+        1,
+    ),
+    "many_fields": (
+        [b"GET /many HTTP/1.1\r\nhost: a\r\n" + b"".join(b"F%d: v%d\r\n" % (i, i) for i in range(40)) + b"\r\n"],
+        1,
+    ),
+}
+
+
+def slowed(request: bytes) -> bytes:
+    """The same request with a field that sends its head field by field (TE is hop-by-hop: never forwarded)."""
+    if not request[:1].isalpha() or b" HTTP/" not in request.split(b"\r\n", 1)[0]:
+        return request  # not a request: sent as it is
+    line, _, rest = request.partition(b"\r\n")
+    return line + b"\r\nTE: trailers\r\n" + rest
+
+
+async def seen(port: int, pieces: list[bytes], answers: int) -> list[tuple[int, bytes, bool]]:
+    """(status, body, closes) of each answer, reading until `answers` came (9: until the proxy closes)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    buffer = b""
+    try:
+        for piece in pieces:
+            writer.write(piece)
+            await writer.drain()
+            if len(pieces) > 1:
+                await asyncio.sleep(0.001)  # separate reads, most of the time
+        async with asyncio.timeout(5):
+            while True:
+                try:
+                    if len(parse_responses(buffer)) >= answers:
+                        break
+                except (ValueError, IndexError):
+                    pass
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                buffer += chunk
+    finally:
+        writer.close()
+    return [(s, b, h.get("connection") == "close") for s, h, b in parse_responses(buffer)]
+
+
+def upstream_view(requests: list[Request]) -> list[tuple[str, str, list[tuple[str, str]], bytes]]:
+    return [
+        (r.method, r.target, [(k.lower(), v) for k, v in r.headers if k.lower() != "x-request-id"], r.body)
+        for r in requests
+    ]
+
+
+@pytest.mark.parametrize("case", sorted(PLAIN_CASES))
+async def test_plain_heads_frame_as_field_by_field_ones(start_proxy: StartProxy, origin: MakeOrigin, case: str) -> None:
+    requests, answers = PLAIN_CASES[case]
+    runs = {"plain": [b"".join(requests)], "field_by_field": [b"".join(slowed(r) for r in requests)]}
+    if case == "pipelined_mix":
+        whole = runs["plain"][0]
+        runs["plain_in_pieces"] = [whole[i : i + 7] for i in range(0, len(whole), 7)]
+    o = origin()
+    proxy = await start_proxy({"blue": [await o.start()]}, preview=None)
+    results = {}
+    for name, pieces in runs.items():  # one after the other, each on its own client connection
+        before = len(o.requests)
+        answered = await seen(proxy.ports["active"], pieces, answers)
+        # Sorted: the proxy spreads requests over pooled upstream connections in no fixed order.
+        results[name] = (answered, sorted(upstream_view(o.requests[before:])))
+    assert results["plain"] == results["field_by_field"], case
+    if "plain_in_pieces" in results:
+        assert results["plain_in_pieces"] == results["plain"]
+        answers_seen, upstream = results["plain"]
+        assert [(s, b) for s, b, _ in answers_seen] == [
+            (200, b"GET /a"),
+            (200, b"POST /b"),
+            (200, b"GET /c"),
+            (200, b"POST /d"),
+            (200, b"GET /e"),
+            (200, b"GET /f"),
+            (200, b"GET /g"),
+        ]
+        assert sorted((t, m, body) for m, t, _, body in upstream) == [
+            ("/a", "GET", b""),
+            ("/b", "POST", b"hello"),
+            ("/c", "GET", b""),
+            ("/d", "POST", b"abc"),
+            ("/e", "GET", b""),
+            ("/f", "GET", b""),
+            ("/g", "GET", b""),
+        ]
+        fields = {t: dict(h) for _, t, h, _ in upstream}
+        assert "connection" not in fields["/c"] and fields["/c"]["accept"] == "*/*"
+        assert fields["/f"]["x-forwarded-for"] == "6.6.6.6, 127.0.0.1"  # start_proxy trusts loopback peers
+        assert fields["/e"]["x-api-key"] == "k" and fields["/e"]["x-forwarded-host"] == "a"
