@@ -42,6 +42,7 @@ from proxy.dataplane.http import (
     VIA,
     connection_fields,
     drop_fields,
+    named,
 )
 from proxy.dataplane.outbox import Outbox, Sender
 
@@ -134,7 +135,7 @@ def _scan(head: bytes) -> Plan | None:
         if names is not None:
             for name, kind in names:
                 colon = len(name)
-                if length > colon and field[colon] == 58 and _named(field, name):
+                if length > colon and field[colon] == 58 and named(field, name):
                     start = colon + 1
                     while start < length and (field[start] == 32 or field[start] == 9):
                         start += 1  # the value as llhttp hands it over: without leading OWS, trailing OWS kept
@@ -151,14 +152,6 @@ def _scan(head: bytes) -> Plan | None:
     if cut >= 0:
         fields = fields[:cut] + fields[cut_end:]
     return url, fields, host, hosts, cut >= 0, size
-
-
-def _named(field: bytes, name: bytes) -> bool:
-    """Whether `field` starts with `name` (lowercase letters and "-"), in any case."""
-    for i in range(len(name)):
-        if field[i] | 32 != name[i]:
-            return False
-    return True
 
 
 class _FastHead:

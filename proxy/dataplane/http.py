@@ -45,6 +45,15 @@ def connection_fields(value: bytes, names: set[bytes] | None) -> set[bytes] | No
     return names
 
 
+def named(field: bytes, name: bytes) -> bool:
+    """Whether `field` starts with `name` (lowercase letters and "-"), in any case. A byte at a time: under
+    mypyc an index is a C operation, where `field[:n].lower() == name` is two generic method calls."""
+    for i in range(len(name)):
+        if field[i] | 32 != name[i]:
+            return False
+    return True
+
+
 def drop_fields(parts: list[bytes], names: AbstractSet[bytes], start: int) -> list[bytes]:
     """Remove the fields in `names` from a request head being built: `start` leading pieces (the request
     line), then four pieces per field (name, ": ", value, CRLF). Rare: only when `Connection` names fields."""
