@@ -8,6 +8,7 @@ meant for another (client B, on its own connection, after client A's attack on a
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -529,3 +530,84 @@ async def test_plain_heads_frame_as_field_by_field_ones(start_proxy: StartProxy,
         assert "connection" not in fields["/c"] and fields["/c"]["accept"] == "*/*"
         assert fields["/f"]["x-forwarded-for"] == "6.6.6.6, 127.0.0.1"  # start_proxy trusts loopback peers
         assert fields["/e"]["x-api-key"] == "k" and fields["/e"]["x-forwarded-host"] == "a"
+
+
+# -- 10. Response heads: what the client gets is the upstream's head less the hop-by-hop fields ------------
+
+RESPONSE_NAMES = [
+    "Server",
+    "Date",
+    "Content-Type",
+    "Set-Cookie",
+    "X-Up",
+    "x-up",
+    "Connection",
+    "connection",
+    "CONNECTION",
+    "Keep-Alive",
+    "Te",
+    "Trailer",
+    "Upgrade",
+    "Proxy-Connection",
+    "Proxy-Authenticate",
+    "Proxy-Foo",
+    "Via",
+    "Connectionx",
+    "Tea",
+    "keep-alivex",
+    "Cache-Control",
+    "Vary",
+]
+RESPONSE_VALUES = ["a", "keep-alive", "close", "Keep-Alive", "x-up", "close, X-Up", "keep-alive, vary", "tea", "1"]
+
+
+def random_response(rng: random.Random) -> tuple[bytes, list[tuple[str, str]]]:
+    """A 200 with random fields and a Content-Length, and the fields a client must get of it (RFC 9110
+    §7.6.1: no hop-by-hop field, none that a Connection field names, except framing and addressing)."""
+    fields = [(rng.choice(RESPONSE_NAMES), rng.choice(RESPONSE_VALUES)) for _ in range(rng.randint(0, 7))]
+    named = {
+        token.strip().lower() for name, value in fields if name.lower() == "connection" for token in value.split(",")
+    } - {"", "close", "keep-alive", "upgrade", "content-length", "transfer-encoding", "host", "expect"}
+    hop = {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "transfer-encoding",
+        "upgrade",
+        "trailer",
+        "proxy-authorization",
+        "proxy-authenticate",
+    }
+    kept = [(n.lower(), v) for n, v in fields if n.lower() not in hop | named]
+    head = "".join(f"{n}:{rng.choice([' ', '', '  '])}{v}\r\n" for n, v in fields)
+    return f"HTTP/1.1 200 OK\r\n{head}Content-Length: 4\r\n\r\nbody".encode(), kept
+
+
+async def test_response_heads_lose_exactly_their_hop_by_hop_fields(start_proxy: StartProxy, origin: MakeOrigin) -> None:
+    rng = random.Random(20261207)
+    cases = [random_response(rng) for _ in range(150)]
+    o = origin(lambda conn, req: (cases[int(req.target[1:])][0], False))
+    proxy = await start_proxy({"blue": [await o.start()]}, preview=None)
+    for i, (raw, kept) in enumerate(cases):
+        [(status, fields, body)] = await exchange_all(proxy.ports["active"], b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % i)
+        assert (status, body) == (200, b"body"), raw
+        added = {("via", "1.1 bluegreen"), ("x-served-by-color", "blue")}  # the proxy's own lines
+        got = [(n, v) for n, v in fields if (n, v) not in added and n != "content-length"]
+        assert got == kept, raw
+
+
+async def exchange_all(port: int, data: bytes) -> list[tuple[int, list[tuple[str, str]], bytes]]:
+    """One request on a fresh connection: its answer with every field line in order (names lowercased)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        async with asyncio.timeout(5):
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode().split("\r\n")[1:-2]
+            fields = [(n.strip().lower(), v.strip()) for n, _, v in (line.partition(":") for line in lines)]
+            length = int(dict(fields)["content-length"])
+            body = await reader.readexactly(length)
+    finally:
+        writer.close()
+    return [(int(head[9:12]), fields, body)]
