@@ -141,7 +141,7 @@ class LoggedExchange(Exchange):
             client.write(data)
             out.clear()
             self.head_index = -1
-            client.deadline = self.dp.now + self.dp.timeouts.idle
+            client.deadline = self.dp.now + self.dp.idle_timeout
 
     def _finish_with(self, response: bytes, status: int) -> None:
         self.bytes_out += len(response)

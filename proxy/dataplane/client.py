@@ -329,7 +329,7 @@ class ClientConnection(Sender, asyncio.Protocol):
             ssl_object = transport.get_extra_info("ssl_object")
             name = getattr(ssl_object, "sni_name", None) if ssl_object is not None else None
             self.sni = name.encode() if name else None
-        self.deadline = dp.now + dp.timeouts.client_header
+        self.deadline = dp.now + dp.header_timeout
         dp.clients.add(self)
         if len(dp.clients) > dp.limits.max_connections:
             self.closing = True
@@ -361,7 +361,7 @@ class ClientConnection(Sender, asyncio.Protocol):
             # the header timeout runs unless a response is still due, and a stall now gets a 408.
             self.in_head = True
             if was_idle:
-                self.deadline = self.dp.now + self.dp.timeouts.client_header
+                self.deadline = self.dp.now + self.dp.header_timeout
             if 65 <= data[0] & 0xDF <= 90 and not self.fast_off:  # a letter: a method, not an empty line
                 data = self._fast_heads(data)
                 if not data:
@@ -376,14 +376,14 @@ class ClientConnection(Sender, asyncio.Protocol):
         if self._feed(self.parser, data, data):
             if self.in_head:  # this read ended inside a head
                 self.head_size += len(data)
-                if self.head_size > self.dp.limits.max_header_bytes:
+                if self.head_size > self.dp.max_header_bytes:
                     self._reject(RESPONSE_431)
             elif body is not None and self.parsing is body:
                 # Still inside a chunked body: a read that carried none of it was chunk framing, extensions or
                 # trailers, which are bounded like a head (llhttp buffers none of it, but would parse forever).
                 if body.request_bytes == seen:
                     self.head_size += len(data)
-                    if self.head_size > self.dp.limits.max_header_bytes:
+                    if self.head_size > self.dp.max_header_bytes:
                         self._reject(RESPONSE_431)
                 else:
                     self.head_size = 0
@@ -510,7 +510,7 @@ class ClientConnection(Sender, asyncio.Protocol):
         if ex is not None:
             ex.request_body(body)
             if not self.queue or self.queue[0] is ex:
-                self.deadline = self.dp.now + self.dp.timeouts.idle
+                self.deadline = self.dp.now + self.dp.idle_timeout
 
     def on_message_complete(self) -> None:
         ex = self.parsing
@@ -592,7 +592,7 @@ class ClientConnection(Sender, asyncio.Protocol):
                             extend((name, b": ", value, b"\r\n"))
                     continue
             extend((name, b": ", value, b"\r\n"))
-        if size > dp.limits.max_header_bytes:
+        if size > dp.max_header_bytes:
             raise _Reject(RESPONSE_431)
         keep_alive = parser.should_keep_alive()
         if not keep_alive:
@@ -606,7 +606,7 @@ class ClientConnection(Sender, asyncio.Protocol):
             extend = parts.extend
         if chunked and not self.http11:
             raise _Reject(RESPONSE_400)  # RFC 9112 §6.1: faulty framing in HTTP/1.0
-        limit = dp.limits.max_body_bytes
+        limit = dp.max_body_bytes
         if limit and content_length > limit:
             raise _Reject(RESPONSE_413)
         upgrade = bool(upgrade_value) and parser.should_upgrade()
@@ -679,7 +679,7 @@ class ClientConnection(Sender, asyncio.Protocol):
         fast = self.fast
         assert fast is not None
         url, fields, host, hosts, has_connection, size = plan
-        if size > dp.limits.max_header_bytes:
+        if size > dp.max_header_bytes:
             raise _Reject(RESPONSE_431)
         method = fast.get_method()
         keep_alive = fast.should_keep_alive()
@@ -913,7 +913,7 @@ class ClientConnection(Sender, asyncio.Protocol):
             self.close()
         else:
             self.served = True
-            self.deadline = self.dp.now + (IDLE_GRACE if self.closing else self.dp.timeouts.keepalive)
+            self.deadline = self.dp.now + (IDLE_GRACE if self.closing else self.dp.keepalive_timeout)
             if self.paused:
                 self.resume_reading(self.P_PIPELINE)
 
@@ -941,7 +941,7 @@ class ClientConnection(Sender, asyncio.Protocol):
         if self.transport is None or self.closed or self.queue or self.in_head or self.tunnel is not None:
             return
         dp = self.dp
-        idle_since = self.deadline - (dp.timeouts.keepalive if self.served else dp.timeouts.client_header)
+        idle_since = self.deadline - (dp.keepalive_timeout if self.served else dp.header_timeout)
         if dp.now - idle_since >= IDLE_GRACE and not _unread(self.transport):
             self.close()
         else:

@@ -225,7 +225,7 @@ class Exchange:
     def start(self) -> None:
         """Called by the client connection when this exchange is first in line."""
         self.started = True
-        self.client.deadline = self.dp.now + self.dp.timeouts.upstream_header
+        self.client.deadline = self.dp.now + self.dp.upstream_header_timeout
         self._try_endpoint(None)
 
     def _try_endpoint(self, exclude: Endpoint | None) -> None:
@@ -303,7 +303,7 @@ class Exchange:
         if self.state == DONE:
             return  # the response is over (an early answer): the rest of the body is dropped
         self.request_bytes += len(data)
-        limit = self.dp.limits.max_body_bytes
+        limit = self.dp.max_body_bytes
         if limit and self.request_bytes > limit:
             self._body_too_large()
             return
@@ -487,7 +487,7 @@ class Exchange:
             out.clear()
             self.head_index = -1
             # Bytes moved: the idle timeout starts again (coarse clock: one read, one write).
-            client.deadline = self.dp.now + self.dp.timeouts.idle
+            client.deadline = self.dp.now + self.dp.idle_timeout
 
     def response_complete(self) -> None:
         if self.state != HEAD_SENT or self.tunnel or self.status == 101:
@@ -521,13 +521,13 @@ class Exchange:
 
     def tunnel_to_client(self, data: bytes) -> None:
         self.client.write(data)
-        self.client.deadline = self.dp.now + self.dp.timeouts.idle
+        self.client.deadline = self.dp.now + self.dp.idle_timeout
 
     def tunnel_to_upstream(self, data: bytes) -> None:
         conn = self.upstream
         if conn is not None and conn.transport is not None:
             conn.write(data)
-        self.client.deadline = self.dp.now + self.dp.timeouts.idle
+        self.client.deadline = self.dp.now + self.dp.idle_timeout
 
     # -- failures --------------------------------------------------------------------------
 

@@ -100,7 +100,7 @@ class UpstreamConnection(Sender, asyncio.Protocol):
             ex.response_started = True
             self.head_buf += data[self.head_at :]
             self.head_at = 0
-            if len(self.head_buf) > ex.dp.limits.max_header_bytes:
+            if len(self.head_buf) > ex.dp.max_header_bytes:
                 ex.upstream_failed("response head too large")
                 return
         if ex.out:
