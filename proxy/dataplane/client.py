@@ -81,10 +81,11 @@ _REQ_FIELDS: Final = {name: _DROP for name in HOP_BY_HOP} | {
     b"x-request-id": _REQUEST_ID,
 }
 _REQ_FIRST: Final = frozenset(name[0] for name in _REQ_FIELDS)
-# The same names by first letter, for `_scan`: a field whose first letter is none of these is copied unread.
-_REQ_BY_FIRST: Final = {
-    first: tuple((name, kind) for name, kind in _REQ_FIELDS.items() if name[0] == first) for first in _REQ_FIRST
-}
+# The same names by first letter (indexed by the lowercased byte), for `_scan`: a field whose first letter
+# starts none of them (an empty tuple) is copied unread.
+_REQ_BY_FIRST: Final = tuple(
+    tuple((name, kind) for name, kind in _REQ_FIELDS.items() if name[0] == first) for first in range(256)
+)
 _CONNECTION_PLAIN: Final = frozenset({b"keep-alive", b"close"})
 
 
@@ -97,9 +98,9 @@ _EXPECT_NAME: Final = frozenset({b"expect"})
 _HOST_VALUE: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|(?:%[0-9A-Fa-f]{2}|[A-Za-z0-9\-._~!$&'()*+;=])+)(?::[0-9]*)?")
 
 
-# A head `_scan` found plain: target, its field lines as forwarded, Host value, Host fields, had `Connection`,
-# size (as `limits.max_header_bytes` counts it: the target and the field lines as they came).
-Plan = tuple[bytes, bytes, "bytes | None", int, bool, int]
+# A head `_scan` found plain: method, target, version (`HTTP/1.1`), its field lines as forwarded, Host value,
+# Host fields, size (as `limits.max_header_bytes` counts it: the target and the field lines as they came).
+Plan = tuple[bytes, bytes, bytes, bytes, "bytes | None", int, int]
 
 
 def _scan(head: bytes) -> Plan | None:
@@ -131,8 +132,8 @@ def _scan(head: bytes) -> Plan | None:
     for index in range(1, len(lines) - 2):
         field = lines[index]
         length = len(field)
-        names = _REQ_BY_FIRST.get(field[0] | 32) if length else None
-        if names is not None:
+        names = _REQ_BY_FIRST[field[0] | 32] if length else ()
+        if names:
             for name, kind in names:
                 colon = len(name)
                 if length > colon and field[colon] == 58 and named(field, name):
@@ -151,7 +152,7 @@ def _scan(head: bytes) -> Plan | None:
         offset += length + 2
     if cut >= 0:
         fields = fields[:cut] + fields[cut_end:]
-    return url, fields, host, hosts, cut >= 0, size
+    return request[0], url, request[2], fields, host, hosts, size
 
 
 class _FastHead:
@@ -684,17 +685,21 @@ class ClientConnection(Sender, asyncio.Protocol):
         dp = self.dp
         fast = self.fast
         assert fast is not None
-        url, fields, host, hosts, has_connection, size = plan
+        method, url, version, fields, host, hosts, size = plan  # as llhttp accepted them
         if size > dp.max_header_bytes:
             raise _Reject(RESPONSE_431)
-        method = fast.get_method()
         keep_alive = fast.should_keep_alive()
         if not keep_alive:
             # The message closes the connection: llhttp refuses whatever follows, now or in a later read, so
             # that parser reads it all (`_request` does the same for one the other parser parsed).
             self.parser = fast
             self.fast_off = True
-        self._version(fast, keep_alive and not has_connection)
+        if version == b"HTTP/1.1":
+            self.http11 = True
+        elif version == b"HTTP/1.0":
+            self.http11 = False
+        else:
+            self._version(fast, False)  # 505
         self._check_host(host, hosts)
         parts = [method, b" ", url, b" HTTP/1.1\r\n", fields]
         return self._forward(method, host, parts, b"", b"", b"", b"", b"", False, False, False, b"", keep_alive)

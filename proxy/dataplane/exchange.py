@@ -67,9 +67,9 @@ _RESP_FIELDS: Final = {name: _DROP for name in HOP_BY_HOP} | {
 }
 _RESP_FIRST: Final = frozenset(name[0] for name in _RESP_FIELDS)
 # The same names by first letter: a field whose first letter is none of these is copied unread.
-_RESP_BY_FIRST: Final = {
-    first: tuple((name, kind) for name, kind in _RESP_FIELDS.items() if name[0] == first) for first in _RESP_FIRST
-}
+_RESP_BY_FIRST: Final = tuple(
+    tuple((name, kind) for name, kind in _RESP_FIELDS.items() if name[0] == first) for first in range(256)
+)  # indexed by the lowercased byte
 _CONNECTION_PLAIN: Final = (b"keep-alive", b"close", b"upgrade")
 _VIA_LINE: Final = b"via: " + VIA + b"\r\n"
 
@@ -400,8 +400,8 @@ class Exchange:
         for index in range(1, len(lines) - 2):
             field = lines[index]
             length = len(field)
-            names = _RESP_BY_FIRST.get(field[0] | 32) if length else None
-            if names is not None:
+            names = _RESP_BY_FIRST[field[0] | 32] if length else ()
+            if names:
                 for name, kind in names:
                     colon = len(name)
                     if length > colon and field[colon] == 58 and named(field, name):
