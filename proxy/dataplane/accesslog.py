@@ -193,10 +193,10 @@ def _field(low: bytes, head: bytes, name: bytes) -> bytes:
     return head[start : head.find(b"\r\n", start)].strip() or b"-"
 
 
-_JSON: Final = (
-    b'{"time":"%s.%03dZ","client":"%s","method":"%s","target":"%s","status":%d,"bytes_in":%d,"bytes_out":%d,'
-    b'"duration_ms":%.3f,%s,"endpoint":%s,"generation":%d,"request_id":"%s","aborted":%s}\n'
-)  # the fourth %s from the end is the pool's `log_json` (app, listener, pool): one piece per pool and listener
+# A JSON line: {"time":"...Z","client":..,"method":..,"target":..,"status":N,"bytes_in":N,"bytes_out":N,
+# "duration_ms":N.NNN, then the pool's `log_json` (app, listener, pool: one piece per pool and listener),
+# "endpoint":..,"generation":N,"request_id":..,"aborted":B} (`AccessLog._json`).
+_THREE_DIGITS: Final = tuple(b"%03d" % n for n in range(1000))
 _COMBINED: Final = b'%s - - [%s] "%s %s %s" %d %d "%s" "%s" "%s" "%s" "%s" %d %s %.3fms\n'
 
 
@@ -264,21 +264,42 @@ class AccessLog:
         if _unsafe(request_id):
             request_id = _json_escaped(request_id)
         ep = ex.served_by
-        return _JSON % (
-            stamp,
-            int((wall - second) * 1000),
-            ex.client.peer,
-            method,
-            target,
-            ex.final_status,
-            ex.request_bytes + ex.tunnel_in,
-            ex.bytes_out,
-            (ended - ex.began) * 1000,
-            ex.pool.log_json[ex.listener],
-            ep.log_json if ep is not None else b"null",
-            ex.generation,
-            request_id,
-            b"true" if ex.aborted else b"false",
+        # Joined from pieces: `bytes % tuple` parses its template and formats a float for every line (7k of
+        # the 12k instructions a line cost under mypyc); ints go through str(), 0-999 through a table.
+        millis = int((wall - second) * 1000)
+        duration = int((ended - ex.began) * 1_000_000 + 0.5)  # µs: the milliseconds to 3 decimals
+        return b"".join(
+            (
+                b'{"time":"',
+                stamp,
+                b".",
+                _THREE_DIGITS[millis if millis < 1000 else 999],
+                b'Z","client":"',
+                ex.client.peer,
+                b'","method":"',
+                method,
+                b'","target":"',
+                target,
+                b'","status":',
+                str(ex.final_status).encode(),
+                b',"bytes_in":',
+                str(ex.request_bytes + ex.tunnel_in).encode(),
+                b',"bytes_out":',
+                str(ex.bytes_out).encode(),
+                b',"duration_ms":',
+                str(duration // 1000).encode(),
+                b".",
+                _THREE_DIGITS[duration % 1000],
+                b",",
+                ex.pool.log_json[ex.listener],
+                b',"endpoint":',
+                ep.log_json if ep is not None else b"null",
+                b',"generation":',
+                str(ex.generation).encode(),
+                b',"request_id":"',
+                request_id,
+                b'","aborted":true}\n' if ex.aborted else b'","aborted":false}\n',
+            )
         )
 
     def _combined(self, ex: LoggedExchange, offset: float) -> bytes:
