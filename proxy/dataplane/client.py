@@ -40,9 +40,10 @@ from proxy.dataplane.http import (
     RESPONSE_501_CODING,
     RESPONSE_505,
     VIA,
+    by_first_letter,
     connection_fields,
     drop_fields,
-    named,
+    field_kind,
 )
 from proxy.dataplane.outbox import Outbox, Sender
 
@@ -83,9 +84,7 @@ _REQ_FIELDS: Final = {name: _DROP for name in HOP_BY_HOP} | {
 _REQ_FIRST: Final = frozenset(name[0] for name in _REQ_FIELDS)
 # The same names by first letter (indexed by the lowercased byte), for `_scan`: a field whose first letter
 # starts none of them (an empty tuple) is copied unread.
-_REQ_BY_FIRST: Final = tuple(
-    tuple((name, kind) for name, kind in _REQ_FIELDS.items() if name[0] == first) for first in range(256)
-)
+_REQ_BY_FIRST: Final = by_first_letter(_REQ_FIELDS)
 _CONNECTION_PLAIN: Final = frozenset({b"keep-alive", b"close"})
 
 
@@ -132,23 +131,18 @@ def _scan(head: bytes) -> Plan | None:
     for index in range(1, len(lines) - 2):
         field = lines[index]
         length = len(field)
-        names = _REQ_BY_FIRST[field[0] | 32] if length else ()
-        if names:
-            for name, kind in names:
-                colon = len(name)
-                if length > colon and field[colon] == 58 and named(field, name):
-                    start = colon + 1
-                    while start < length and (field[start] == 32 or field[start] == 9):
-                        start += 1  # the value as llhttp hands it over: without leading OWS, trailing OWS kept
-                    if kind == _HOST:
-                        hosts += 1
-                        host = field[start:]
-                    elif kind == _CONNECTION and cut < 0 and field[start:].lower() in _CONNECTION_PLAIN:
-                        cut = offset
-                        cut_end = offset + length + 2
-                    else:
-                        return None
-                    break
+        kind, start = field_kind(field, _REQ_BY_FIRST)
+        if kind >= 0:
+            while start < length and (field[start] == 32 or field[start] == 9):
+                start += 1  # the value as llhttp hands it over: without leading OWS, trailing OWS kept
+            if kind == _HOST:
+                hosts += 1
+                host = field[start:]
+            elif kind == _CONNECTION and cut < 0 and field[start:].lower() in _CONNECTION_PLAIN:
+                cut = offset
+                cut_end = offset + length + 2
+            else:
+                return None
         offset += length + 2
     if cut >= 0:
         fields = fields[:cut] + fields[cut_end:]

@@ -21,8 +21,10 @@ from proxy.dataplane.http import (
     HOP_BY_HOP,
     IDEMPOTENT,
     VIA,
+    by_first_letter,
     connection_fields,
     error_response,
+    field_kind,
     named,
     status_line,
 )
@@ -67,9 +69,7 @@ _RESP_FIELDS: Final = {name: _DROP for name in HOP_BY_HOP} | {
 }
 _RESP_FIRST: Final = frozenset(name[0] for name in _RESP_FIELDS)
 # The same names by first letter: a field whose first letter is none of these is copied unread.
-_RESP_BY_FIRST: Final = tuple(
-    tuple((name, kind) for name, kind in _RESP_FIELDS.items() if name[0] == first) for first in range(256)
-)  # indexed by the lowercased byte
+_RESP_BY_FIRST: Final = by_first_letter(_RESP_FIELDS)
 _CONNECTION_PLAIN: Final = (b"keep-alive", b"close", b"upgrade")
 _VIA_LINE: Final = b"via: " + VIA + b"\r\n"
 
@@ -399,23 +399,18 @@ class Exchange:
         offset = 0
         for index in range(1, len(lines) - 2):
             field = lines[index]
-            length = len(field)
-            names = _RESP_BY_FIRST[field[0] | 32] if length else ()
-            if names:
-                for name, kind in names:
-                    colon = len(name)
-                    if length > colon and field[colon] == 58 and named(field, name):
-                        if kind == _LENGTH:
-                            has_length = True
-                        elif kind != _CONNECTION:
-                            rare = True
-                        elif cut < 0 and _plain_option(field, colon + 1):
-                            cut = offset
-                            cut_end = offset + length + 2
-                        else:
-                            general = True
-                        break
-            offset += length + 2
+            kind, start = field_kind(field, _RESP_BY_FIRST)
+            if kind == _LENGTH:
+                has_length = True
+            elif kind == _CONNECTION:
+                if cut < 0 and _plain_option(field, start):
+                    cut = offset
+                    cut_end = offset + len(field) + 2
+                else:
+                    general = True
+            elif kind >= 0:
+                rare = True
+            offset += len(field) + 2
         if rare:
             fields, codings, upgrade_value = _cut_hop_by_hop(fields)
             content_length = has_length  # llhttp refuses a response with a length and chunked

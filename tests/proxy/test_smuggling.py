@@ -36,12 +36,17 @@ async def origin() -> AsyncIterator[MakeOrigin]:
 Responses = list[tuple[int, dict[str, str], bytes]]
 
 
-async def exchange(port: int, data: bytes, responses: int, wait: float = 5.0) -> Responses:
-    """Send `data` on a fresh connection and read until `responses` complete answers arrived (or it closes)."""
+async def exchange(port: int, data: bytes | list[bytes], responses: int, wait: float = 5.0) -> Responses:
+    """Send `data` on a fresh connection (a list: piece by piece, in separate reads most of the time) and read
+    until `responses` complete answers arrived (or it closes)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     buffer = b""
     try:
-        writer.write(data)
+        for piece in [data] if isinstance(data, bytes) else data:
+            writer.write(piece)
+            await writer.drain()
+            if not isinstance(data, bytes):
+                await asyncio.sleep(0.001)
         async with asyncio.timeout(wait):
             while True:
                 try:
@@ -458,28 +463,7 @@ def slowed(request: bytes) -> bytes:
 
 async def seen(port: int, pieces: list[bytes], answers: int) -> list[tuple[int, bytes, bool]]:
     """(status, body, closes) of each answer, reading until `answers` came (9: until the proxy closes)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    buffer = b""
-    try:
-        for piece in pieces:
-            writer.write(piece)
-            await writer.drain()
-            if len(pieces) > 1:
-                await asyncio.sleep(0.001)  # separate reads, most of the time
-        async with asyncio.timeout(5):
-            while True:
-                try:
-                    if len(parse_responses(buffer)) >= answers:
-                        break
-                except (ValueError, IndexError):
-                    pass
-                chunk = await reader.read(65536)
-                if not chunk:
-                    break
-                buffer += chunk
-    finally:
-        writer.close()
-    return [(s, b, h.get("connection") == "close") for s, h, b in parse_responses(buffer)]
+    return [(s, b, h.get("connection") == "close") for s, h, b in await exchange(port, pieces, answers)]
 
 
 def upstream_view(requests: list[Request]) -> list[tuple[str, str, list[tuple[str, str]], bytes]]:
