@@ -88,7 +88,7 @@ _REQ_BY_FIRST: Final = by_first_letter(_REQ_FIELDS)
 _CONNECTION_PLAIN: Final = frozenset({b"keep-alive", b"close"})
 
 
-IDLE_GRACE = 1.0  # at a graceful stop, an idle keep-alive connection closes once idle this long (seconds)
+IDLE_GRACE = 1.0  # at a graceful stop, an idle keep-alive connection has this long to send its next request (s)
 LINGER = 2.0  # seconds a client that was answered early may go on sending before the connection closes
 _HOST_NAME: Final = frozenset({b"host"})
 _EXPECT_NAME: Final = frozenset({b"expect"})
@@ -918,7 +918,10 @@ class ClientConnection(Sender, asyncio.Protocol):
             self.close()
         else:
             self.served = True
-            self.deadline = self.dp.now + (IDLE_GRACE if self.closing else self.dp.keepalive_timeout)
+            if self.closing:  # a graceful stop: the grace counts on the loop's clock (`dp.now` is up to a tick old)
+                self.deadline = self.dp.loop.time() + IDLE_GRACE
+            else:
+                self.deadline = self.dp.now + self.dp.keepalive_timeout
             if self.paused:
                 self.resume_reading(self.P_PIPELINE)
 
@@ -934,23 +937,21 @@ class ClientConnection(Sender, asyncio.Protocol):
         elif self.in_head:
             self.write(RESPONSE_408)
             self.close()
+        elif not self.paused and _unread(self.transport):
+            self.deadline = self.dp.now + IDLE_GRACE  # a request came as the wait ended: the loop reads it next
         else:
             self.close()
 
     def shutdown(self) -> None:
-        """Graceful stop: a busy connection closes after its current response (with `Connection: close`), an idle
-        one once it has been idle for `IDLE_GRACE` (the sweep closes it then). Never under a client that is
-        sending: a request that arrives meanwhile (or already waits unread in the socket, or is the first of a
-        connection just accepted) is answered with `Connection: close`, then the connection closes."""
+        """Graceful stop: a busy connection closes after its current response (with `Connection: close`); an idle
+        one has `IDLE_GRACE` from now to send its next request, answered with `Connection: close` too, and the
+        sweep closes it if it sent none. However long it was idle before, a client that sends after a pause is
+        never cut by the stop: closing an idle connection races with a request on its way, so the stop gives
+        each one that second (the old process lingers that much longer, for what still runs there anyway)."""
         self.closing = True
         if self.transport is None or self.closed or self.queue or self.in_head or self.tunnel is not None:
             return
-        dp = self.dp
-        idle_since = self.deadline - (dp.keepalive_timeout if self.served else dp.header_timeout)
-        if dp.now - idle_since >= IDLE_GRACE and not _unread(self.transport):
-            self.close()
-        else:
-            self.deadline = min(self.deadline, idle_since + IDLE_GRACE)
+        self.deadline = min(self.deadline, self.dp.loop.time() + IDLE_GRACE)
 
 
 def _unread(transport: asyncio.Transport) -> bool:

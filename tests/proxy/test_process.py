@@ -10,7 +10,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.proxy.conftest import StartUpstream
+from tests.proxy.conftest import StartProxy, StartUpstream
 from tests.proxy.support import REPO, ProxyProcess, RawClient
 from tests.support import wait_until
 
@@ -37,7 +37,7 @@ async def test_sigterm_finishes_in_flight_then_exits_0(upstream: StartUpstream, 
     proxy = await ProxyProcess(tmp_path, {"blue": [await upstream("blue")]}, "blue", None).start()
     client, idle = RawClient(proxy.ports["active"]), RawClient(proxy.ports["active"])
     try:
-        assert (await idle.request()).status == 200  # an idle keep-alive connection: closed at once
+        assert (await idle.request()).status == 200  # an idle keep-alive connection: closed a second into the stop
         slow = asyncio.ensure_future(client.request("/slow?ms=700"))
         await wait_until(lambda: in_flight(proxy.ports["admin"]), message="the slow request in flight")
         stopping = asyncio.ensure_future(proxy.stop())
@@ -52,6 +52,33 @@ async def test_sigterm_finishes_in_flight_then_exits_0(upstream: StartUpstream, 
         await idle.close()
     assert code == 0, out
     assert "stopping" in out and "Traceback" not in out
+
+
+async def test_a_graceful_stop_gives_idle_connections_a_second_for_their_next_request(
+    upstream: StartUpstream, start_proxy: StartProxy
+) -> None:
+    """However long a keep-alive connection was idle before the stop, it has a second from the stop to send its
+    next request, which is answered (with `Connection: close`): a client is never cut as it sends after a
+    pause. A connection that sends nothing is closed once that second is up, so the stop ends soon."""
+    proxy = await start_proxy({"blue": [await upstream("blue")]}, preview=None)
+    late, silent = RawClient(proxy.ports["active"]), RawClient(proxy.ports["active"])
+    try:
+        assert (await late.request()).status == 200
+        assert (await silent.request()).status == 200
+        await asyncio.sleep(1.2)  # idle for longer than the grace before the stop begins
+        began = asyncio.get_running_loop().time()
+        stopping = asyncio.ensure_future(proxy.stop(grace=10))
+        await asyncio.sleep(0.5)
+        resp = await late.request()
+        assert resp.status == 200 and resp.headers[b"connection"] == b"close"
+        assert silent.reader is not None
+        assert await asyncio.wait_for(silent.reader.read(), 5) == b""
+        closed = asyncio.get_running_loop().time() - began
+        assert 0.9 <= closed < 3, closed  # a second into the stop (plus the sweep's tick), not at once
+        await asyncio.wait_for(stopping, 5)
+    finally:
+        await late.close()
+        await silent.close()
 
 
 async def test_status_and_switch_commands(upstream: StartUpstream, tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ import yaml
 from proxy.config import load_config
 from proxy.workers.upgrade import PROTOCOL, socket_path
 from tests.proxy.conftest import StartUpstream
-from tests.proxy.support import EtcdProcess, ProxyProcess, RawClient, child_pids
+from tests.proxy.support import EtcdProcess, ProxyProcess, RawClient, Response, child_pids
 from tests.support import Process, free_port, wait_until
 
 DRAIN = {"drain": {"timeout": "10s"}, "shutdown_timeout": "5s"}
@@ -184,6 +184,8 @@ class Load:
         self.ok = 0
         self.longest_fresh = 0.0  # the slowest fresh connection + request: the longest pause in accepting
         self.tasks: list[asyncio.Task[None]] = []
+        self.answered: dict[int, float] = {}  # by client: when its last response arrived
+        self.nth: dict[int, int] = {}  # by client: requests sent on its current connection
 
     def start(self, keep_alive: int, fresh: int) -> Self:
         loop = asyncio.get_running_loop()
@@ -196,7 +198,7 @@ class Load:
         deadline = time.monotonic() + 60
         try:
             while not self.stop.is_set() and time.monotonic() < deadline:
-                self._check(await self._one(client))
+                self._check(await self._one(client, "keep-alive"))
         finally:
             await client.close()
 
@@ -205,17 +207,30 @@ class Load:
         while not self.stop.is_set() and time.monotonic() < deadline:
             started = time.monotonic()
             client = RawClient(self.port)
-            self._check(await self._one(client, close=True))
+            self._check(await self._one(client, "fresh", close=True))
             self.longest_fresh = max(self.longest_fresh, time.monotonic() - started)
             await client.close()
 
-    async def _one(self, client: RawClient, close: bool = False) -> str | None:
+    async def _one(self, client: RawClient, kind: str, close: bool = False) -> str | None:
+        """None, or what failed: which client, its request's number on its connection (1: the first) and how
+        long the connection had been idle (since its last response) when the request went."""
+        sent = time.monotonic()
+        reused = client.writer is not None
+        idle = sent - self.answered.get(id(client), sent)
+        self.nth[id(client)] = number = self.nth.get(id(client), 0) + 1 if reused else 1
         try:
             resp = await client.request(close=close)
         except (OSError, asyncio.IncompleteReadError) as exc:
             await client.close()
-            return repr(exc)
-        return None if resp.status == 200 else f"status {resp.status}"
+            return f"{kind} request #{number} (idle {idle * 1000:.0f} ms, at {sent:.3f}): {exc!r}"
+        self.answered[id(client)] = time.monotonic()
+        if resp.status != 200:
+            return f"{kind}: status {resp.status}"
+        self.answered_ok(sent, resp)
+        return None
+
+    def answered_ok(self, sent: float, resp: Response) -> None:
+        """A request sent at `sent` was answered `200` (a subclass records more)."""
 
     def _check(self, failure: str | None) -> None:
         if failure is None:
@@ -268,7 +283,9 @@ async def test_upgrade_under_load_drops_nothing(upstream: StartUpstream, tmp_pat
             assert await served_by(active, ws_port) == old
             await wait_until(lambda: load.ok >= 20, message="load running")
 
+            began = time.monotonic()
             new = await upgrade(proxy, "--workers", str(workers))
+            took_over = time.monotonic()
             served_before = load.ok
             await wait_until(lambda: load.ok >= served_before + 50, message="load served by the new process")
 
@@ -289,7 +306,12 @@ async def test_upgrade_under_load_drops_nothing(upstream: StartUpstream, tmp_pat
             await stream.close()
             await ws.close()
             await load.finish()
-            assert load.failures == [], load.failures[:10]
+            assert load.failures == [], (
+                f"upgrade {began:.3f}..{took_over:.3f}",
+                load.failures[:10],
+                proxy.proc.output,
+                new.output,
+            )
             longest = load.longest_fresh * 1000
             print(f"requests {load.ok}, failures 0, longest fresh connection + request {longest:.1f} ms")
 
@@ -623,17 +645,8 @@ class Colors(Load):
         super().__init__(port)
         self.served: list[tuple[float, float, str]] = []  # started, answered, pool
 
-    async def _one(self, client: RawClient, close: bool = False) -> str | None:
-        started = time.monotonic()
-        try:
-            resp = await client.request(close=close)
-        except (OSError, asyncio.IncompleteReadError) as exc:
-            await client.close()
-            return repr(exc)
-        if resp.status != 200:
-            return f"status {resp.status}"
-        self.served.append((started, time.monotonic(), resp.headers[b"x-served-by-color"].decode()))
-        return None
+    def answered_ok(self, sent: float, resp: Response) -> None:
+        self.served.append((sent, time.monotonic(), resp.headers[b"x-served-by-color"].decode()))
 
 
 async def test_upgrades_in_a_row_with_flips_between(upstream: StartUpstream, tmp_path: Path) -> None:
