@@ -1,0 +1,19 @@
+"""The simulator's tests are `mode_independent`: the simulator is never compiled, and the proxy it drives
+forwards requests the way tests/proxy checks in both modes. So scripts/test's pure pass (BLUEGREEN_PURE=1)
+runs tests/proxy and tests/loadtest again, not these (about 110 of its 400 s on a slow 2-core VM, which kept
+the whole CI run near its 20 minutes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before the `-m` selection deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.mode_independent)
