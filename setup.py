@@ -19,6 +19,7 @@ COMPILED = [
     "proxy/dataplane/exchange.py",
     "proxy/dataplane/client.py",
     "proxy/dataplane/accesslog.py",
+    "proxy/dataplane/plane.py",
 ]
 
 

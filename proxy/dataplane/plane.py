@@ -34,7 +34,7 @@ class DataPlane:
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.loop = loop or asyncio.get_running_loop()
         self.outbox = Outbox(self.loop)
-        self._thread = threading.get_ident()
+        self._loop_thread = threading.get_ident()
         self.request_ids = RequestIds()
         self.access_log: AccessLog | None = None  # on: requests build LoggedExchanges (`proxy.dataplane.accesslog`)
         self.exchange: type[Exchange] = Exchange
@@ -153,6 +153,8 @@ class DataPlane:
             secure: dict[str, Any] = {}
             if tls is not None:
                 secure = {"ssl": tls.context, "ssl_handshake_timeout": self.timeouts.client_header}
+            # (Any: uvloop's Server.sockets is a list where typeshed says tuple, which compiled code would refuse.)
+            server: Any
             if sockets and role in sockets:
                 server = await self.loop.create_server(factory, sock=sockets[role], backlog=2048, **secure)
             else:
@@ -216,7 +218,7 @@ class DataPlane:
 
     def in_loop(self, fn: Callable[..., object], *args: object) -> None:
         """Run `fn(*args)` on the data-plane loop: now when called on it, else soon (thread-safe)."""
-        if threading.get_ident() == self._thread:
+        if threading.get_ident() == self._loop_thread:
             fn(*args)
         else:
             self.loop.call_soon_threadsafe(fn, *args)

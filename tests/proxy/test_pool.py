@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+
 from proxy.config import OutlierConfig
-from proxy.dataplane.pool import BUCKETS, Endpoint, Health, Pool
+from proxy.dataplane.pool import BUCKETS, LATENCY_BOUNDS, Endpoint, Health, Pool, latency_bucket
 
 ADDRS = [("127.0.0.1", 9001), ("127.0.0.1", 9002), ("127.0.0.1", 9003)]
 
@@ -58,6 +60,14 @@ def test_replace_endpoints_keeps_state_and_retires_the_rest() -> None:
     pool.replace_endpoints([ADDRS[0], ("127.0.0.1", 9100)])
     assert pool.endpoints[0] is kept and kept.in_flight == 3 and not kept.retired
     assert dropped.retired and [ep.port for ep in pool.endpoints] == [9001, 9100]
+
+
+def test_latency_bucket_is_bisect_left() -> None:
+    """Prometheus' `le` buckets: a latency equal to a bound counts in that bound's bucket, past the last in +Inf."""
+    values = [0.0, 1e-9, 20.0, 1e9] + [b * f for b in LATENCY_BOUNDS for f in (0.5, 0.999999, 1.0, 1.000001, 1.7)]
+    for value in values:
+        assert latency_bucket(value) == bisect_left(LATENCY_BOUNDS, value), value
+    assert latency_bucket(20.0) == BUCKETS - 1
 
 
 def test_observe_counts_by_class_and_latency_bucket() -> None:
