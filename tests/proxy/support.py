@@ -79,12 +79,15 @@ class RawClient:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.sent = 0  # requests written so far: a test can wait until one is on the wire
+        self.on_connection = 0  # requests written on the current connection (1: its first)
+        self.answered_at: float | None = None  # loop time of the current connection's last answer
 
     async def request(
         self, path: str = "/color", *, method: str = "GET", body: bytes = b"", close: bool = False
     ) -> Response:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+            self.on_connection, self.answered_at = 0, None
         assert self.reader is not None
         head = f"{method} {path} HTTP/1.1\r\nHost: test\r\n"
         if body:
@@ -93,6 +96,7 @@ class RawClient:
             head += "Connection: close\r\n"
         self.writer.write(head.encode() + b"\r\n" + body)
         self.sent += 1
+        self.on_connection += 1
         raw = await self.reader.readuntil(b"\r\n\r\n")
         lines = raw[:-4].split(b"\r\n")
         status = int(lines[0].split()[1])
@@ -114,6 +118,7 @@ class RawClient:
             data = b"".join(parts)
         else:
             data = await self.reader.read()
+        self.answered_at = asyncio.get_running_loop().time()
         if close or headers.get(b"connection") == b"close":
             await self.close()
         return Response(status, headers, data)

@@ -184,8 +184,6 @@ class Load:
         self.ok = 0
         self.longest_fresh = 0.0  # the slowest fresh connection + request: the longest pause in accepting
         self.tasks: list[asyncio.Task[None]] = []
-        self.answered: dict[int, float] = {}  # by client: when its last response arrived
-        self.nth: dict[int, int] = {}  # by client: requests sent on its current connection
 
     def start(self, keep_alive: int, fresh: int) -> Self:
         loop = asyncio.get_running_loop()
@@ -215,15 +213,14 @@ class Load:
         """None, or what failed: which client, its request's number on its connection (1: the first) and how
         long the connection had been idle (since its last response) when the request went."""
         sent = time.monotonic()
-        reused = client.writer is not None
-        idle = sent - self.answered.get(id(client), sent)
-        self.nth[id(client)] = number = self.nth.get(id(client), 0) + 1 if reused else 1
+        last = client.answered_at if client.writer is not None else None
+        idle = asyncio.get_running_loop().time() - last if last is not None else 0.0
         try:
             resp = await client.request(close=close)
         except (OSError, asyncio.IncompleteReadError) as exc:
+            number = client.on_connection
             await client.close()
             return f"{kind} request #{number} (idle {idle * 1000:.0f} ms, at {sent:.3f}): {exc!r}"
-        self.answered[id(client)] = time.monotonic()
         if resp.status != 200:
             return f"{kind}: status {resp.status}"
         self.answered_ok(sent, resp)
