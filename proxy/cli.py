@@ -61,14 +61,14 @@ class _Version(argparse.Action):
 def version_line() -> str:
     from importlib import metadata
 
-    from proxy.dataplane import pure_because
+    from proxy.dataplane import fieldscan, pure_because
 
     try:
         release = metadata.version("bluegreen")
     except metadata.PackageNotFoundError:
         release = "unknown"
     why = pure_because()
-    how = f"pure Python; {why}" if why else "compiled with mypyc"
+    how = f"pure Python; {why}" if why else f"compiled with mypyc, head fields found in {fieldscan.IMPLEMENTATION}"
     return f"bluegreen {release} (data plane: {how})"
 
 

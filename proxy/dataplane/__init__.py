@@ -7,7 +7,8 @@
 3. `upstream` — `UpstreamConnection`, one pooled connection to an endpoint, with its response parser.
 4. `pool` — `Pool` and `Endpoint`: balancing, health state, in-flight counts, idle connections, drain.
 5. `outbox` — writes held until the loop iteration's events are handled, then one write per connection.
-6. `http` — HTTP/1.1 constants and the proxy's own responses.
+6. `http` — HTTP/1.1 constants and the proxy's own responses; `fieldscan` — a head's end and the fields of
+   it the proxy acts on, found in one call (for `client` and `upstream`; a C twin where one was built).
 7. `routes` — `RouteTable`, the immutable snapshot a request reads once, and the route word naming it.
 8. `plane` — `DataPlane`: what one event loop serves (listeners, pools, routes, timers).
 9. `loop` — the event loop it runs on (uvloop).
@@ -22,21 +23,22 @@ import sys
 from importlib.machinery import SOURCE_SUFFIXES, FileFinder, SourceFileLoader
 from importlib.util import find_spec
 
-# The install compiles these modules with mypyc where a C compiler is found (setup.py). With BLUEGREEN_PURE=1
+# The install compiles these modules with mypyc where a C compiler is found (setup.py), and fieldscan.c. With BLUEGREEN_PURE=1
 # the pure-Python modules run anyway: this package's folder is searched for sources only, before any of its
 # modules is imported (workers inherit the variable, so they run the same mode). So they do when a source
 # was edited after the build: an edit takes effect at once, compiled again at the next install.
 
 
 def stale(folder: str) -> bool:
-    """A compiled module in `folder` is older than its source."""
+    """A compiled module in `folder` is older than its source (a module, or the C of a C twin)."""
     for name in os.listdir(folder):  # (a list: a scandir iterator left open warns)
         if name.endswith(".so"):
-            source = os.path.join(folder, name.split(".", 1)[0] + ".py")
             compiled = os.path.join(folder, name)
-            # A margin: an install writes a source and its compiled module a moment apart, in either order.
-            if os.path.exists(source) and os.stat(source).st_mtime > os.stat(compiled).st_mtime + 2:
-                return True
+            for suffix in (".py", ".c"):
+                source = os.path.join(folder, name.split(".", 1)[0] + suffix)
+                # A margin: an install writes a source and its compiled module a moment apart, in either order.
+                if os.path.exists(source) and os.stat(source).st_mtime > os.stat(compiled).st_mtime + 2:
+                    return True
     return False
 
 

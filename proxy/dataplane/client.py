@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
+from proxy.dataplane import fieldscan
 from proxy.dataplane.exchange import Exchange
 from proxy.dataplane.http import (
     HOP_BY_HOP,
@@ -40,10 +41,8 @@ from proxy.dataplane.http import (
     RESPONSE_501_CODING,
     RESPONSE_505,
     VIA,
-    by_first_letter,
     connection_fields,
     drop_fields,
-    field_kind,
 )
 from proxy.dataplane.outbox import Outbox, Sender
 
@@ -82,9 +81,8 @@ _REQ_FIELDS: Final = {name: _DROP for name in HOP_BY_HOP} | {
     b"x-request-id": _REQUEST_ID,
 }
 _REQ_FIRST: Final = frozenset(name[0] for name in _REQ_FIELDS)
-# The same names by first letter (indexed by the lowercased byte), for `_scan`: a field whose first letter
-# starts none of them (an empty tuple) is copied unread.
-_REQ_BY_FIRST: Final = by_first_letter(_REQ_FIELDS)
+# The same names as `fieldscan.scan` reads them, for `_scan`: a field whose name is none of them is copied unread.
+_REQ_SCAN: Final = fieldscan.table(_REQ_FIELDS)
 _CONNECTION_PLAIN: Final = frozenset({b"keep-alive", b"close"})
 
 
@@ -102,8 +100,9 @@ _HOST_VALUE: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|(?:%[0-9A-Fa-f]{2}|[A-Z
 Plan = tuple[bytes, bytes, bytes, bytes, "bytes | None", int, int]
 
 
-def _scan(head: bytes) -> Plan | None:
-    """Split a complete head (request line, field lines, empty line) that needs nothing but copying, or None.
+def _scan(head: bytes, found: list[int]) -> Plan | None:
+    """The plan of a complete head (request line, field lines, empty line) that needs nothing but copying, or
+    None. `found`: `fieldscan.scan`'s answer for it (where its lines end, and its fields in `_REQ_FIELDS`).
 
     Such a head has an origin-form target, no body, and no field the proxy acts on but Host (kept) and a
     `Connection: keep-alive|close` (dropped); everything else (a body, hop-by-hop, forwarding, Expect or
@@ -111,39 +110,35 @@ def _scan(head: bytes) -> Plan | None:
     has seen the head, so it only chooses: `_FastHead` then has llhttp check the same bytes (a field line
     llhttp accepts is exactly `name ":" OWS value OWS`), and a head it refuses is refused as always.
 
-    It calls two bytes methods per head (under mypyc a method call is generic, ~10 times an index or a
-    slice; `find` parses its arguments the slow way) and, per field, looks its first letter up: only a field
-    whose first letter starts a name the proxy acts on is compared with those names, a byte at a time."""
-    lines = head.split(b"\r\n")  # the request line, a line per field, then two empty ones
-    request = lines[0].split(b" ")
+    Only the fields `fieldscan` found are read, by offset (under mypyc an index or a slice is a C operation; a
+    bytes method call is a generic one, ~10 times slower)."""
+    first = found[1]
+    request = head[:first].split(b" ")
     if len(request) != 3:
         return None  # not one space each side of the target: llhttp may read it otherwise
     url = request[1]
     if not url or url[0] != 47:
         return None  # not origin-form ("/...")
-    fields = head[len(lines[0]) + 2 : -2]  # "name: value" CRLF, per field
+    fields = head[first + 2 : -2]  # "name: value" CRLF, per field
     size = len(url) + len(fields)
     host: bytes | None = None
     hosts = 0
     cut = -1
     cut_end = 0
-    offset = 0
-    for index in range(1, len(lines) - 2):
-        field = lines[index]
-        length = len(field)
-        kind, start = field_kind(field, _REQ_BY_FIRST)
-        if kind >= 0:
-            while start < length and (field[start] == 32 or field[start] == 9):
-                start += 1  # the value as llhttp hands it over: without leading OWS, trailing OWS kept
-            if kind == _HOST:
-                hosts += 1
-                host = field[start:]
-            elif kind == _CONNECTION and cut < 0 and field[start:].lower() in _CONNECTION_PLAIN:
-                cut = offset
-                cut_end = offset + length + 2
-            else:
-                return None
-        offset += length + 2
+    for index in range(2, len(found), 4):
+        kind = found[index]
+        start = found[index + 2]
+        end = found[index + 3]
+        while start < end and (head[start] == 32 or head[start] == 9):
+            start += 1  # the value as llhttp hands it over: without leading OWS, trailing OWS kept
+        if kind == _HOST:
+            hosts += 1
+            host = head[start:end]
+        elif kind == _CONNECTION and cut < 0 and head[start:end].lower() in _CONNECTION_PLAIN:
+            cut = found[index + 1] - first - 2  # the line and its CRLF, in `fields`
+            cut_end = end - first
+        else:
+            return None
     if cut >= 0:
         fields = fields[:cut] + fields[cut_end:]
     return request[0], url, request[2], fields, host, hosts, size
@@ -415,11 +410,12 @@ class ClientConnection(Sender, asyncio.Protocol):
         n = len(data)
         pos = 0
         while True:
-            end = (data.find(b"\r\n\r\n", pos) if pos else data.find(b"\r\n\r\n")) + 4  # (no start: cheaper)
-            if end < 4:
+            found = fieldscan.scan(data, pos, _REQ_SCAN)
+            if found is None:
                 return data[pos:] if pos else data
+            end = pos + found[0]
             head = data[pos:end] if pos or end != n else data
-            plan = _scan(head)
+            plan = _scan(head, found)
             if plan is None:
                 return data[pos:] if pos else data
             self.plan = plan

@@ -18,17 +18,22 @@ from typing import TYPE_CHECKING, Any, Final
 
 from proxy.dataplane.http import (
     CONTINUE_100,
-    HOP_BY_HOP,
     IDEMPOTENT,
     VIA,
-    by_first_letter,
     connection_fields,
     error_response,
-    field_kind,
     named,
     status_line,
 )
-from proxy.dataplane.upstream import UpstreamConnection
+from proxy.dataplane.upstream import (
+    FIELD_CONNECTION,
+    FIELD_COPY,
+    FIELD_LENGTH,
+    FIELD_TE,
+    FIELD_UPGRADE,
+    RESP_FIELDS,
+    UpstreamConnection,
+)
 
 if TYPE_CHECKING:
     from proxy.dataplane.client import ClientConnection
@@ -54,22 +59,15 @@ _ERRORS = {
     504: (RESPONSE_504, RESPONSE_504_CLOSE),
 }
 
-# Response fields the proxy acts on, by kind; every other field is copied as it came.
-_COPY: Final = 0
-_DROP: Final = 1
-_LENGTH: Final = 2
-_TE: Final = 3
-_CONNECTION: Final = 4
-_UPGRADE: Final = 5
-_RESP_FIELDS: Final = {name: _DROP for name in HOP_BY_HOP} | {
-    b"content-length": _LENGTH,
-    b"transfer-encoding": _TE,
-    b"connection": _CONNECTION,
-    b"upgrade": _UPGRADE,
-}
+# Response fields the proxy acts on, by kind (`proxy.dataplane.upstream` finds them in a head); every other
+# field is copied as it came.
+_COPY: Final = FIELD_COPY
+_LENGTH: Final = FIELD_LENGTH
+_TE: Final = FIELD_TE
+_CONNECTION: Final = FIELD_CONNECTION
+_UPGRADE: Final = FIELD_UPGRADE
+_RESP_FIELDS: Final = RESP_FIELDS
 _RESP_FIRST: Final = frozenset(name[0] for name in _RESP_FIELDS)
-# The same names by first letter: a field whose first letter is none of these is copied unread.
-_RESP_BY_FIRST: Final = by_first_letter(_RESP_FIELDS)
 _CONNECTION_PLAIN: Final = (b"keep-alive", b"close", b"upgrade")
 _VIA_LINE: Final = b"via: " + VIA + b"\r\n"
 
@@ -107,9 +105,8 @@ def _cut_hop_by_hop(fields: bytes) -> tuple[bytes, bytes, bytes]:
     return (b"\r\n" + b"\r\n".join(kept) + b"\r\n" if kept else b""), codings, upgrade_value
 
 
-def _plain_option(field: bytes, start: int) -> bool:
-    """Whether the value from `start` of a Connection field line is one option that names no field."""
-    end = len(field)
+def _plain_option(field: bytes, start: int, end: int) -> bool:
+    """Whether the value from `start` to `end` of a Connection field line is one option that names no field."""
     while start < end and (field[start] == 32 or field[start] == 9):
         start += 1
     while end > start and (field[end - 1] == 32 or field[end - 1] == 9):
@@ -344,8 +341,9 @@ class Exchange:
 
     # -- response side (called by UpstreamConnection) ------------------------------------------
 
-    def response_head(self, status: int, head: bytes, parser: Any) -> None:
-        """`head`: the upstream's raw response head, status line to the empty line, as llhttp accepted it."""
+    def response_head(self, status: int, head: bytes, found: list[int], parser: Any) -> None:
+        """`head`: the upstream's raw response head, status line to the empty line, as llhttp accepted it;
+        `found`: where its lines end and its fields in `RESP_FIELDS` are (`fieldscan.scan`)."""
         self.response_started = True
         if status < 200 and status != 101:
             # Interim responses: relay 100 only to a client that asked for it, 103 to HTTP/1.1 clients.
@@ -354,7 +352,7 @@ class Exchange:
                     self.continue_sent = True
                     self.out.append(CONTINUE_100)
             elif status == 103 and self.client.http11:
-                self.out.append(self._build_head(status, head, interim=True))
+                self.out.append(self._build_head(status, head, found, interim=True))
             return
         if status == 101 and not self.upgrade:
             self.upstream_failed("101 without an upgrade request")
@@ -368,7 +366,7 @@ class Exchange:
         self.resp_no_body = self.is_head or status == 204 or status == 304 or status == 101
         if self.upgrade and status != 101:
             self.client_close = True  # the client's parser is past an upgrade request: start over
-        head = self._build_head(status, head, interim=False)
+        head = self._build_head(status, head, found, interim=False)
         if self.state == DONE:
             return  # a head the client cannot be given (`_build_head` answered 502)
         self.head_index = len(self.out)
@@ -380,15 +378,14 @@ class Exchange:
                 self.upstream.must_renew_parser = True
             self.response_complete()
 
-    def _build_head(self, status: int, head: bytes, *, interim: bool) -> bytes:
+    def _build_head(self, status: int, head: bytes, found: list[int], *, interim: bool) -> bytes:
         # The field lines are copied as they came, in one piece: llhttp accepted them, so each is exactly
-        # `name ":" OWS value OWS`. One split, then per field a table lookup of its first letter; only a field
-        # whose first letter starts a name the proxy acts on is compared with those names, a byte at a time
-        # (under mypyc a bytes method is a generic call: the lowercased copy and the regex and `find` searches
-        # this replaced cost 9.8k instructions per head; `python -m loadtest.hotpath --instructions`). The
-        # status line is rebuilt (HTTP/1.1; the reason phrase from the code: RFC 9110 §15.1).
-        lines = head.split(b"\r\n")  # the status line, a line per field, then two empty ones
-        fields = head[len(lines[0]) : -2]  # CRLF + line per field, then the last line's CRLF; or b""
+        # `name ":" OWS value OWS`. Only the fields `fieldscan.scan` found (names in `RESP_FIELDS`) are read,
+        # by offset (under mypyc a bytes method is a generic call: the lowercased copy and the regex and `find`
+        # searches this replaced cost 9.8k instructions per head; `python -m loadtest.hotpath --instructions`).
+        # The status line is rebuilt (HTTP/1.1; the reason phrase from the code: RFC 9110 §15.1).
+        first = found[1]  # the status line's length
+        fields = head[first:-2]  # CRLF + line per field, then the last line's CRLF
         upgrade_value = codings = b""
         chunked = False
         has_length = False
@@ -396,21 +393,19 @@ class Exchange:
         general = False  # or a Connection field that names fields, or a second one
         cut = -1
         cut_end = 0
-        offset = 0
-        for index in range(1, len(lines) - 2):
-            field = lines[index]
-            kind, start = field_kind(field, _RESP_BY_FIRST)
+        for index in range(2, len(found), 4):
+            kind = found[index]
             if kind == _LENGTH:
                 has_length = True
             elif kind == _CONNECTION:
-                if cut < 0 and _plain_option(field, start):
-                    cut = offset
-                    cut_end = offset + len(field) + 2
+                end = found[index + 3]
+                if cut < 0 and _plain_option(head, found[index + 2], end):
+                    cut = found[index + 1] - 2 - first  # the line with the CRLF before it, in `fields`
+                    cut_end = end - first
                 else:
                     general = True
-            elif kind >= 0:
+            else:
                 rare = True
-            offset += len(field) + 2
         if rare:
             fields, codings, upgrade_value = _cut_hop_by_hop(fields)
             content_length = has_length  # llhttp refuses a response with a length and chunked

@@ -45,27 +45,6 @@ def connection_fields(value: bytes, names: set[bytes] | None) -> set[bytes] | No
     return names
 
 
-FieldTable = tuple[tuple[tuple[bytes, int], ...], ...]
-
-
-def by_first_letter(kinds: dict[bytes, int]) -> FieldTable:
-    """`kinds` (lowercase name: kind) as a table indexed by a name's first byte, for `field_kind`."""
-    return tuple(tuple((name, kind) for name, kind in kinds.items() if name[0] == first) for first in range(256))
-
-
-def field_kind(field: bytes, table: FieldTable) -> tuple[int, int]:
-    """The kind of a field line (`name ":" OWS value OWS`, as llhttp accepts it) whose name is in `table`,
-    and where its value starts (after the colon); (-1, 0) for any other field, which is copied unread.
-    Only a field whose first letter starts a name in `table` is compared with those names."""
-    length = len(field)
-    if length:
-        for name, kind in table[field[0] | 32]:
-            colon = len(name)
-            if length > colon and field[colon] == 58 and named(field, name):
-                return kind, colon + 1
-    return -1, 0
-
-
 def named(field: bytes, name: bytes) -> bool:
     """Whether `field` starts with `name` (lowercase letters and "-"), in any case. A byte at a time: under
     mypyc an index is a C operation, where `field[:n].lower() == name` is two generic method calls."""

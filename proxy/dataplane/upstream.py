@@ -20,16 +20,34 @@ after a HEAD answer) close it, so they can never be taken for the answer to anot
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
+from proxy.dataplane import fieldscan
+from proxy.dataplane.http import HOP_BY_HOP
 from proxy.dataplane.outbox import Sender
 
 if TYPE_CHECKING:
     from proxy.dataplane.exchange import Exchange
     from proxy.dataplane.outbox import Outbox
     from proxy.dataplane.pool import Endpoint
+
+# Response fields the proxy acts on, by kind (`Exchange.response_head` acts): `fieldscan.scan` finds them in a
+# head with its end, and passes every other field over.
+FIELD_COPY: Final = 0
+FIELD_DROP: Final = 1
+FIELD_LENGTH: Final = 2
+FIELD_TE: Final = 3
+FIELD_CONNECTION: Final = 4
+FIELD_UPGRADE: Final = 5
+RESP_FIELDS: Final = {name: FIELD_DROP for name in HOP_BY_HOP} | {
+    b"content-length": FIELD_LENGTH,
+    b"transfer-encoding": FIELD_TE,
+    b"connection": FIELD_CONNECTION,
+    b"upgrade": FIELD_UPGRADE,
+}
+_RESP_SCAN: Final = fieldscan.table(RESP_FIELDS)
 
 
 class UpstreamConnection(Sender, asyncio.Protocol):
@@ -140,14 +158,15 @@ class UpstreamConnection(Sender, asyncio.Protocol):
             buf, at = self.head_buf + buf, 0
             self.head_buf = b""
         # llhttp accepted the head: CRLF line endings only, so it ends at the first empty line.
-        end = buf.find(b"\r\n\r\n", at) + 4
-        if end < 4 or at < 0:
+        found = fieldscan.scan(buf, at, _RESP_SCAN) if at >= 0 else None
+        if found is None:
             raise ValueError("response head not found in the bytes received")  # a bug: fail the exchange
+        end = at + found[0]
         status = self.parser.get_status_code()
         # After an interim response the next head follows at once; after a final one none is expected.
         self.head_at = end - held if status < 200 and status != 101 else -1
         if self.exchange is not None:
-            self.exchange.response_head(status, buf[at:end], self.parser)
+            self.exchange.response_head(status, buf[at:end], found, self.parser)
 
     def on_body(self, body: bytes) -> None:
         if self.exchange is None:

@@ -23,16 +23,17 @@ def test_version_says_which_mode_runs(pure: bool) -> None:
         [sys.executable, "-m", "bluegreen", "proxy", "--version"], cwd=REPO, env=env, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
-    expected = "compiled with mypyc)" if COMPILED_ON_DISK and not pure else "pure Python; "
+    expected = "compiled with mypyc, head fields found in C)" if COMPILED_ON_DISK and not pure else "pure Python; "
     assert out.stdout.startswith("bluegreen ") and f"(data plane: {expected}" in out.stdout, out.stdout
     if pure:
         assert "pure Python; BLUEGREEN_PURE=1)" in out.stdout  # and why
 
 
 def test_this_run_reports_its_mode_in_the_metrics() -> None:
-    from proxy.dataplane import client, mode
+    from proxy.dataplane import client, fieldscan, mode
 
     running = "compiled" if (client.__file__ or "").endswith(".so") else "pure"
     assert mode() == running
+    assert fieldscan.IMPLEMENTATION == ("C" if running == "compiled" else "Python")  # built and loaded with them
     if os.environ.get("BLUEGREEN_PURE"):
         assert running == "pure"  # the .so files next to the sources were passed over
