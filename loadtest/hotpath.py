@@ -79,6 +79,10 @@ class MemoryTransport:
         self.last = data
         self.writes += 1
 
+    def writelines(self, parts: list[bytes]) -> None:
+        self.last = b"".join(parts)
+        self.writes += 1
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return ("127.0.0.1", 5555) if name in ("peername", "sockname") else default
 

@@ -23,10 +23,11 @@ import sys
 from importlib.machinery import SOURCE_SUFFIXES, FileFinder, SourceFileLoader
 from importlib.util import find_spec
 
-# The install compiles these modules with mypyc where a C compiler is found (setup.py), and fieldscan.c. With BLUEGREEN_PURE=1
-# the pure-Python modules run anyway: this package's folder is searched for sources only, before any of its
-# modules is imported (workers inherit the variable, so they run the same mode). So they do when a source
-# was edited after the build: an edit takes effect at once, compiled again at the next install.
+# The install compiles these modules with mypyc where a C compiler is found (setup.py), and fieldscan.c (a C
+# twin of fieldscan.py). With BLUEGREEN_PURE=1 the pure-Python modules run anyway: this package's folder is
+# searched for sources only, before any of its modules is imported (workers inherit the variable, so they run
+# the same mode). So they do when a source was edited after the build: an edit takes effect at once, compiled
+# again at the next install.
 
 
 def stale(folder: str) -> bool:

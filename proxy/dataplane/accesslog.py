@@ -132,13 +132,15 @@ class LoggedExchange(Exchange):
         self.aborted = False
 
     def flush(self) -> None:
-        # Exchange.flush, counting what it writes (joined once: the count is the written piece's length).
+        # Exchange.flush, counting what it writes.
         out = self.out
         if out:
-            data = out[0] if len(out) == 1 else b"".join(out)
-            self.bytes_out += len(data)
             client = self.client
-            client.write(data)
+            if len(out) == 1:
+                self.bytes_out += len(out[0])
+                client.write(out[0])
+            else:
+                self.bytes_out += client.write_parts(out)
             out.clear()
             self.head_index = -1
             client.deadline = self.dp.now + self.dp.idle_timeout

@@ -25,6 +25,7 @@ from proxy.dataplane.http import (
     named,
     status_line,
 )
+from proxy.dataplane.outbox import JOIN_LIMIT
 from proxy.dataplane.upstream import (
     FIELD_CONNECTION,
     FIELD_COPY,
@@ -473,7 +474,16 @@ class Exchange:
         out = self.out
         if out:
             client = self.client
-            client.write(out[0] if len(out) == 1 else b"".join(out))
+            if len(out) == 1:
+                client.write(out[0])
+            else:
+                size = 0  # head and body of one read: joined unless the body is large (`Sender.write_parts`)
+                for part in out:
+                    size += len(part)
+                if size < JOIN_LIMIT:
+                    client.write(b"".join(out))
+                else:
+                    client.write_parts(out)
             out.clear()
             self.head_index = -1
             # Bytes moved: the idle timeout starts again (coarse clock: one read, one write).

@@ -13,8 +13,7 @@ from importlib.machinery import ExtensionFileLoader, SourceFileLoader
 from types import ModuleType
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from tests.support import REPO
 
@@ -56,7 +55,11 @@ def test_the_c_twin_is_built_where_a_compiler_is() -> None:
     [
         (b"GET / HTTP/1.1\r\n\r\n", 0, [18, 14]),
         (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 0, [27, 14, 2, 16, 21, 23]),
-        (b"GET / HTTP/1.1\r\nHOST:a\r\nUser-Agent: u\r\nCoNnEcTiOn:  close \r\n\r\n", 0, [62, 14, 2, 16, 21, 22, 5, 39, 50, 58]),
+        (
+            b"GET / HTTP/1.1\r\nHOST:a\r\nUser-Agent: u\r\nCoNnEcTiOn:  close \r\n\r\n",
+            0,
+            [62, 14, 2, 16, 21, 22, 5, 39, 50, 58],
+        ),
         (b"GET / HTTP/1.1\r\nHost: a\r\n", 0, None),  # no empty line yet
         (b"GET / HTTP/1.1\r\nHost: a\r\n\r", 0, None),
         (b"GET / HTTP/1.1", 0, None),

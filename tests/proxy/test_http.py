@@ -326,6 +326,22 @@ async def test_response_head_in_pieces(start_proxy: StartProxy, pieces: list[byt
     assert interim == ([103, 103] if len(pieces) == 3 and pieces[0].startswith(b"HTTP/1.1 103") else [])
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_large_body_in_the_heads_read_goes_out_whole_and_in_order(start_proxy: StartProxy, chunked: bool) -> None:
+    """A head and a large body in one upstream read leave in one writev (`Sender.write_parts`: pieces past
+    `JOIN_LIMIT` are not joined): every byte in its place, twice on one connection."""
+    body = bytes(range(256)) * 96  # 24 KiB, no two neighbouring 256-byte runs alike in their place
+    if chunked:
+        head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n"
+        piece = head + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
+    else:
+        piece = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-A: 1\r\n\r\n" % len(body) + body
+    out = await two_requests_through(start_proxy, PiecewiseUpstream([piece]))
+    assert [status for status, _, _ in out] == [200, 200]
+    for _, headers, got in out:
+        assert got == body and headers["x-a"] == "1"
+
+
 async def test_endless_response_head_is_502(start_proxy: StartProxy) -> None:
     """An upstream whose head never ends is failed once it passes `limits.max_header_bytes`: the proxy does
     not hold an unbounded head, and the client gets a 502 rather than a stall."""

@@ -87,6 +87,19 @@ async def test_curl_through_a_tls_listener(ca: CertAuthority, tls_proxy: ProxySe
     assert code == 0, out
 
 
+async def test_a_large_body_over_tls_arrives_whole(ca: CertAuthority, tls_proxy: ProxyServer, tmp_path: Path) -> None:
+    """Pieces past `JOIN_LIMIT` go to the TLS transport as they are (`writelines`), not joined first."""
+    port = tls_proxy.ports["active"]
+    base = f"https://shop.example:{port}"
+    first, second = tmp_path / "first", tmp_path / "second"
+    code, out = await run(
+        "curl", "-sS", "-m", "10", "--cacert", str(ca.pem), "--resolve", f"shop.example:{port}:127.0.0.1",
+        "-w", "%{http_code} ", "-o", str(first), f"{base}/big?size=300000", "-o", str(second), f"{base}/big?size=20000",
+    )  # fmt: skip
+    assert code == 0 and out.split() == ["200", "200"], out
+    assert first.read_bytes() == b"x" * 300000 and second.read_bytes() == b"x" * 20000
+
+
 async def test_sni_selects_the_certificate_and_alpn_is_http11(ca: CertAuthority, tls_proxy: ProxyServer) -> None:
     port = tls_proxy.ports["active"]
     code, out = await s_client(port, "-servername", "a.api.example", "-alpn", "http/1.1", "-CAfile", str(ca.pem))
