@@ -88,9 +88,17 @@ fieldscan_scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "scan() takes a head's bytes, where it starts, and a table()");
         return NULL;
     }
+    if (!PyLong_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "scan() takes a head's bytes, where it starts, and a table()");
+        return NULL;
+    }
     Py_ssize_t start = PyLong_AsSsize_t(args[1]);
     if (start == -1 && PyErr_Occurred()) {
-        return NULL;
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            return NULL;
+        }
+        PyErr_Clear(); /* past any bytes object's end, either way: None, as fieldscan.py says */
+        Py_RETURN_NONE;
     }
     const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(args[0]);
     Py_ssize_t len = PyBytes_GET_SIZE(args[0]);

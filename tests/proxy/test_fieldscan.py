@@ -66,6 +66,8 @@ def test_the_c_twin_is_built_where_a_compiler_is() -> None:
         (b"", 0, None),
         (b"GET / HTTP/1.1\r\n\r\n", 19, None),  # past the end
         (b"GET / HTTP/1.1\r\n\r\n", -1, None),
+        (b"GET / HTTP/1.1\r\n\r\n", 2**64, None),  # past what a C size holds, too
+        (b"GET / HTTP/1.1\r\n\r\n", -(2**64), None),
         (b"GET / HTTP/1.1\r\n\r\n", 18, None),  # at the end: nothing yet
         (b"\r\n\r\n", 0, [4, 0]),  # an empty first line
         (b"\r\nHost: a\r\n\r\n", 0, [13, 0, 2, 2, 7, 9]),
