@@ -106,14 +106,14 @@ def _cut_hop_by_hop(fields: bytes) -> tuple[bytes, bytes, bytes]:
     return (b"\r\n" + b"\r\n".join(kept) + b"\r\n" if kept else b""), codings, upgrade_value
 
 
-def _plain_option(field: bytes, start: int, end: int) -> bool:
-    """Whether the value from `start` to `end` of a Connection field line is one option that names no field."""
-    while start < end and (field[start] == 32 or field[start] == 9):
+def _plain_option(head: bytes, start: int, end: int) -> bool:
+    """Whether the value of a Connection field line, `start` to `end` in `head`, is one option naming no field."""
+    while start < end and (head[start] == 32 or head[start] == 9):
         start += 1
-    while end > start and (field[end - 1] == 32 or field[end - 1] == 9):
+    while end > start and (head[end - 1] == 32 or head[end - 1] == 9):
         end -= 1
     for option in _CONNECTION_PLAIN:
-        if end - start == len(option) and named(field[start:end], option):
+        if end - start == len(option) and named(head[start:end], option):
             return True
     return False
 
