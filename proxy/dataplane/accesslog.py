@@ -136,11 +136,12 @@ class LoggedExchange(Exchange):
         out = self.out
         if out:
             client = self.client
+            for part in out:
+                self.bytes_out += len(part)
             if len(out) == 1:
-                self.bytes_out += len(out[0])
                 client.write(out[0])
             else:
-                self.bytes_out += client.write_parts(out)
+                client.write_parts(out)
             out.clear()
             self.head_index = -1
             client.deadline = self.dp.now + self.dp.idle_timeout

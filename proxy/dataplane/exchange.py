@@ -25,7 +25,6 @@ from proxy.dataplane.http import (
     named,
     status_line,
 )
-from proxy.dataplane.outbox import JOIN_LIMIT
 from proxy.dataplane.upstream import (
     FIELD_CONNECTION,
     FIELD_COPY,
@@ -60,15 +59,9 @@ _ERRORS = {
     504: (RESPONSE_504, RESPONSE_504_CLOSE),
 }
 
-# Response fields the proxy acts on, by kind (`proxy.dataplane.upstream` finds them in a head); every other
-# field is copied as it came.
-_COPY: Final = FIELD_COPY
-_LENGTH: Final = FIELD_LENGTH
-_TE: Final = FIELD_TE
-_CONNECTION: Final = FIELD_CONNECTION
-_UPGRADE: Final = FIELD_UPGRADE
-_RESP_FIELDS: Final = RESP_FIELDS
-_RESP_FIRST: Final = frozenset(name[0] for name in _RESP_FIELDS)
+# The first letters of the response fields the proxy acts on (`RESP_FIELDS`, kinds in `proxy.dataplane.upstream`),
+# for `_cut_hop_by_hop`.
+_RESP_FIRST: Final = frozenset(name[0] for name in RESP_FIELDS)
 _CONNECTION_PLAIN: Final = (b"keep-alive", b"close", b"upgrade")
 _VIA_LINE: Final = b"via: " + VIA + b"\r\n"
 
@@ -90,15 +83,15 @@ def _cut_hop_by_hop(fields: bytes) -> tuple[bytes, bytes, bytes]:
     for line in lines:
         if (line[0] | 32) in _RESP_FIRST:
             colon = line.find(b":")
-            kind = _RESP_FIELDS.get(line[:colon].lower(), _COPY)
-            if kind == _TE:
+            kind = RESP_FIELDS.get(line[:colon].lower(), FIELD_COPY)
+            if kind == FIELD_TE:
                 value = line[colon + 1 :].strip().lower()
                 codings = codings + b", " + value if codings else value
-            elif kind == _CONNECTION:
+            elif kind == FIELD_CONNECTION:
                 drop = connection_fields(line[colon + 1 :], drop)
-            elif kind == _UPGRADE:
+            elif kind == FIELD_UPGRADE:
                 upgrade_value = line[colon + 1 :].strip()
-            if kind != _COPY and kind != _LENGTH:
+            if kind != FIELD_COPY and kind != FIELD_LENGTH:
                 continue
         kept.append(line)
     if drop is not None:
@@ -396,9 +389,9 @@ class Exchange:
         cut_end = 0
         for index in range(2, len(found), 4):
             kind = found[index]
-            if kind == _LENGTH:
+            if kind == FIELD_LENGTH:
                 has_length = True
-            elif kind == _CONNECTION:
+            elif kind == FIELD_CONNECTION:
                 end = found[index + 3]
                 if cut < 0 and _plain_option(head, found[index + 2], end):
                     cut = found[index + 1] - 2 - first  # the line with the CRLF before it, in `fields`
@@ -477,13 +470,7 @@ class Exchange:
             if len(out) == 1:
                 client.write(out[0])
             else:
-                size = 0  # head and body of one read: joined unless the body is large (`Sender.write_parts`)
-                for part in out:
-                    size += len(part)
-                if size < JOIN_LIMIT:
-                    client.write(b"".join(out))
-                else:
-                    client.write_parts(out)
+                client.write_parts(out)  # head and body of one read: joined unless the body is large
             out.clear()
             self.head_index = -1
             # Bytes moved: the idle timeout starts again (coarse clock: one read, one write).

@@ -63,48 +63,47 @@ class Sender:
     def write(self, data: bytes) -> None:
         """Send `data` once this loop iteration's events are handled, or now when the loop is not busy."""
         held = self.held
-        if not held:
-            outbox = self.outbox
-            if outbox.direct:
-                outbox.direct -= 1
-                if not self.closed and self.transport is not None:
-                    self.transport.write(data)
-                return
-            outbox.hold(self)
+        if not held and self._now():
+            if not self.closed and self.transport is not None:
+                self.transport.write(data)
+            return
         held.append(data)
 
-    def write_parts(self, parts: list[bytes]) -> int:
-        """`write` the pieces of `parts` in their order (joined while small); returns how many bytes."""
+    def write_parts(self, parts: list[bytes]) -> None:
+        """`write` the pieces of `parts`, in their order, as one write (`_send`)."""
+        held = self.held
+        if not held and self._now():
+            self._send(parts)
+            return
+        held.extend(parts)
+
+    def _now(self) -> bool:
+        """On the connection's first write of the iteration: whether it goes out at once (the loop is not
+        busy); otherwise the connection is held until the iteration's end."""
+        outbox = self.outbox
+        if outbox.direct:
+            outbox.direct -= 1
+            return True
+        outbox.hold(self)
+        return False
+
+    def _send(self, parts: list[bytes]) -> None:
+        """One write of `parts`: joined while small, else as they are (one writev, nothing copied again)."""
+        if self.closed or self.transport is None:
+            return
+        if len(parts) == 1:
+            self.transport.write(parts[0])
+            return
         size = 0
         for part in parts:
             size += len(part)
         if size < JOIN_LIMIT:
-            self.write(b"".join(parts))
-            return size
-        held = self.held
-        if not held:
-            outbox = self.outbox
-            if outbox.direct:
-                outbox.direct -= 1
-                if not self.closed and self.transport is not None:
-                    self.transport.writelines(parts)
-                return size
-            outbox.hold(self)
-        held.extend(parts)
-        return size
+            self.transport.write(b"".join(parts))
+        else:
+            self.transport.writelines(parts)
 
     def send_held(self) -> None:
         held = self.held
         if held:
-            if not self.closed and self.transport is not None:
-                if len(held) == 1:
-                    self.transport.write(held[0])
-                else:
-                    size = 0
-                    for part in held:
-                        size += len(part)
-                    if size < JOIN_LIMIT:
-                        self.transport.write(b"".join(held))
-                    else:
-                        self.transport.writelines(held)  # one writev, nothing copied again
+            self._send(held)
             held.clear()
