@@ -1,14 +1,15 @@
 """The proxy's own cost per request, without sockets: both protocols driven with in-memory transports.
 
-    python -m loadtest.hotpath [--requests N] [--rounds R] [--fields small|browser]
+    python -m loadtest.hotpath [--requests N] [--rounds R] [--fields small|browser|64k-upload|64k-response|...]
                                [--instructions [--counter perf|callgrind]]
                                [--access-log FILE [--access-log-format json|combined]]
 
 Feeds a client request and an upstream response (what nginx answers for a small body; with
 `--fields browser`, a browser's request with 13 fields and an application's answer with 11; or one of
-them with its small counterpart) through
-`ClientConnection` and `UpstreamConnection` as the event loop would, sending held writes after each
-read as the loop does, and prints the CPU time per request (best of R rounds). `--instructions` runs
+them with its small counterpart; `api-post`, an API client's small JSON POST; `64k-upload` and
+`64k-response`, the bench's 64 KiB cases, each message in one read) through `ClientConnection` and
+`UpstreamConnection` as the event loop would, sending held writes after each read as the loop does,
+and prints the CPU time per request (best of R rounds). `--instructions` runs
 this under `perf stat` for two request counts and prints the instructions per request (the
 difference, so start-up cancels out): a steadier figure than time on a shared machine, and the one
 quoted in docs/benchmarks.md. `--counter callgrind` counts them with valgrind instead, on a machine whose
@@ -59,8 +60,25 @@ BROWSER_RESPONSE = (
     b"Set-Cookie: theme=dark; Path=/; SameSite=Lax\r\nX-Content-Type-Options: nosniff\r\n"
     b"Strict-Transport-Security: max-age=31536000\r\n\r\nhello\n"
 )
+# What an API client posts: a small JSON body with its head, in one read.
+POST_BODY = b'{"order": 1042, "items": [{"sku": "A-17", "qty": 2}], "note": "leave at door"}'
+API_POST = (
+    b"POST /api/orders HTTP/1.1\r\nHost: 127.0.0.1:9400\r\nUser-Agent: python-httpx/0.28.1\r\n"
+    b"Accept: application/json\r\nAuthorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI0MiJ9.c2lnbmF0dXJl\r\n"
+    b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b" % (len(POST_BODY), POST_BODY)
+)
+# The bench's 64 KiB cases (`loadtest.bench`): an upload, and a response, each read in one piece.
+BODY = b"x" * 65536
+UPLOAD = (
+    b"POST /upload HTTP/1.1\r\nHost: 127.0.0.1:9400\r\nContent-Type: application/octet-stream\r\n"
+    b"Content-Length: 65536\r\n\r\n" + BODY
+)
+LARGE_RESPONSE = RESPONSE.replace(b"Content-Length: 6", b"Content-Length: 65536").replace(b"hello\n", BODY)
 FIELDS = {
     "small": (REQUEST, RESPONSE),
+    "api-post": (API_POST, RESPONSE),
+    "64k-upload": (UPLOAD, RESPONSE),
+    "64k-response": (REQUEST, LARGE_RESPONSE),
     "browser": (BROWSER_REQUEST, BROWSER_RESPONSE),
     "browser-request": (BROWSER_REQUEST, RESPONSE),
     "browser-response": (REQUEST, BROWSER_RESPONSE),
@@ -71,7 +89,7 @@ class MemoryTransport:
     """What the protocols use of a transport; writes are kept (the last one) and counted."""
 
     def __init__(self) -> None:
-        self.last = b""
+        self.last: bytes | list[bytes] = b""  # a writelines' pieces are kept as they are: uvloop copies none
         self.writes = 0
         self.closing = False
 
@@ -80,8 +98,12 @@ class MemoryTransport:
         self.writes += 1
 
     def writelines(self, parts: list[bytes]) -> None:
-        self.last = b"".join(parts)
+        self.last = list(parts)  # the caller may clear its list (`Sender.send_held`)
         self.writes += 1
+
+    def sent(self) -> bytes:
+        """The last write's bytes."""
+        return self.last if isinstance(self.last, bytes) else b"".join(self.last)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return ("127.0.0.1", 5555) if name in ("peername", "sockname") else default
@@ -148,7 +170,7 @@ async def run(
         await log.close()
         if log.lost:
             print(f"access log: {log.lost} lines dropped (its writer fell {MAX_PENDING} bytes behind)", file=sys.stderr)
-    return best / requests, to_upstream.last, to_client.last
+    return best / requests, to_upstream.sent(), to_client.sent()
 
 
 def instructions_per_request(requests: int, fields: str, extra: tuple[str, ...] = (), counter: str = "perf") -> int:
@@ -175,6 +197,13 @@ def _count(stderr: str, counter: str) -> int:
     if not line[:1].isdigit():
         raise RuntimeError(f"perf cannot count instructions here ({line or stderr[-200:]}); try --counter callgrind")
     return int(line.split(",")[0])
+
+
+def _shown(message: bytes, limit: int = 400) -> str:
+    """A message as printed: its head and the start of a large body."""
+    if len(message) <= limit:
+        return repr(message)
+    return f"{message[:limit]!r}... ({len(message)} bytes)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,12 +242,18 @@ def main(argv: list[str] | None = None) -> int:
         seconds, upstream_head, client_response = runner.run(
             run(args.requests, args.rounds, args.fields, args.access_log, args.access_log_format)
         )
-    if not client_response.endswith(b"\r\n\r\nhello\n") or b"x-served-by-color: blue" not in client_response:
-        print(f"unexpected response relayed: {client_response!r}", file=sys.stderr)
+    request, response = FIELDS[args.fields]
+    if not client_response.endswith(b"\r\n\r\n" + response.partition(b"\r\n\r\n")[2]) or (
+        b"x-served-by-color: blue" not in client_response
+    ):
+        print(f"unexpected response relayed: {_shown(client_response)}", file=sys.stderr)
+        return 1
+    if not upstream_head.endswith(b"\r\n\r\n" + request.partition(b"\r\n\r\n")[2]):
+        print(f"unexpected request relayed: {_shown(upstream_head)}", file=sys.stderr)
         return 1
     print(f"{seconds * 1e6:.2f} µs of CPU per request (no sockets), best of {args.rounds} x {args.requests}")
-    print(f"upstream got:  {upstream_head!r}")
-    print(f"client got:    {client_response!r}")
+    print(f"upstream got:  {_shown(upstream_head)}")
+    print(f"client got:    {_shown(client_response)}")
     return 0
 
 

@@ -96,17 +96,20 @@ _HOST_VALUE: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|(?:%[0-9A-Fa-f]{2}|[A-Z
 
 
 # A head `_scan` found plain: method, target, version (`HTTP/1.1`), its field lines as forwarded, Host value,
-# Host fields, size (as `limits.max_header_bytes` counts it: the target and the field lines as they came).
-Plan = tuple[bytes, bytes, bytes, bytes, "bytes | None", int, int]
+# Host fields, size (as `limits.max_header_bytes` counts it: the target and the field lines as they came), and
+# its body's Content-Length (0: none).
+Plan = tuple[bytes, bytes, bytes, bytes, "bytes | None", int, int, int]
+_LENGTH_DIGITS: Final = 15  # a longer Content-Length goes to the field-by-field parser (llhttp caps it too)
 
 
 def _scan(head: bytes, found: list[int]) -> Plan | None:
     """The plan of a complete head (request line, field lines, empty line) that needs nothing but copying, or
     None. `found`: `fieldscan.scan`'s answer for it (where its lines end, and its fields in `_REQ_FIELDS`).
 
-    Such a head has an origin-form target, no body, and no field the proxy acts on but Host (kept) and a
-    `Connection: keep-alive|close` (dropped); everything else (a body, hop-by-hop, forwarding, Expect or
-    Upgrade fields, two Connection fields, odd spacing) goes to the field-by-field parser. It runs before llhttp
+    Such a head has an origin-form target, no field the proxy acts on but Host (kept), a
+    `Connection: keep-alive|close` (dropped) and one `Content-Length` written as a plain number (kept: its body
+    is forwarded as it is); everything else (a chunked body, hop-by-hop, forwarding, Expect or Upgrade
+    fields, two Connection fields, odd spacing) goes to the field-by-field parser. It runs before llhttp
     has seen the head, so it only chooses: `_FastHead` then has llhttp check the same bytes (a field line
     llhttp accepts is exactly `name ":" OWS value OWS`), and a head it refuses is refused as always.
 
@@ -123,6 +126,7 @@ def _scan(head: bytes, found: list[int]) -> Plan | None:
     size = len(url) + len(fields)
     host: bytes | None = None
     hosts = 0
+    length = -1
     cut = -1
     cut_end = 0
     for index in range(2, len(found), 4):
@@ -137,11 +141,22 @@ def _scan(head: bytes, found: list[int]) -> Plan | None:
         elif kind == _CONNECTION and cut < 0 and head[start:end].lower() in _CONNECTION_PLAIN:
             cut = found[index + 1] - first - 2  # the line and its CRLF, in `fields`
             cut_end = end - first
+        elif kind == _LENGTH and length < 0 and 0 < end - start <= _LENGTH_DIGITS:
+            # Digits only, no leading zero (`_request` rewrites those), no trailing space: forwarded as it came.
+            if head[start] == 48 and end - start > 1:
+                return None
+            length = 0
+            while start < end:
+                digit = head[start] - 48
+                if not 0 <= digit <= 9:
+                    return None
+                length = length * 10 + digit
+                start += 1
         else:
             return None
     if cut >= 0:
         fields = fields[:cut] + fields[cut_end:]
-    return request[0], url, request[2], fields, host, hosts, size
+    return request[0], url, request[2], fields, host, hosts, size, length if length > 0 else 0
 
 
 class _FastHead:
@@ -154,6 +169,9 @@ class _FastHead:
 
     def on_headers_complete(self) -> None:
         self.conn.on_fast_head()
+
+    def on_body(self, body: bytes) -> None:
+        self.conn.on_body(body)
 
     def on_message_complete(self) -> None:
         self.conn.on_message_complete()
@@ -403,10 +421,11 @@ class ClientConnection(Sender, asyncio.Protocol):
         return False
 
     def _fast_heads(self, data: bytes) -> bytes:
-        """Serve the complete heads at the start of `data` that need nothing but copying (`_scan`): llhttp
-        checks each one with no callback per field, and its field lines are forwarded in one piece. Returns
-        what is left for the field-by-field parser (from the first head that is incomplete or needs more:
-        a body, hop-by-hop or forwarding fields, an absolute-form target...), b"" when nothing is."""
+        """Serve the complete messages at the start of `data` whose heads need nothing but copying (`_scan`):
+        llhttp checks each one with no callback per field, and its field lines are forwarded in one piece.
+        Returns what is left for the field-by-field parser (from the first message that is incomplete or
+        needs more: a chunked body or one not all in `data`, hop-by-hop or forwarding fields, an
+        absolute-form target...), b"" when nothing is."""
         n = len(data)
         pos = 0
         while True:
@@ -418,14 +437,18 @@ class ClientConnection(Sender, asyncio.Protocol):
             plan = _scan(head, found)
             if plan is None:
                 return data[pos:] if pos else data
+            stop = end + plan[7]  # the end of its body (Content-Length)
+            if stop > n:
+                return data[pos:] if pos else data  # the body goes on in later reads: the other parser follows it
             self.plan = plan
             fast = self.fast
             if fast is None:
                 fast = self.fast = httptools.HttpRequestParser(_FastHead(self))
             rest = data[pos:] if pos else data
-            if not self._feed(fast, head, rest):
+            message = head if stop == end else data[pos:stop] if pos or stop != n else data
+            if not self._feed(fast, message, rest):
                 return b""
-            pos = end
+            pos = stop
             if self.paused & self.P_REJECT:
                 return b""
             if self.fast_off:  # that message closes the connection (`_fast_request`)
@@ -675,9 +698,12 @@ class ClientConnection(Sender, asyncio.Protocol):
         dp = self.dp
         fast = self.fast
         assert fast is not None
-        method, url, version, fields, host, hosts, size = plan  # as llhttp accepted them
+        method, url, version, fields, host, hosts, size, length = plan  # as llhttp accepted them
         if size > dp.max_header_bytes:
             raise _Reject(RESPONSE_431)
+        limit = dp.max_body_bytes
+        if limit and length > limit:
+            raise _Reject(RESPONSE_413)
         keep_alive = fast.should_keep_alive()
         if not keep_alive:
             # The message closes the connection: llhttp refuses whatever follows, now or in a later read, so
@@ -692,7 +718,7 @@ class ClientConnection(Sender, asyncio.Protocol):
             self._version(fast, False)  # 505
         self._check_host(host, hosts)
         parts = [method, b" ", url, b" HTTP/1.1\r\n", fields]
-        return self._forward(method, host, parts, b"", b"", b"", b"", b"", False, False, False, b"", keep_alive)
+        return self._forward(method, host, parts, b"", b"", b"", b"", b"", length > 0, False, False, b"", keep_alive)
 
     def _forward(
         self,

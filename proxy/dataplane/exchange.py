@@ -282,7 +282,8 @@ class Exchange:
             transport.pause_reading()
         self.sent_at = perf_counter()  # not the loop's clock: uvloop's steps in whole milliseconds
         if self.pending:
-            conn.write(b"".join((self.head, *self.pending)))
+            # The head and the body read with it: one write, joined only while small (`Sender.write_parts`).
+            conn.write_parts([self.head, *self.pending])
             self.body_sent = True
             self.pending = None
             self.pending_size = 0

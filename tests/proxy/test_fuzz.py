@@ -251,10 +251,27 @@ VALUES = [
     b"a b",
     b"",
     b"*/*",
+    b"03",
+    b"+3",
+    b"3 ",
+    b"1",
+    b"99999999999999999999",
 ]
 
 
-PLAIN = [b"Host", b"host", b"HOST", b"Hostx", b"Accept", b"Cookie", b"X-Api-Key", b"User-Agent", b"C", b"Connection"]
+PLAIN = [
+    b"Host",
+    b"host",
+    b"HOST",
+    b"Hostx",
+    b"Accept",
+    b"Cookie",
+    b"X-Api-Key",
+    b"User-Agent",
+    b"C",
+    b"Connection",
+    b"Content-Length",
+]
 
 
 @st.composite
