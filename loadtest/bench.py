@@ -16,7 +16,9 @@ request to answer: `POST /api/v1/switch` for ours, HAProxy's runtime socket for 
 also records the CPU that processes the bench did not start used meanwhile: the noise on a shared
 machine.
 
-On request (`--tls`, or TLS cases named in `--cases`): the same over TLS, every proxy with the same
+On request (`--cases`): `api-post`, an API client's small JSON POST (its head and body in one read:
+the path `loadtest.hotpath --fields api-post` counts). On request (`--tls`, or TLS cases named in
+`--cases`): the same over TLS, every proxy with the same
 self-signed ECDSA P-256 certificate and TLS 1.3 suite (checked with `openssl s_client` before the rounds):
 keep-alive (`tls-small`, wrk over https), a resumed handshake per request (`tls-resume`, wrk with
 `Connection: close`: wrk keeps each connection's session) and a full handshake per request
@@ -83,6 +85,7 @@ class Case:
     one_client: bool = False
     tls: bool = False  # against the targets' TLS listeners (https); opt-in: `--tls` or `--cases`
     client: str = "wrk"  # or "s_time": HANDSHAKE_CLIENTS `openssl s_time -new` processes, full handshakes
+    default: bool = True  # in the default --cases (TLS cases never are)
 
 
 CASES = {
@@ -98,6 +101,13 @@ CASES = {
         Case("64k-response", "GET, 64 KiB response", "/64k"),
         Case("64k-upload", "POST, 64 KiB request body, small response", "/upload", script="upload"),
         Case("latency-1c", "GET, small body, one client", "/small", one_client=True),
+        Case(
+            "api-post",
+            "POST, an API client's head (6 fields, a bearer token) and a small JSON body, small response",
+            "/upload",
+            script="api",
+            default=False,
+        ),
         Case("tls-small", "GET, small body, over TLS (keep-alive)", "/small", tls=True),
         Case(
             "tls-resume",
@@ -115,7 +125,8 @@ CASES = {
         ),
     )
 }
-DEFAULT_CASES = tuple(name for name, case in CASES.items() if not case.tls)
+DEFAULT_CASES = tuple(name for name, case in CASES.items() if case.default and not case.tls)
+EXTRA_CASES = tuple(name for name, case in CASES.items() if not case.default and not case.tls)
 TLS_CASES = tuple(name for name, case in CASES.items() if case.tls)
 
 # What a browser sends for a page (Chromium's navigation request, with an application's and an analytics
@@ -301,6 +312,15 @@ wrk.body = string.rep("x", {BODY_SIZE})
 wrk.headers["Content-Type"] = "application/octet-stream"
 """
 WRK_CLOSE = 'wrk.headers["Connection"] = "close"\n'
+# What an API client posts (as `loadtest.hotpath --fields api-post`): its fields, a JSON body. wrk adds Host
+# and Content-Length.
+API_FIELDS = (
+    ("User-Agent", "python-httpx/0.28.1"),
+    ("Accept", "application/json"),
+    ("Authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI0MiJ9.c2lnbmF0dXJl"),
+    ("Content-Type", "application/json"),
+)
+API_BODY = '{"order": 1042, "items": [{"sku": "A-17", "qty": 2}], "note": "leave at door"}'
 WRK_RESULT = re.compile(
     r"WRK-RESULT requests=(\d+) duration_us=(\d+) p50_us=(\d+) p99_us=(\d+) errors=(\d+)",
 )
@@ -544,7 +564,9 @@ def _lua(text: str) -> str:
 
 def write_wrk_scripts(tmp: Path) -> dict[str, Path]:
     browser = "".join(f"wrk.headers[{_lua(name)}] = {_lua(value)}\n" for name, value in BROWSER_FIELDS)
-    requests = {"get": "", "upload": WRK_UPLOAD, "browser": browser, "close": WRK_CLOSE}
+    api = 'wrk.method = "POST"\n' + f"wrk.body = {_lua(API_BODY)}\n"
+    api += "".join(f"wrk.headers[{_lua(name)}] = {_lua(value)}\n" for name, value in API_FIELDS)
+    requests = {"get": "", "upload": WRK_UPLOAD, "browser": browser, "close": WRK_CLOSE, "api": api}
     scripts = {}
     for name, request in requests.items():
         path = tmp / f"wrk-{name}.lua"
@@ -932,6 +954,7 @@ def check_answers(target: Target) -> None:
         ("GET", "/64k", None, BODY_SIZE),
         ("GET", "/app", None, APP_BODY_SIZE),
         ("POST", "/upload", upload, None),
+        ("POST", "/upload", API_BODY.encode(), None),
     ):
         for port, tls in ((target.port, False), (target.tls_port, True)):
             if port is not None:
@@ -1325,7 +1348,7 @@ def parse_args(argv: Sequence[str]) -> tuple[Settings, argparse.Namespace]:
         "--cases",
         type=lambda s: _names(s, tuple(CASES)),
         default=DEFAULT_CASES,
-        help=f"default {','.join(DEFAULT_CASES)}; TLS cases on request: {','.join(TLS_CASES)}",
+        help=f"default {','.join(DEFAULT_CASES)}; on request: {','.join(EXTRA_CASES)}; TLS: {','.join(TLS_CASES)}",
     )
     parser.add_argument("--tls", action="store_true", help="add the TLS cases to --cases")
     parser.add_argument(

@@ -28,6 +28,7 @@ from proxy.controlplane.state import DesiredState
 from proxy.controlplane.stats import collect
 from proxy.dataplane.plane import DataPlane
 from proxy.dataplane.routes import decode
+from proxy.workers.heap import keep_heap
 from proxy.workers.routeword import attach_word
 
 # A control message waits for the GIL at most this long while the data plane runs Python code.
@@ -166,6 +167,7 @@ def main() -> None:
     from proxy.dataplane.loop import new_event_loop
 
     raise_nofile_limit()
+    keep_heap()  # before the first body: bodies cycle through the heap
     try:
         os.setpriority(os.PRIO_PROCESS, 0, 0)  # the data plane runs at normal priority (not the supervisor's)
     except OSError:
