@@ -61,24 +61,25 @@ def test_bench_smoke_reports_every_target(tmp_path: Path) -> None:
 def test_bench_smoke_tls_cases_and_access_log(tmp_path: Path) -> None:
     """`--tls` adds keep-alive, resumed and full handshakes over TLS for HAProxy, nginx and ours (the same
     certificate and suite, checked by the bench); ours-log is ours with a json access log, which must be
-    written. The markdown goes between its own markers, leaving the main block alone."""
+    written; api-post runs when named. The markdown goes between its own markers, leaving the main block
+    alone."""
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
     md.write_text("<!-- bench:begin -->\nmain results\n<!-- bench:end -->\n")
     targets = ("haproxy", "nginx", "ours", "ours-log")
     stdout, _ = run_bench(
-        "--tls", "--cases", "small", "--targets", ",".join(targets), "--flips", "0",
+        "--tls", "--cases", "small,api-post", "--targets", ",".join(targets), "--flips", "0",
         "--json", str(out), "--markdown", str(md), "--block", "bench-tls",
     )  # fmt: skip
 
     result = json.loads(out.read_text())
-    assert set(result["cases"]) == {"small", *TLS_CASES}
+    assert set(result["cases"]) == {"small", "api-post", *TLS_CASES}
     assert result["tls"] == {
         "protocol": "TLSv1.3",
         "suite": "TLS_AES_256_GCM_SHA384",
         "group": "X25519",
         "alpn": "http/1.1",
     }
-    for case in ("small", *TLS_CASES):
+    for case in ("small", "api-post", *TLS_CASES):
         for target in targets:
             row = result["cases"][case][target]
             assert row["rps"] > 0 and row["cpu_us_per_req"] > 0 and row["errors"] == 0, (case, target, row)
@@ -91,4 +92,4 @@ def test_bench_smoke_tls_cases_and_access_log(tmp_path: Path) -> None:
 
     text = md.read_text()
     assert "<!-- bench:begin -->\nmain results\n<!-- bench:end -->" in text
-    assert text.count("<!-- bench-tls:begin -->") == 1 and text.count("| ours-log |") == 1 + len(TLS_CASES)
+    assert text.count("<!-- bench-tls:begin -->") == 1 and text.count("| ours-log |") == 2 + len(TLS_CASES)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from loadtest import hotpath
 
 
@@ -19,3 +21,10 @@ def test_hotpath_relays_the_response() -> None:
 
 def test_hotpath_command() -> None:
     assert hotpath.main(["--requests", "100", "--rounds", "1"]) == 0
+
+
+@pytest.mark.parametrize("fields", sorted(hotpath.FIELDS))
+def test_hotpath_every_case_relays_both_messages_whole(fields: str) -> None:
+    """Each case's request and response reach the other side with their bodies whole (`main` checks them:
+    an API POST's body, the 64 KiB upload and response written as pieces)."""
+    assert hotpath.main(["--requests", "50", "--rounds", "1", "--fields", fields]) == 0
