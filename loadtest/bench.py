@@ -312,8 +312,8 @@ wrk.body = string.rep("x", {BODY_SIZE})
 wrk.headers["Content-Type"] = "application/octet-stream"
 """
 WRK_CLOSE = 'wrk.headers["Connection"] = "close"\n'
-# What an API client posts (as `loadtest.hotpath --fields api-post`): its fields, a JSON body. wrk adds Host
-# and Content-Length.
+# What an API client posts (also `loadtest.hotpath --fields api-post`'s): its fields, a JSON body. wrk adds
+# Host and Content-Length.
 API_FIELDS = (
     ("User-Agent", "python-httpx/0.28.1"),
     ("Accept", "application/json"),

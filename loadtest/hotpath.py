@@ -31,6 +31,7 @@ import sys
 import time
 from typing import Any
 
+from loadtest.bench import API_BODY, API_FIELDS, BODY_SIZE
 from proxy.config import parse_config
 from proxy.dataplane.accesslog import BATCH, MAX_PENDING
 from proxy.dataplane.client import ClientConnection
@@ -60,20 +61,18 @@ BROWSER_RESPONSE = (
     b"Set-Cookie: theme=dark; Path=/; SameSite=Lax\r\nX-Content-Type-Options: nosniff\r\n"
     b"Strict-Transport-Security: max-age=31536000\r\n\r\nhello\n"
 )
-# What an API client posts: a small JSON body with its head, in one read.
-POST_BODY = b'{"order": 1042, "items": [{"sku": "A-17", "qty": 2}], "note": "leave at door"}'
+# The bench's API POST, 64 KiB upload and 64 KiB response (`loadtest.bench`), each message in one read.
 API_POST = (
-    b"POST /api/orders HTTP/1.1\r\nHost: 127.0.0.1:9400\r\nUser-Agent: python-httpx/0.28.1\r\n"
-    b"Accept: application/json\r\nAuthorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI0MiJ9.c2lnbmF0dXJl\r\n"
-    b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b" % (len(POST_BODY), POST_BODY)
+    b"POST /api/orders HTTP/1.1\r\nHost: 127.0.0.1:9400\r\n"
+    + b"".join(b"%s: %s\r\n" % (name.encode(), value.encode()) for name, value in API_FIELDS)
+    + b"Content-Length: %d\r\n\r\n%s" % (len(API_BODY), API_BODY.encode())
 )
-# The bench's 64 KiB cases (`loadtest.bench`): an upload, and a response, each read in one piece.
-BODY = b"x" * 65536
+BODY = b"x" * BODY_SIZE
 UPLOAD = (
     b"POST /upload HTTP/1.1\r\nHost: 127.0.0.1:9400\r\nContent-Type: application/octet-stream\r\n"
-    b"Content-Length: 65536\r\n\r\n" + BODY
+    b"Content-Length: %d\r\n\r\n" % BODY_SIZE + BODY
 )
-LARGE_RESPONSE = RESPONSE.replace(b"Content-Length: 6", b"Content-Length: 65536").replace(b"hello\n", BODY)
+LARGE_RESPONSE = RESPONSE.replace(b"Content-Length: 6", b"Content-Length: %d" % BODY_SIZE).replace(b"hello\n", BODY)
 FIELDS = {
     "small": (REQUEST, RESPONSE),
     "api-post": (API_POST, RESPONSE),
