@@ -22,12 +22,12 @@ import fcntl
 import re
 import struct
 import termios
-from collections import deque
 from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
 from proxy.dataplane import fieldscan
+from proxy.dataplane.accesslog import LoggedExchange
 from proxy.dataplane.exchange import Exchange
 from proxy.dataplane.http import (
     HOP_BY_HOP,
@@ -83,11 +83,11 @@ _REQ_FIELDS: Final = {name: _DROP for name in HOP_BY_HOP} | {
 _REQ_FIRST: Final = frozenset(name[0] for name in _REQ_FIELDS)
 # The same names as `fieldscan.scan` reads them, for `_scan`: a field whose name is none of them is copied unread.
 _REQ_SCAN: Final = fieldscan.table(_REQ_FIELDS)
-_CONNECTION_PLAIN: Final = frozenset({b"keep-alive", b"close"})
+_find_fields: Final = fieldscan.scan  # a module static: no lookup of `fieldscan`, then `scan`, per call
 
 
-IDLE_GRACE = 1.0  # at a graceful stop, an idle keep-alive connection has this long to send its next request (s)
-LINGER = 2.0  # seconds a client that was answered early may go on sending before the connection closes
+IDLE_GRACE: Final = 1.0  # at a graceful stop, an idle keep-alive connection has this long to send its next request (s)
+LINGER: Final = 2.0  # seconds a client that was answered early may go on sending before the connection closes
 _HOST_NAME: Final = frozenset({b"host"})
 _EXPECT_NAME: Final = frozenset({b"expect"})
 # RFC 9110 §7.2 / RFC 3986 §3.2.2: an IP literal or a reg-name (unreserved, pct-encoded, sub-delims except
@@ -138,7 +138,7 @@ def _scan(head: bytes, found: list[int]) -> Plan | None:
         if kind == _HOST:
             hosts += 1
             host = head[start:end]
-        elif kind == _CONNECTION and cut < 0 and head[start:end].lower() in _CONNECTION_PLAIN:
+        elif kind == _CONNECTION and cut < 0 and _plain_connection(head, start, end):
             cut = found[index + 1] - first - 2  # the line and its CRLF, in `fields`
             cut_end = end - first
         elif kind == _LENGTH and length < 0 and 0 < end - start <= _LENGTH_DIGITS:
@@ -157,6 +157,20 @@ def _scan(head: bytes, found: list[int]) -> Plan | None:
     if cut >= 0:
         fields = fields[:cut] + fields[cut_end:]
     return request[0], url, request[2], fields, host, hosts, size, length if length > 0 else 0
+
+
+def _plain_connection(head: bytes, start: int, end: int) -> bool:
+    """Whether `head[start:end]` is `keep-alive` or `close`, in any case: a byte at a time (under mypyc an index
+    is a C operation, where a slice, `lower` and a set lookup are an allocation and two generic calls)."""
+    size = end - start
+    option = b"keep-alive" if size == 10 else b"close" if size == 5 else b""
+    if not option:
+        return False
+    for i in range(size):
+        c = head[start + i]
+        if c != option[i] and not (65 <= c <= 90 and c + 32 == option[i]):
+            return False
+    return True
 
 
 class _FastHead:
@@ -298,7 +312,9 @@ class ClientConnection(Sender, asyncio.Protocol):
         self.peer = b""
         self.xff_line = b""
         self.trusted = False
-        self.queue: deque[Exchange] = deque()
+        # Requests read, oldest first: a list, not a deque (under mypyc its append and pop are C calls; it holds
+        # one or two but for pipelining, whose reading pauses once a second request is queued).
+        self.queue: list[Exchange] = []
         self.paused = 0
         self.write_paused = False
         self.closed = False
@@ -429,7 +445,7 @@ class ClientConnection(Sender, asyncio.Protocol):
         n = len(data)
         pos = 0
         while True:
-            found = fieldscan.scan(data, pos, _REQ_SCAN)
+            found = _find_fields(data, pos, _REQ_SCAN)
             if found is None:
                 return data[pos:] if pos else data
             end = pos + found[0]
@@ -748,23 +764,34 @@ class ClientConnection(Sender, asyncio.Protocol):
             sock = self.transport.get_extra_info("sockname") if self.transport is not None else None
             host = f"{sock[0]}:{sock[1]}".encode() if sock else b"localhost"
             parts.extend((b"host: ", host, b"\r\n"))
+        # Pieces are appended one by one: under mypyc `append` is a C call, `extend` of a tuple an allocation more.
         if xff or xfp or via:
-            parts.extend((b"x-forwarded-for: ", xff + b", " + self.peer if xff else self.peer, b"\r\n"))
-            proto = xfp or (b"https" if self.dp.tls.get(self.role) else b"http")
-            parts.extend((b"x-forwarded-proto: ", proto, b"\r\nvia: ", via + b", " + VIA if via else VIA, b"\r\n"))
+            parts.append(b"x-forwarded-for: ")
+            parts.append(xff + b", " + self.peer if xff else self.peer)
+            parts.append(b"\r\nx-forwarded-proto: ")
+            parts.append(xfp or (b"https" if self.dp.tls.get(self.role) else b"http"))
+            parts.append(b"\r\nvia: ")
+            parts.append(via + b", " + VIA if via else VIA)
+            parts.append(b"\r\n")
         else:
-            parts.extend((self.xff_line, self.proto_via))  # built once per connection / once per listener
+            parts.append(self.xff_line)  # built once per connection
+            parts.append(self.proto_via)  # once per listener
         if xfh or host:
-            parts.extend((b"x-forwarded-host: ", xfh or host, b"\r\n"))
+            parts.append(b"x-forwarded-host: ")
+            parts.append(xfh or host)
+            parts.append(b"\r\n")
         if not request_id:
             ids = dp.request_ids  # a per-process prefix and a counter: one format per request
-            request_id = ids.template % next(ids.counter)
-        parts.extend((b"x-request-id: ", request_id, b"\r\n"))
+            ids.count += 1
+            request_id = ids.template % ids.count
+        parts.append(b"x-request-id: ")
+        parts.append(request_id)
         if chunked:
-            parts.extend((b"transfer-encoding: chunked\r\n",))
+            parts.append(b"\r\ntransfer-encoding: chunked")
         if upgrade_value:
-            parts.extend((b"connection: upgrade\r\nupgrade: ", upgrade_value, b"\r\n"))
-        parts.extend((b"\r\n",))
+            parts.append(b"\r\nconnection: upgrade\r\nupgrade: ")
+            parts.append(upgrade_value)
+        parts.append(b"\r\n\r\n")
 
         routes = app.routes  # the one read of the snapshot for this request
         if dp.route_word[app.index] != routes.word:
@@ -772,18 +799,20 @@ class ClientConnection(Sender, asyncio.Protocol):
         pool = routes.active if self.role == "active" else routes.preview
         if dp.fence_until and dp.loop.time() > dp.fence_until:
             pool = None  # fenced: this proxy cannot vouch that its routes are still the fleet's (503)
-        return dp.exchange(  # an Exchange, or one that notes its access-log line (`proxy.dataplane.accesslog`)
-            dp,
-            self,
-            pool if pool is not None else dp.null_pool,
-            b"".join(parts),
-            method,
-            has_body,
-            chunked,
-            expect_continue,
-            bool(upgrade_value),
-            keep_alive and not self.closing,
-            request_id,
+        if pool is None:
+            pool = dp.null_pool
+        head = b"".join(parts)
+        keep_alive = keep_alive and not self.closing
+        upgrade = bool(upgrade_value)
+        # Named classes, not a class held in an attribute: mypyc then calls their constructors directly (a
+        # class from an attribute is a generic call that parses its 11 arguments by name, ~1k instructions).
+        if dp.access_log is None:
+            return Exchange(
+                dp, self, pool, head, method, has_body, chunked, expect_continue, upgrade, keep_alive, request_id
+            )
+        # One that notes its access-log line (`proxy.dataplane.accesslog`).
+        return LoggedExchange(
+            dp, self, pool, head, method, has_body, chunked, expect_continue, upgrade, keep_alive, request_id
         )
 
     def _app_for(self, host: bytes | None, app_map: HostMap) -> App:
@@ -902,7 +931,7 @@ class ClientConnection(Sender, asyncio.Protocol):
     def exchange_finished(self, ex: Exchange, aborted: bool) -> None:
         queue = self.queue
         if queue and queue[0] is ex:
-            queue.popleft()
+            queue.pop(0)
         else:
             try:
                 queue.remove(ex)
@@ -921,7 +950,7 @@ class ClientConnection(Sender, asyncio.Protocol):
             # the client may already be sending its next request, answered with `Connection: close`.)
             self.closing = True
             while queue:
-                queue.popleft().discard()
+                queue.pop(0).discard()
             if ex.body_done and not self.paused & self.P_REJECT:
                 self.close()
             else:

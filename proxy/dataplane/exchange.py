@@ -65,8 +65,10 @@ _RESP_FIRST: Final = frozenset(name[0] for name in RESP_FIELDS)
 _CONNECTION_PLAIN: Final = (b"keep-alive", b"close", b"upgrade")
 _VIA_LINE: Final = b"via: " + VIA + b"\r\n"
 
-# Response-side states.
-WAITING, HEAD_SENT, DONE = 0, 1, 2
+# Response-side states (Final: mypyc compiles them in as constants, not a module lookup per use).
+WAITING: Final = 0
+HEAD_SENT: Final = 1
+DONE: Final = 2
 
 
 def _cut_hop_by_hop(fields: bytes) -> tuple[bytes, bytes, bytes]:
@@ -347,7 +349,7 @@ class Exchange:
                     self.continue_sent = True
                     self.out.append(CONTINUE_100)
             elif status == 103 and self.client.http11:
-                self.out.append(self._build_head(status, head, found, interim=True))
+                self._put_head(status, head, found, interim=True)
             return
         if status == 101 and not self.upgrade:
             self.upstream_failed("101 without an upgrade request")
@@ -361,11 +363,9 @@ class Exchange:
         self.resp_no_body = self.is_head or status == 204 or status == 304 or status == 101
         if self.upgrade and status != 101:
             self.client_close = True  # the client's parser is past an upgrade request: start over
-        head = self._build_head(status, head, found, interim=False)
-        if self.state == DONE:
-            return  # a head the client cannot be given (`_build_head` answered 502)
         self.head_index = len(self.out)
-        self.out.append(head)
+        if not self._put_head(status, head, found, interim=False):
+            return  # a head the client cannot be given (`_put_head` answered 502)
         self.state = HEAD_SENT
         if self.resp_no_body and status != 101:
             # The parser cannot be told a HEAD response has no body: finish now, renew it before reuse.
@@ -373,14 +373,16 @@ class Exchange:
                 self.upstream.must_renew_parser = True
             self.response_complete()
 
-    def _build_head(self, status: int, head: bytes, found: list[int], *, interim: bool) -> bytes:
-        # The field lines are copied as they came, in one piece: llhttp accepted them, so each is exactly
+    def _put_head(self, status: int, head: bytes, found: list[int], *, interim: bool) -> bool:
+        """Append the head for the client to `out`, in pieces (`flush` writes them with the body in one
+        write: one join, not one for the head and another for the write). False when there is none to send
+        (`respond_error` answered 502 instead)."""
+        # The field lines are copied as they came: llhttp accepted them, so each is exactly
         # `name ":" OWS value OWS`. Only the fields `fieldscan.scan` found (names in `RESP_FIELDS`) are read,
         # by offset (under mypyc a bytes method is a generic call: the lowercased copy and the regex and `find`
         # searches this replaced cost 9.8k instructions per head; `python -m loadtest.hotpath --instructions`).
         # The status line is rebuilt (HTTP/1.1; the reason phrase from the code: RFC 9110 §15.1).
-        first = found[1]  # the status line's length
-        fields = head[first:-2]  # CRLF + line per field, then the last line's CRLF
+        first = found[1]  # the status line's length: `head[first:]` is CRLF + line per field, ..., CRLF CRLF
         upgrade_value = codings = b""
         chunked = False
         has_length = False
@@ -395,42 +397,53 @@ class Exchange:
             elif kind == FIELD_CONNECTION:
                 end = found[index + 3]
                 if cut < 0 and _plain_option(head, found[index + 2], end):
-                    cut = found[index + 1] - 2 - first  # the line with the CRLF before it, in `fields`
-                    cut_end = end - first
+                    cut = found[index + 1] - 2  # the line with the CRLF before it
+                    cut_end = end
                 else:
                     general = True
             else:
                 rare = True
-        if rare:
-            fields, codings, upgrade_value = _cut_hop_by_hop(fields)
-            content_length = has_length  # llhttp refuses a response with a length and chunked
+        out = self.out
+        if rare or general:
+            fields, codings, upgrade_value = _cut_hop_by_hop(head[first:-2])
+            # llhttp refuses a response with a length and chunked
+            content_length = has_length if rare else self.upstream_reusable or has_length
+            if codings:
+                chunked, codings = _split_codings(codings)
+                if codings:
+                    # A coding the proxy does not decode (`gzip`): the body is relayed as it came, re-framed,
+                    # and the client told the coding; an HTTP/1.0 client cannot be (RFC 9112 §6.1): 502.
+                    if not self.client.http11:
+                        self.respond_error(502)
+                        return False
+                    content_length = False
+            out.append(status_line(status))
+            out.append(fields[2:])
         else:
             # No Transfer-Encoding, so an upstream connection that stays open (llhttp: not close-delimited)
-            # means a Content-Length. The usual head: at most a `Connection: keep-alive` (or close) to cut out.
+            # means a Content-Length. The usual head: at most a `Connection: keep-alive` (or close) to cut out,
+            # so its fields go as one or two slices of `head`. Pieces are appended one by one: under mypyc
+            # `append` is a C call, where a bound `extend` of a tuple is a generic call and an allocation.
             content_length = self.upstream_reusable or has_length
-            if general:
-                fields, codings, upgrade_value = _cut_hop_by_hop(fields)
-            elif cut >= 0:
-                fields = fields[:cut] + fields[cut_end:]
-        if codings:
-            chunked, codings = _split_codings(codings)
-            if codings:
-                # A coding the proxy does not decode (`gzip`): the body is relayed as it came, re-framed, and
-                # the client told the coding; an HTTP/1.0 client cannot be (RFC 9112 §6.1): 502.
-                if not self.client.http11:
-                    self.respond_error(502)
-                    return b""
-                content_length = False
-        parts = [status_line(status), fields[2:]]
-        extend = parts.extend
+            out.append(status_line(status))
+            if cut < 0:
+                out.append(head[first + 2 : -2])
+            elif cut > first:
+                out.append(head[first + 2 : cut])
+                out.append(head[cut_end:-2])
+            else:  # the first field is the one cut
+                out.append(head[cut_end + 2 : -2])
         if interim:
-            extend((b"\r\n",))
-            return b"".join(parts)
+            out.append(b"\r\n")
+            return True
         client = self.client
-        extend((_VIA_LINE, self.pool.color_header))
+        out.append(_VIA_LINE)
+        out.append(self.pool.color_header)
         if status == 101:
-            extend((b"connection: upgrade\r\nupgrade: ", upgrade_value, b"\r\n\r\n"))
-            return b"".join(parts)
+            out.append(b"connection: upgrade\r\nupgrade: ")
+            out.append(upgrade_value)
+            out.append(b"\r\n\r\n")
+            return True
         if (chunked or not content_length) and not self.resp_no_body:
             self.resp_eof = not chunked
             # Chunked or close-delimited upstream body: re-frame as chunked for HTTP/1.1 clients; an
@@ -438,19 +451,21 @@ class Exchange:
             if client.http11:
                 self.resp_chunked = True
                 if codings:
-                    extend((b"transfer-encoding: ", codings, b", chunked\r\n"))
+                    out.append(b"transfer-encoding: ")
+                    out.append(codings)
+                    out.append(b", chunked\r\n")
                 else:
-                    extend((b"transfer-encoding: chunked\r\n",))
+                    out.append(b"transfer-encoding: chunked\r\n")
             else:
                 self.client_close = True
         if self.client_close or client.closing:
             self.client_close = True
-            extend((b"connection: close\r\n\r\n",))
+            out.append(b"connection: close\r\n\r\n")
         elif not client.http11:
-            extend((b"connection: keep-alive\r\n\r\n",))
+            out.append(b"connection: keep-alive\r\n\r\n")
         else:
-            extend((b"\r\n",))
-        return b"".join(parts)
+            out.append(b"\r\n")
+        return True
 
     def response_body(self, data: bytes) -> None:
         if self.state != HEAD_SENT or self.resp_no_body:

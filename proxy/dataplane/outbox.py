@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from typing import Final
 
-DIRECT_RUN = 32
+DIRECT_RUN: Final = 32  # writes sent at once after an iteration that held one connection alone
 JOIN_LIMIT: Final = 8192  # bytes: smaller pieces are joined (one buffer, one write); larger ones go as they are
 
 

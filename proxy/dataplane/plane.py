@@ -15,9 +15,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from proxy.config import AccessLogConfig, Config
-from proxy.dataplane.accesslog import AccessLog, LoggedExchange, RequestIds
+from proxy.dataplane.accesslog import AccessLog, RequestIds
 from proxy.dataplane.client import ClientConnection
-from proxy.dataplane.exchange import Exchange
 from proxy.dataplane.http import VIA, error_response
 from proxy.dataplane.outbox import Outbox
 from proxy.dataplane.pool import Pool, PoolSet, PoolSpec
@@ -37,7 +36,6 @@ class DataPlane:
         self._loop_thread = threading.get_ident()
         self.request_ids = RequestIds()
         self.access_log: AccessLog | None = None  # on: requests build LoggedExchanges (`proxy.dataplane.accesslog`)
-        self.exchange: type[Exchange] = Exchange
         self._dropped_before = 0  # access-log lines dropped by logs a reload replaced
         self.apply_settings(config)
         self.overloaded_response = error_response(503, "Service Unavailable: too many connections", close=True)
@@ -132,7 +130,6 @@ class DataPlane:
             old.close_nowait()
             self._dropped_before += old.lost
         self.access_log = AccessLog(self.loop, config) if config is not None else None
-        self.exchange = LoggedExchange if config is not None else Exchange
 
     def reopen_logs(self) -> None:
         """SIGUSR1: open the access log's file again (logrotate moved it)."""

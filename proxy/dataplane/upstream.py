@@ -48,6 +48,7 @@ RESP_FIELDS: Final = {name: FIELD_DROP for name in HOP_BY_HOP} | {
     b"upgrade": FIELD_UPGRADE,
 }
 _RESP_SCAN: Final = fieldscan.table(RESP_FIELDS)
+_find_fields: Final = fieldscan.scan  # a module static: no lookup of `fieldscan`, then `scan`, per call
 
 
 class UpstreamConnection(Sender, asyncio.Protocol):
@@ -158,7 +159,7 @@ class UpstreamConnection(Sender, asyncio.Protocol):
             buf, at = self.head_buf + buf, 0
             self.head_buf = b""
         # llhttp accepted the head: CRLF line endings only, so it ends at the first empty line.
-        found = fieldscan.scan(buf, at, _RESP_SCAN) if at >= 0 else None
+        found = _find_fields(buf, at, _RESP_SCAN) if at >= 0 else None
         if found is None:
             raise ValueError("response head not found in the bytes received")  # a bug: fail the exchange
         end = at + found[0]
