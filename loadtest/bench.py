@@ -11,6 +11,8 @@ alike; the report gives medians over rounds and ratios to HAProxy measured in th
 
 CPU per request is the utime+stime delta of the target's whole process tree (workers included)
 over the wrk run, divided by the requests wrk completed; for `direct` it is the upstream's own CPU.
+"of it user" is its user-space part (utime): the rest is the kernel's work for the process (system calls,
+the network stack), which the proxies share, so a gap in user space is the proxy's own code.
 The flip phase saturates a target with wrk while a loop flips blue/green and times each flip from
 request to answer: `POST /api/v1/switch` for ours, HAProxy's runtime socket for HAProxy. Each run
 also records the CPU that processes the bench did not start used meanwhile: the noise on a shared
@@ -347,6 +349,7 @@ class Run:
     requests: int
     other_cores: float  # CPU used meanwhile by processes the bench did not start, in cores
     logged: int | None = None  # access-log lines written during the run (ours-log)
+    user_us_per_req: float | None = None  # the part of `cpu_us_per_req` spent in user space (the rest: the kernel)
 
 
 @dataclass(slots=True)
@@ -489,18 +492,18 @@ def wait_ready(
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def _stat(pid: str) -> tuple[int, int] | None:
-    """(ppid, utime+stime+cutime+cstime in ticks), or None if the process is gone."""
+def _stat(pid: str) -> tuple[int, int, int] | None:
+    """(ppid, utime+stime+cutime+cstime, utime+cutime in ticks), or None if the process is gone."""
     try:
         data = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # comm may contain spaces and parentheses: split after the last ')'.
     fields = data[data.rindex(")") + 2 :].split()
-    return int(fields[1]), sum(int(f) for f in fields[11:15])
+    return int(fields[1]), sum(int(f) for f in fields[11:15]), int(fields[11]) + int(fields[13])
 
 
-Snapshot = dict[int, tuple[int, int]]  # pid -> (ppid, CPU ticks)
+Snapshot = dict[int, tuple[int, int, int]]  # pid -> (ppid, CPU ticks, user-space CPU ticks)
 
 
 def snapshot() -> Snapshot:
@@ -510,7 +513,7 @@ def snapshot() -> Snapshot:
 
 def tree(snap: Snapshot, root: int) -> set[int]:
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _ticks) in snap.items():
+    for pid, (ppid, _ticks, _user) in snap.items():
         children.setdefault(ppid, []).append(pid)
     out: set[int] = set()
     todo = [root]
@@ -522,11 +525,13 @@ def tree(snap: Snapshot, root: int) -> set[int]:
     return out
 
 
-def cpu_seconds(before: Snapshot, after: Snapshot, pids: set[int]) -> float:
+def cpu_seconds(before: Snapshot, after: Snapshot, pids: set[int], *, user: bool = False) -> float:
+    """CPU `pids` used between the snapshots (`user`: in user space only)."""
     # A process born during the run is charged from zero; one that died was reaped into its parent's
     # cutime, so its CPU is still counted.
-    zero = (0, 0)
-    return sum(after[p][1] - before.get(p, zero)[1] for p in pids) / _CLK_TCK
+    zero = (0, 0, 0)
+    i = 2 if user else 1
+    return sum(after[p][i] - before.get(p, zero)[i] for p in pids) / _CLK_TCK
 
 
 def busy_seconds() -> float:
@@ -546,13 +551,16 @@ def measure(
     stdout, stderr = fn()
     after, busy = snapshot(), busy_seconds() - busy
     requests, seconds, p50, p99, errors = (parse or parse_wrk)(stdout, stderr)
-    cpu = cpu_seconds(before, after, tree(after, root)) / requests * 1e6 if requests else None
+    pids = tree(after, root)
+    cpu = cpu_seconds(before, after, pids) / requests * 1e6 if requests else None
+    user = cpu_seconds(before, after, pids, user=True) / requests * 1e6 if requests else None
     # Everything we started descends from this process (wrk is reaped into its cutime). The others are
     # the machine's busy time minus ours: summing their own ticks would overcount, since a child reaped
     # during the run brings its whole lifetime's CPU into its parent's cutime.
     mine = cpu_seconds(before, after, tree(after, os.getpid()))
     other_cores = max(0.0, busy - mine) / duration
-    return Run(requests / seconds if seconds else 0.0, cpu, p50, p99, errors, requests, other_cores)
+    rps = requests / seconds if seconds else 0.0
+    return Run(rps, cpu, p50, p99, errors, requests, other_cores, user_us_per_req=user)
 
 
 # --- wrk --------------------------------------------------------------------------------------------------
@@ -1029,11 +1037,12 @@ def bench(settings: Settings, tmp: Path) -> tuple[Runs, dict[str, FlipStats], di
 
 def _progress(rnd: int, rounds: int, case: str, target: str, run: Run) -> None:
     cpu = f"{run.cpu_us_per_req:.1f}" if run.cpu_us_per_req is not None else "-"
+    user = f"{run.user_us_per_req:.1f}" if run.user_us_per_req is not None else "-"
     p50 = f"{run.p50_us / 1000:.3f}" if run.p50_us is not None else "-"
     p99 = f"{run.p99_us / 1000:.3f}" if run.p99_us is not None else "-"
     logged = f"  access log {run.logged} lines" if run.logged is not None else ""
     print(
-        f"[{rnd}/{rounds}] {case:13} {target:8} {run.rps:9.0f} req/s  {cpu:>6} µs CPU/req  "
+        f"[{rnd}/{rounds}] {case:13} {target:8} {run.rps:9.0f} req/s  {cpu:>6} µs CPU/req ({user:>5} user)  "
         f"p50 {p50} ms  p99 {p99} ms  errors {run.errors}  other load {run.other_cores:.2f} cores{logged}",
         file=sys.stderr,
     )
@@ -1060,6 +1069,7 @@ def summarize(runs: Runs, flips: dict[str, FlipStats], negotiated: dict[str, str
             cases[case][target] = {
                 "rps": _median([r.rps for r in rs]),
                 "cpu_us_per_req": _median([r.cpu_us_per_req for r in rs]),
+                "user_us_per_req": _median([r.user_us_per_req for r in rs]),
                 "p50_us": _median([r.p50_us for r in rs]),
                 "p99_us": _median([r.p99_us for r in rs]),
                 "errors": sum(r.errors for r in rs),
@@ -1106,6 +1116,7 @@ CASE_HEADER = (
     "× HAProxy",
     "CPU µs/req",
     "× HAProxy",
+    "of it user",
     "p50 ms",
     "p99 ms",
     "× HAProxy",
@@ -1145,6 +1156,7 @@ def case_rows(rows: dict[str, dict[str, Any]]) -> list[list[str]]:
                 _ratio(row["rps"], hap.get("rps")),
                 _num(row["cpu_us_per_req"], ".1f"),
                 _ratio(row["cpu_us_per_req"], hap.get("cpu_us_per_req")),
+                _num(row.get("user_us_per_req"), ".1f"),
                 _num(_ms(row["p50_us"]), ".3f"),
                 _num(_ms(row["p99_us"]), ".3f"),
                 _ratio(row["p99_us"], hap.get("p99_us")),

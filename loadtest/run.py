@@ -30,6 +30,7 @@ from typing import IO, Any
 from loadtest.bench import (
     HOST,
     Processes,
+    Snapshot,
     _die_with_parent,
     _stop,
     _terminate,
@@ -150,7 +151,7 @@ class CpuWindow:
     BEGIN, END = b"All users spawned", b"run-time limit reached"
 
     def __init__(self) -> None:
-        self.marks: dict[bytes, tuple[dict[int, tuple[int, int]], float, float]] = {}
+        self.marks: dict[bytes, tuple[Snapshot, float, float]] = {}
 
     def see(self, line: bytes) -> None:
         for mark in (self.BEGIN, self.END):
@@ -211,8 +212,8 @@ def run_locust(procs: Processes, opts: Options, target: Target, summary: Path) -
 
 
 def cpu_cores(
-    before: dict[int, tuple[int, int]],
-    after: dict[int, tuple[int, int]],
+    before: Snapshot,
+    after: Snapshot,
     busy: float,
     wall: float,
     pids: dict[str, int],

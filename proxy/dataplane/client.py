@@ -84,6 +84,7 @@ _REQ_FIRST: Final = frozenset(name[0] for name in _REQ_FIELDS)
 # The same names as `fieldscan.scan` reads them, for `_scan`: a field whose name is none of them is copied unread.
 _REQ_SCAN: Final = fieldscan.table(_REQ_FIELDS)
 _find_fields: Final = fieldscan.scan  # a module static: no lookup of `fieldscan`, then `scan`, per call
+_CONNECTION_PLAIN: Final = frozenset({b"keep-alive", b"close"})
 
 
 IDLE_GRACE: Final = 1.0  # at a graceful stop, an idle keep-alive connection has this long to send its next request (s)
@@ -160,17 +161,12 @@ def _scan(head: bytes, found: list[int]) -> Plan | None:
 
 
 def _plain_connection(head: bytes, start: int, end: int) -> bool:
-    """Whether `head[start:end]` is `keep-alive` or `close`, in any case: a byte at a time (under mypyc an index
-    is a C operation, where a slice, `lower` and a set lookup are an allocation and two generic calls)."""
-    size = end - start
-    option = b"keep-alive" if size == 10 else b"close" if size == 5 else b""
-    if not option:
-        return False
-    for i in range(size):
-        c = head[start + i]
-        if c != option[i] and not (65 <= c <= 90 and c + 32 == option[i]):
-            return False
-    return True
+    """Whether `head[start:end]` is `keep-alive` or `close`, in any case: one slice and whole-value compares (C
+    under mypyc), `lower` and a set lookup (generic calls) only for other spellings."""
+    value = head[start:end]
+    if value == b"keep-alive" or value == b"close":
+        return True
+    return value.lower() in _CONNECTION_PLAIN
 
 
 class _FastHead:

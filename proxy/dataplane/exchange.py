@@ -22,7 +22,6 @@ from proxy.dataplane.http import (
     VIA,
     connection_fields,
     error_response,
-    named,
     status_line,
 )
 from proxy.dataplane.upstream import (
@@ -62,7 +61,7 @@ _ERRORS = {
 # The first letters of the response fields the proxy acts on (`RESP_FIELDS`, kinds in `proxy.dataplane.upstream`),
 # for `_cut_hop_by_hop`.
 _RESP_FIRST: Final = frozenset(name[0] for name in RESP_FIELDS)
-_CONNECTION_PLAIN: Final = (b"keep-alive", b"close", b"upgrade")
+_CONNECTION_PLAIN: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
 _VIA_LINE: Final = b"via: " + VIA + b"\r\n"
 
 # Response-side states (Final: mypyc compiles them in as constants, not a module lookup per use).
@@ -107,10 +106,11 @@ def _plain_option(head: bytes, start: int, end: int) -> bool:
         start += 1
     while end > start and (head[end - 1] == 32 or head[end - 1] == 9):
         end -= 1
-    for option in _CONNECTION_PLAIN:
-        if end - start == len(option) and named(head[start:end], option):
-            return True
-    return False
+    # One slice and whole-value compares (C under mypyc); `lower` (a generic call) only for other cases.
+    value = head[start:end]
+    if value == b"keep-alive" or value == b"close" or value == b"upgrade":
+        return True
+    return value.lower() in _CONNECTION_PLAIN
 
 
 def _split_codings(codings: bytes) -> tuple[bool, bytes]:

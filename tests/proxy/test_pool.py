@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from bisect import bisect_left
 
 from proxy.config import OutlierConfig
+from proxy.dataplane.outbox import Outbox
 from proxy.dataplane.pool import BUCKETS, LATENCY_BOUNDS, Endpoint, Health, Pool, latency_bucket
+from proxy.dataplane.upstream import UpstreamConnection
 
 ADDRS = [("127.0.0.1", 9001), ("127.0.0.1", 9002), ("127.0.0.1", 9003)]
 
@@ -77,3 +80,23 @@ def test_observe_counts_by_class_and_latency_bucket() -> None:
     assert pool.counts[2] == 1 and pool.counts[5] == 1
     # Latency by listener and status class: row 2 is the active listener's 2xx, bucket 4 is (0.5 ms, 1 ms].
     assert sum(pool.latency_buckets) == 2 and pool.latency_buckets[2 * BUCKETS + 4] == 1
+
+
+def test_idle_connections_expire_oldest_first_and_are_reused_last_in_first_out() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        ep = Pool("blue", ADDRS[:1]).endpoints[0]
+        conns = [UpstreamConnection(ep, Outbox(loop)) for _ in range(4)]
+        for since, conn in enumerate(conns):
+            conn.idle_since = float(since)  # released in this order, as `DataPlane.release` appends
+            ep.idle.append(conn)
+        ep.close_idle(older_than=1.5)  # idle since 0 and 1: past the upstream keep-alive
+        assert [c.closed for c in conns] == [True, True, False, False]
+        assert ep.idle == conns[2:]
+        assert ep.idle[-1] is conns[3]  # the next request takes the warmest (`Exchange._try_endpoint` pops)
+        ep.close_idle(older_than=0.5)  # none that old is left
+        assert ep.idle == conns[2:]
+        ep.close_idle()  # the endpoint is retired: every one goes
+        assert ep.idle == [] and all(c.closed for c in conns)
+    finally:
+        loop.close()
