@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 
 import pytest
 
@@ -37,3 +40,15 @@ def test_this_run_reports_its_mode_in_the_metrics() -> None:
     assert fieldscan.IMPLEMENTATION == ("C" if running == "compiled" else "Python")  # built and loaded with them
     if os.environ.get("BLUEGREEN_PURE"):
         assert running == "pure"  # the .so files next to the sources were passed over
+
+
+def test_the_install_compiled_the_data_plane_where_it_could() -> None:
+    """setup.py marks the compiled modules optional (a failed build leaves the pure ones running, so an install
+    never fails for it), which would also let a broken build pass every test in the pure mode twice. Where the
+    install had what it needs, a C compiler and mypyc, the compiled modules must be there and current."""
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    could = shutil.which(compiler) is not None and importlib.util.find_spec("mypyc") is not None
+    if could:
+        assert COMPILED_ON_DISK, "a C compiler and mypyc are here, but no current compiled module: reinstall"
+    else:
+        assert not stale(str(FOLDER)), "compiled modules older than their sources, and no compiler to rebuild them"
