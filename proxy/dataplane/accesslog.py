@@ -72,10 +72,6 @@ class RequestIds:
         self.template = os.urandom(8).hex().encode() + b"-%x"
         self.count = 0  # the last one given (a native int under mypyc: no `next()` of an iterator per request)
 
-    def next(self) -> bytes:
-        self.count += 1
-        return self.template % self.count
-
 
 class LoggedExchange(Exchange):
     """An Exchange that notes what its access-log line needs; built instead of one while the log is on."""
