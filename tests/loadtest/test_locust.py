@@ -60,6 +60,7 @@ def test_flips_every_200ms_under_locust_load(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(150)
+@pytest.mark.mode_independent  # Locust's distribution: the proxy's part is the test above's
 def test_distributed_run_reports_to_the_master(tmp_path: Path) -> None:
     results = tmp_path / "distributed"
     args = ("--users", "4", "--duration", "6s", "--switch-every", "0.2s", "--workers", "1")
@@ -81,6 +82,7 @@ def test_scenarios_flip_without_failures_or_stale_answers(tmp_path: Path, scenar
 
 @pytest.mark.slow
 @pytest.mark.timeout(150)
+@pytest.mark.mode_independent  # the harness's paths
 def test_relative_results_path_is_the_callers(tmp_path: Path) -> None:
     """Locust runs with the project root as its working directory; `--results out` still means ./out here."""
     argv = [sys.executable, "-m", "bluegreen", "loadtest", "--results", "out", "--quiet"]

@@ -21,34 +21,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.simulator.wheel import STASH, WheelBuild
 from tests.support import wait_until_sync
 
-ROOT = Path(__file__).resolve().parents[2]
-SOURCES = ("pyproject.toml", "setup.py", "README.md", "bluegreen", "proxy", "simulator", "loadtest")
-
-# Building the wheel (mypyc compiles the data plane) takes a minute or two on these 2-core VMs: the module's
-# fixture runs inside its first test's timeout. The wheel is compiled whatever BLUEGREEN_PURE says, so the
-# suite's pure pass runs none of it again (`mode_independent`, scripts/test).
+# Building the wheel (mypyc compiles the data plane) takes a minute or two on these 2-core VMs: it starts in the
+# background once the session is collected (conftest.py) and the module's fixture waits for it. The wheel is
+# compiled whatever BLUEGREEN_PURE says, so the suite's pure pass runs none of it again (`mode_independent`,
+# scripts/test).
 pytestmark = [pytest.mark.slow, pytest.mark.mode_independent, pytest.mark.timeout(600)]
-
-
-def build_wheel(tmp: Path) -> Path:
-    src = tmp / "src"
-    src.mkdir()
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.so")  # the wheel compiles its own (setup.py)
-    for name in SOURCES:  # a copy: building in the checkout would race with other builds and leave build/
-        path = ROOT / name
-        if path.is_dir():
-            shutil.copytree(path, src / name, ignore=ignore)
-        else:
-            shutil.copy2(path, src / name)
-    dist = tmp / "dist"
-    argv = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "-q", "-w", str(dist)]
-    env = {k: v for k, v in os.environ.items() if k != "BLUEGREEN_PURE"}  # the wheel compiles, whatever this run is
-    proc = subprocess.run([*argv, str(src)], capture_output=True, text=True, timeout=240, env=env)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    (wheel,) = dist.glob("bluegreen-*.whl")
-    return wheel
+BUILD_TIMEOUT = 300.0  # from the build's start
 
 
 def venv_with(tmp: Path, wheel: Path) -> Path:
@@ -61,13 +42,19 @@ def venv_with(tmp: Path, wheel: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("wheel")
-    return venv_with(tmp, build_wheel(tmp))
+def wheel(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    build = request.config.stash.get(STASH, None)
+    if build is None:  # not started at collection (the conftest was not loaded): build it now
+        build = WheelBuild(tmp_path_factory.mktemp("wheel-build"))
+    return build.wait(BUILD_TIMEOUT)
 
 
-def test_wheel_carries_manifests_static_files_and_locustfile(installed: Path) -> None:
-    (wheel,) = installed.parent.joinpath("dist").glob("*.whl")
+@pytest.fixture(scope="module")
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return venv_with(tmp_path_factory.mktemp("wheel"), wheel)
+
+
+def test_wheel_carries_manifests_static_files_and_locustfile(wheel: Path, installed: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for required in (
         "simulator/demo_manifests/rollout.yaml",
