@@ -15,6 +15,7 @@ from proxy.config import DEFAULT_APP, Config, ConfigError, load_config
 from proxy.control.api import InvalidRequestError
 from proxy.control.local import LocalControl
 from proxy.controlplane.admin import make_admin_app
+from proxy.controlplane.events import flush as flush_events
 from proxy.controlplane.health import HealthChecker
 from proxy.controlplane.metrics import make_registry
 from proxy.controlplane.state import DesiredState, apply_to
@@ -125,6 +126,7 @@ class ProxyServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        flush_events()  # a flip's record held back a moment (`emit_soon`) is written before the loop ends
 
 
 def read_config_for_reload(current: Config) -> Config:

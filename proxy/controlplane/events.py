@@ -13,6 +13,7 @@ was given) for the request it serves, and the Switch, which runs in that request
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -24,6 +25,7 @@ from types import TracebackType
 from typing import Any
 
 RING_SIZE = 1000
+DEFER = 0.001  # seconds an `emit_soon` record waits
 LEVELS = ("debug", "info", "warning", "error")
 ACTOR: ContextVar[dict[str, Any] | None] = ContextVar("bluegreen_actor", default=None)
 ROOT = "bluegreen"
@@ -38,6 +40,62 @@ def actor() -> dict[str, Any]:
 def emit(logger: logging.Logger, level: int, event: str, message: str, **fields: Any) -> None:
     """One event: `message` for people, `fields` for machines."""
     logger.log(level, message, extra={"event": event, "fields": fields})
+
+
+class Deferred:
+    """Records written a moment after the call that made them (`emit_soon`), in order, each stamped with the
+    time of its call. For the record of a change whose client waits for the answer: that client is usually
+    woken on this process's core, so a record written at once (logging's record, the formatters, the write to
+    stderr: as long as a flip itself) delays its read of the answer. Whoever reads the ring (`recent`) and the
+    process on its way out `flush` them first, so none is missed or lost."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[logging.Logger, int, str, str, dict[str, Any], float]] = []
+        self.timer: asyncio.TimerHandle | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, logger: logging.Logger, level: int, event: str, message: str, fields: dict[str, Any]) -> None:
+        loop = asyncio.get_running_loop()
+        if self.loop is not loop:  # a timer armed on another loop (gone, in tests) would never fire
+            self.flush()
+        self.records.append((logger, level, event, message, fields, time.time()))
+        if self.timer is None:
+            self.timer, self.loop = loop.call_later(DEFER, self.flush), loop
+
+    def flush_here(self) -> None:
+        """`flush`, when called in the loop the records wait on (another thread leaves them to its timer)."""
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if here is self.loop:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop = None
+        records, self.records = self.records, []
+        for logger, level, event, message, fields, created in records:
+            if logger.isEnabledFor(level):
+                record = logger.makeRecord(
+                    logger.name, level, "(deferred)", 0, message, (), None, extra={"event": event, "fields": fields}
+                )
+                record.created, record.msecs = created, int(created % 1 * 1000)  # the call's time, not this one
+                logger.handle(record)
+
+
+DEFERRED = Deferred()
+
+
+def emit_soon(logger: logging.Logger, level: int, event: str, message: str, **fields: Any) -> None:
+    """`emit`, written `DEFER` seconds later with the time of now (`Deferred`). Call it from the loop."""
+    DEFERRED.add(logger, level, event, message, fields)
+
+
+def flush() -> None:
+    """Write the deferred records now."""
+    DEFERRED.flush()
 
 
 def as_dict(record: logging.LogRecord) -> dict[str, Any]:
@@ -102,6 +160,7 @@ class EventRing(logging.Handler):
             self.items.append(item)
 
     def recent(self, limit: int | None = None) -> list[dict[str, Any]]:
+        DEFERRED.flush_here()  # the records held back a moment (`emit_soon`) are events already: read them too
         with self._guard:
             items = list(self.items)
         return items[-limit:] if limit else items

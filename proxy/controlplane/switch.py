@@ -14,7 +14,6 @@ import time
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
-from functools import partial
 from typing import Any
 
 from proxy.config import DEFAULT_APP, Config, ListenerConfig, label_problem, parse_address, pool_key, split_pool_key
@@ -27,7 +26,7 @@ from proxy.control.api import (
     ProxyStatus,
     Routes,
 )
-from proxy.controlplane.events import actor, emit
+from proxy.controlplane.events import actor, emit, emit_soon
 from proxy.controlplane.health import HealthChecker
 from proxy.controlplane.state import AppRoutes, DesiredState
 from proxy.dataplane.pool import Health, Pool, PoolSpec
@@ -143,14 +142,9 @@ class Switch:
 
     def log_flip(self, app: str, before: Routes, after: Routes, seconds: float, **more: Any) -> None:
         """The audit record of a flip: who, which application, from what to what, the generation, how long
-        until it was served. Written just after the answer: the caller writes it in this same loop iteration,
-        and the record (formatting, the ring, the write to stderr: as long as the flip itself) runs next, in
-        the caller's context (who flipped)."""
-        asyncio.get_running_loop().call_soon(partial(self._log_flip, app, before, after, seconds, **more))
-
-    def _log_flip(self, app: str, before: Routes, after: Routes, seconds: float, **more: Any) -> None:
+        until it was served. Written a moment after the answer (`emit_soon`), stamped with this time."""
         where = "" if app == DEFAULT_APP else f" of {app}"
-        emit(
+        emit_soon(
             log,
             logging.INFO,
             "flip",

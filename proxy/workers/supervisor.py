@@ -31,10 +31,10 @@ from proxy.config import DEFAULT_APP, Config
 from proxy.control.api import EndpointStatus, PoolStatus, ProxyStatus, Routes, UnavailableError
 from proxy.control.local import LocalControl
 from proxy.controlplane.admin import make_admin_app
-from proxy.controlplane.events import SETTINGS as LOG_SETTINGS, emit
+from proxy.controlplane.events import SETTINGS as LOG_SETTINGS, emit, flush as flush_events
 from proxy.controlplane.health import HealthChecker
 from proxy.controlplane.metrics import make_registry
-from proxy.controlplane.runtime import Runtime, serve_runtime
+from proxy.controlplane.runtime import Runtime, RuntimeServer, serve_runtime
 from proxy.controlplane.state import DesiredState
 from proxy.controlplane.stats import WorkerStats
 from proxy.controlplane.switch import Switch, check_labels, normalize_endpoints, pool_status
@@ -124,7 +124,7 @@ class Supervisor:
         )
         self.ports: dict[str, int] = {}
         self._runner: web.AppRunner | None = None
-        self._runtime: asyncio.AbstractServer | None = None  # the runtime socket's server (`admin.socket`)
+        self._runtime: RuntimeServer | None = None  # the runtime socket's server (`admin.socket`)
         self._runtime_inode = 0
         self._stopping = False
         self._monitors: list[asyncio.Task[None]] = []
@@ -263,7 +263,7 @@ class Supervisor:
                 switch_report=(lambda: fleet.last_report) if fleet else None,
                 fleet_status=fleet.status if fleet else None,
             )
-            self._runtime = await serve_runtime(self.sockets["runtime"], runtime)
+            self._runtime = serve_runtime(self.sockets["runtime"], runtime)
         if self.owner:
             self._listen_for_successor()
         self.watch = Watch(self.switch, lambda: self.stats.pools.values(), refresh=self.refresh_stats)
@@ -664,6 +664,7 @@ class Supervisor:
         if self._predecessor is not None:  # kept until now: a draining successor still forwards changes through us
             self._predecessor.close()
             self._predecessor = None
+        flush_events()  # a flip's record held back a moment (`emit_soon`) is written before the loop ends
 
     def _close_runtime(self) -> None:
         """Stop accepting on the runtime socket (its answers in progress still go out)."""

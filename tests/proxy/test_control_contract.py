@@ -40,6 +40,9 @@ from tests.proxy.conftest import StartProxy, StartUpstream
 from tests.proxy.support import EtcdProcess, ProxyProcess, child_pids
 from tests.support import free_port
 
+# The control plane's answers, never a request forwarded: the same whether the data plane runs compiled or
+# pure, so scripts/test runs them once.
+pytestmark = pytest.mark.mode_independent
 TRANSPORTS = ["local", "http"]
 
 

@@ -4,16 +4,20 @@ upstream and logged), and the event log (`GET /api/v1/events`, `--log-format jso
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import re
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from proxy.controlplane.events import DEFER, install_ring
 from tests.proxy.conftest import StartProxy, StartUpstream
 from tests.proxy.support import ProxyProcess, RawClient, child_pids
 from tests.support import wait_until
@@ -254,3 +258,25 @@ async def test_events_drain_started_and_finished(upstream: StartUpstream, start_
     seen = await wait_until(lambda: _having(events(admin), "drain_finished", pool="blue"), within=15)
     mine = [e for e in seen if e.get("pool") == "blue" and e["event"].startswith("drain")]
     assert [e["event"] for e in mine][-2:] == ["drain_started", "drain_finished"]
+
+
+async def test_a_flip_record_comes_a_moment_after_the_answer_with_the_flips_time(
+    upstream: StartUpstream, start_proxy: StartProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The flip's record waits `DEFER` (its client is woken on the proxy's core and reads first), keeps the
+    flip's time, and is never missed: reading the event log writes it at once, in order with the others."""
+    server = await start_proxy({"blue": [await upstream("blue")], "green": [await upstream("green")]})
+    caplog.set_level(logging.INFO, logger="bluegreen")
+    before = time.time()
+    await server.control.switch("green")
+    assert not [r for r in caplog.records if getattr(r, "event", None) == "flip"]  # not yet: after the answer
+    await asyncio.sleep(DEFER * 20)
+    (timed,) = [r for r in caplog.records if getattr(r, "event", None) == "flip"]
+    assert before <= timed.created < before + DEFER * 10  # the flip's time, not the time it was written
+    await server.control.switch("blue")
+    flips = [e for e in install_ring().recent() if e["event"] == "flip"]  # read at once: written now
+    assert [e["active_to"] for e in flips[-2:]] == ["green", "blue"] and flips[-1]["seq"] > flips[-2]["seq"]
+    await server.control.switch("green")
+    await server.stop(grace=0.1)  # and on the way out
+    last = [r for r in caplog.records if getattr(r, "event", None) == "flip"][-1]
+    assert last.__dict__["fields"]["active_to"] == "green"

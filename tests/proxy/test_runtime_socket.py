@@ -6,12 +6,14 @@ The real `bluegreen proxy`, reached with socat (what an operator types) and with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+import socket
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,9 @@ from proxy.config import ConfigError, parse_config
 from proxy.control.api import ConflictError, ControlError, InvalidRequestError, NotFoundError, Routes
 from proxy.control.http import HttpControl
 from proxy.control.runtime import RuntimeControl
-from tests.proxy.conftest import StartUpstream
+from proxy.controlplane.runtime import HELP, Runtime, RuntimeServer, serve_runtime
+from proxy.server import ProxyServer
+from tests.proxy.conftest import StartProxy, StartUpstream
 from tests.proxy.support import ProxyProcess, RawClient
 from tests.proxy.test_apps import bluegreen
 from tests.proxy.test_upgrade import exited, started, upgrade
@@ -256,3 +260,112 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         parse_config({**base, "admin": {"socket": str(tmp_path / ("x" * 120))}}, "t.yaml")
     config = parse_config({**base, "admin": {"socket": "run.sock"}}, str(tmp_path / "proxy.yaml"))
     assert config.admin.socket == str(tmp_path / "run.sock")  # relative to the config file
+
+
+# --- the connection handling, in process: a real Switch and data plane, the runtime server on a temp socket ---
+
+
+@contextlib.contextmanager
+def runtime_on(server: ProxyServer, path: Path) -> Iterator[RuntimeServer]:
+    assert server.switch is not None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen(64)
+        runtime = serve_runtime(listener, Runtime(server.control_for, apps=server.switch.apps))
+        try:
+            yield runtime
+        finally:
+            runtime.close()
+
+
+async def test_many_answers_to_a_client_that_reads_late_all_arrive_in_order(
+    upstream: StartUpstream, start_proxy: StartProxy, tmp_path: Path
+) -> None:
+    """Twenty thousand commands, read only after all are sent: megabytes of answers, more than the socket
+    holds. Reading pauses while answers wait, and every answer comes out, in order, then the close."""
+    server = await start_proxy({"blue": [await upstream("blue")], "green": [await upstream("green")]})
+    path = tmp_path / "rt.sock"
+    with runtime_on(server, path):
+        reader, writer = await asyncio.open_unix_connection(str(path), limit=2**24)
+        count = 20_000
+        flips = (b"switch green\n", b"switch blue\n")
+        writer.write(b"".join(flips[i // 10 % 2] if i % 10 == 0 else b"help\n" for i in range(count)))
+        await writer.drain()
+        writer.write_eof()
+        await asyncio.sleep(0.2)  # the proxy fills the socket and holds the rest meanwhile
+        async with asyncio.timeout(20):
+            raw = await reader.read()
+        writer.close()
+        answers = [json.loads(line) for line in raw.splitlines()]
+        assert len(raw) > 2_500_000 and len(answers) == count
+        assert answers[1] == answers[-1] == HELP
+        assert [a["active"] for a in answers[0:40:10]] == ["green", "blue", "green", "blue"]
+        assert answers[-10]["active"] == "blue"
+        assert answers[-10]["generation"] - answers[0]["generation"] == count // 10 - 1  # every flip made
+
+
+async def test_a_command_in_pieces_then_another_then_the_close(
+    upstream: StartUpstream, start_proxy: StartProxy, tmp_path: Path
+) -> None:
+    server = await start_proxy({"blue": [await upstream("blue")], "green": [await upstream("green")]})
+    path = tmp_path / "rt.sock"
+    with runtime_on(server, path):
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        for piece in (b"swi", b"tch gr", b"een"):
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.02)
+            assert (await server.control.routes()).active == "blue"  # no command before its newline
+        writer.write(b"\n")
+        async with asyncio.timeout(5):
+            assert json.loads(await reader.readline())["active"] == "green"
+            writer.write(b"routes")  # the last command may end with the half-close instead of a newline
+            writer.write_eof()
+            assert json.loads(await reader.readline())["active"] == "green"
+            assert await reader.read() == b""  # closed once everything is answered
+        writer.close()
+
+
+async def test_a_client_gone_before_its_answer_still_flips_and_others_are_served(
+    upstream: StartUpstream, start_proxy: StartProxy, tmp_path: Path
+) -> None:
+    server = await start_proxy({"blue": [await upstream("blue")], "green": [await upstream("green")]})
+    path = tmp_path / "rt.sock"
+    with runtime_on(server, path) as runtime:
+        for i in range(20):  # each sent and closed at once: its flip is made, its answer dropped
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.connect(str(path))
+                s.sendall(b"switch blue\n" if i % 2 else b"switch green\n")
+        await wait_until(lambda: server.switch is not None and server.switch.switches == 20, 5, message="20 flips")
+        clients = [ask(path, "routes") for _ in range(50)]  # a burst: accepted in batches, all answered
+        answers = await asyncio.gather(*clients)
+        assert all(a == answers[0] for a in answers) and len(answers) == 50
+        assert answers[0][0]["active"] == "blue"  # the last of the twenty
+        runtime.close()  # no more accepts: the kernel's backlog still takes a connect, nothing answers it
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        writer.write(b"routes\n")
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await reader.read()
+        writer.close()
+
+
+async def test_a_client_that_sends_without_ever_reading_is_held_back(
+    upstream: StartUpstream, start_proxy: StartProxy, tmp_path: Path
+) -> None:
+    """Commands cost 5 bytes and their answers 155: the proxy stops reading once a megabyte of answers
+    waits, so such a client stalls on its own writes instead of growing the proxy's memory."""
+    server = await start_proxy({"blue": [await upstream("blue")]}, preview=None)
+    path = tmp_path / "rt.sock"
+    with runtime_on(server, path):
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        chunk, sent = b"help\n" * 13_000, 0
+        with pytest.raises(TimeoutError):
+            while sent < 50_000_000:
+                writer.write(chunk)
+                async with asyncio.timeout(1.0):
+                    await writer.drain()
+                sent += len(chunk)
+        assert sent < 5_000_000, sent
+        writer.transport.abort()
+        assert (await server.control.routes()).active == "blue"  # and the proxy goes on
