@@ -60,6 +60,10 @@ class ProxyServer:
         async def apply(state: DesiredState) -> None:
             apply_to(dp, state)
 
+        def apply_now(state: DesiredState) -> bool:
+            apply_to(dp, state)  # one process: the data plane takes any state at once
+            return True
+
         self.switch = Switch(
             self.config,
             dp.pools,
@@ -67,6 +71,7 @@ class ProxyServer:
             apply,
             describe=lambda: [pool_status(p) for p in served_pools(dp)[:-1]],
             configure=dp.apply_settings,
+            apply_now=apply_now,
         )
         await dp.start()
         for pool in dp.pools.values():

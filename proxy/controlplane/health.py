@@ -111,6 +111,13 @@ class HealthChecker:
             ):
                 ep.set_checked(Health.UNHEALTHY)
 
+    @staticmethod
+    def healthy_now(pool: Pool) -> int | None:
+        """`verify` without probing: the healthy endpoints of `pool`, None when one was never checked."""
+        if any(ep.up and ep.health is Health.UNKNOWN for ep in pool.endpoints):
+            return None
+        return sum(1 for ep in pool.endpoints if ep.up)
+
     async def verify(self, pool: Pool) -> int:
         """Healthy endpoints of `pool` now; endpoints never checked are probed first (a flip fails closed)."""
         unknown = [ep for ep in pool.endpoints if ep.up and ep.health is Health.UNKNOWN]

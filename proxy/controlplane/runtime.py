@@ -32,10 +32,10 @@ import socket
 import struct
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from proxy.config import DEFAULT_APP
-from proxy.control.api import NOT_IN_FLEET, ControlError, InvalidRequestError, NotFoundError, ProxyControl
+from proxy.control.api import NOT_IN_FLEET, ControlError, InvalidRequestError, NotFoundError, ProxyControl, Routes
 from proxy.controlplane.events import ACTOR
 
 MAX_LINE = 4096  # a longer line is not a command: answered with an error, the connection closed
@@ -59,10 +59,19 @@ log = logging.getLogger("bluegreen.runtime")
 Controls = Callable[[str], ProxyControl]
 
 
+class SwitchNow(Protocol):
+    """A flip made without waiting, or None when it has to wait (`Switch.switch_now`)."""
+
+    def __call__(
+        self, active: str, preview: str | None, *, app: str, force: bool, generation: int | None
+    ) -> Routes | None: ...
+
+
 class Runtime:
     """What the socket's commands reach: the controls of each application, and the few callbacks the admin
     API has too (`guard` refuses changes during a handover; `switch_report` is the fleet's report of a flip,
-    `fleet_status` its view, both None outside a fleet)."""
+    `fleet_status` its view, both None outside a fleet). `switch_now`, when given, makes a flip at once when
+    it can (`answer_now`)."""
 
     def __init__(
         self,
@@ -72,43 +81,68 @@ class Runtime:
         guard: Callable[[], None] | None = None,
         switch_report: Callable[[], dict[str, Any] | None] | None = None,
         fleet_status: Callable[[], dict[str, Any]] | None = None,
+        switch_now: SwitchNow | None = None,
     ) -> None:
         self.controls = controls
         self.apps = apps
         self.guard = guard
         self.switch_report = switch_report
         self.fleet_status = fleet_status
+        self.switch_now = switch_now
+
+    def execute_now(self, line: str) -> dict[str, Any] | None:
+        """`execute` for a flip that needs nothing awaited (the usual one): its answer, or None when the
+        command must go through `execute` (another command, or a flip that has to wait)."""
+        if self.switch_now is None:
+            return None
+        words = line.split()
+        if words[0] != "switch":
+            return None
+        app, active, preview, force, generation = self._switch_args(words[1:])
+        routes = self.switch_now(active, preview, app=app, force=force, generation=generation)
+        if routes is None:
+            return None
+        body = routes.to_json()
+        if self.switch_report is not None and (report := self.switch_report()) is not None:
+            body["fleet"] = report
+        return body
+
+    def _switch_args(self, args: list[str]) -> tuple[str, str, str | None, bool, int | None]:
+        """A switch command's (app, active, preview, force, generation); refused during a handover."""
+        positional = [a for a in args if "=" not in a]
+        options = dict(a.split("=", 1) for a in args if "=" in a)
+        app = options.pop("app", DEFAULT_APP)
+        if not positional:
+            raise InvalidRequestError("switch: name the pool to make active (switch ACTIVE [PREVIEW])")
+        active, rest = positional[0], positional[1:]
+        force = "force" in rest
+        if force:
+            rest.remove("force")
+        preview = options.pop("preview", None)
+        if preview is None and rest:
+            preview = rest.pop(0)
+        generation = options.pop("generation", None)
+        _no_more("switch", rest, options)
+        if generation is not None and not (generation.isascii() and generation.isdigit()):
+            raise InvalidRequestError(f"generation={generation}: expected a non-negative integer")
+        if self.guard is not None:
+            self.guard()
+        return app, active, preview, force, int(generation) if generation is not None else None
 
     async def execute(self, line: str) -> dict[str, Any]:
         """One command's answer (a ControlError for a refusal)."""
         words = line.split()
         command, args = words[0], words[1:]
-        positional = [a for a in args if "=" not in a]
-        options = dict(a.split("=", 1) for a in args if "=" in a)
-        app = options.pop("app", DEFAULT_APP)
         if command == "switch":
-            if not positional:
-                raise InvalidRequestError("switch: name the pool to make active (switch ACTIVE [PREVIEW])")
-            active, rest = positional[0], positional[1:]
-            force = "force" in rest
-            if force:
-                rest.remove("force")
-            preview = options.pop("preview", None)
-            if preview is None and rest:
-                preview = rest.pop(0)
-            generation = options.pop("generation", None)
-            _no_more(command, rest, options)
-            if generation is not None and not (generation.isascii() and generation.isdigit()):
-                raise InvalidRequestError(f"generation={generation}: expected a non-negative integer")
-            if self.guard is not None:
-                self.guard()
-            routes = await self.controls(app).switch(
-                active, preview, force=force, generation=int(generation) if generation is not None else None
-            )
+            app, active, preview, force, generation = self._switch_args(args)
+            routes = await self.controls(app).switch(active, preview, force=force, generation=generation)
             body = routes.to_json()
             if self.switch_report is not None and (report := self.switch_report()) is not None:
                 body["fleet"] = report
             return body
+        positional = [a for a in args if "=" not in a]
+        options = dict(a.split("=", 1) for a in args if "=" in a)
+        app = options.pop("app", DEFAULT_APP)
         if command == "routes":
             _no_more(command, positional, options)
             return (await self.controls(app).routes()).to_json()
@@ -147,6 +181,7 @@ class RuntimeServer:
         self.runtime = runtime
         self.loop = asyncio.get_running_loop()
         self.serving = False
+        self.tasks = 0  # commands answered by a task now, on any connection: none may be overtaken
         self._retry: asyncio.TimerHandle | None = None
         sock.setblocking(False)
         self._listen()
@@ -167,7 +202,7 @@ class RuntimeServer:
                 self.loop.remove_reader(self.sock.fileno())
                 self._retry = self.loop.call_later(ACCEPT_RETRY, self._listen)
                 return
-            RuntimeConnection(conn, self.runtime, self.loop).start()
+            RuntimeConnection(conn, self).start()
 
     def close(self) -> None:
         """Stop accepting (answers in progress still go out); the socket itself stays its owner's."""
@@ -184,11 +219,12 @@ class RuntimeConnection:
     up (a client that sends without reading is not buffered without bound); once the client has half-closed
     and every answer is out, the connection closes."""
 
-    def __init__(self, sock: socket.socket, runtime: Runtime, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, sock: socket.socket, server: RuntimeServer) -> None:
         self.sock = sock
         self.fd = sock.fileno()
-        self.runtime = runtime
-        self.loop = loop
+        self.server = server
+        self.runtime = server.runtime
+        self.loop = server.loop
         self.buffer = b""  # the start of a line not yet ended
         self.lines: deque[bytes] = deque()
         self.out = bytearray()  # answers the kernel has not taken yet
@@ -245,8 +281,14 @@ class RuntimeConnection:
             return
         while self.task is None and self.lines:
             raw = self.lines.popleft()
-            if raw.strip():
+            if not raw.strip():
+                continue
+            answer = self._answer_now(raw) if self.server.tasks == 0 else None
+            if answer is None:
+                self.server.tasks += 1
                 self.task = self.loop.create_task(self._answer(raw))
+            elif not self._write(answer):
+                return
         want_reads = not self.eof and len(self.lines) < MAX_PENDING and len(self.out) < MAX_UNSENT
         if want_reads != self.reading:
             if want_reads:
@@ -263,9 +305,27 @@ class RuntimeConnection:
             answer = await self._reply(raw)
         finally:
             self.task = None
+            self.server.tasks -= 1
         if not self.closed:  # a client that went away mid-command: its change is made, its answer dropped
             self._write(answer)
             self._serve()
+
+    def _answer_now(self, raw: bytes) -> bytes | None:
+        """The answer to a flip made at once (`Runtime.execute_now`), or None: then a task answers. Only
+        when no task is answering a command (of any client): commands are served in the order they came."""
+        if len(raw) > MAX_LINE:
+            return None
+        token = ACTOR.set(self.actor)  # the flip's event record names who flipped
+        try:
+            answer = self.runtime.execute_now(raw.decode("utf-8", "replace"))
+        except ControlError as exc:
+            answer = {"error": exc.message, "status": exc.status}
+        except Exception as exc:  # a bug must not take the socket down: say so, answer, go on
+            log.exception("runtime socket: %r failed", raw[:200])
+            answer = {"error": f"internal error: {exc}", "status": 500}
+        finally:
+            ACTOR.reset(token)
+        return None if answer is None else json.dumps(answer, separators=(",", ":")).encode() + b"\n"
 
     async def _reply(self, raw: bytes) -> bytes:
         if len(raw) > MAX_LINE:
@@ -280,7 +340,8 @@ class RuntimeConnection:
                 answer = {"error": f"internal error: {exc}", "status": 500}
         return json.dumps(answer, separators=(",", ":")).encode() + b"\n"
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes) -> bool:
+        """Send `data` or keep what the kernel does not take yet; False when the client is gone (closed)."""
         if not self.out:
             try:
                 sent = self.sock.send(data)
@@ -288,12 +349,13 @@ class RuntimeConnection:
                 sent = 0
             except OSError:  # the client is gone
                 self._close()
-                return
+                return False
             if sent == len(data):
-                return
+                return True
             data = data[sent:]
             self.loop.add_writer(self.fd, self._writable)
         self.out += data
+        return True
 
     def _writable(self) -> None:
         try:

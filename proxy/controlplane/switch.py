@@ -14,7 +14,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 from proxy.config import DEFAULT_APP, Config, ListenerConfig, label_problem, parse_address, pool_key, split_pool_key
 from proxy.control.api import (
@@ -36,6 +36,31 @@ FLIP_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 
 log = logging.getLogger("bluegreen.switch")
 
 
+class ChangeLock(asyncio.Lock):
+    """The Switch's lock, which also knows whether anyone holds it or waits for it (`busy`): a flip made
+    at once (`Switch.switch_now`) must not overtake a change queued before it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claims = 0  # holders and waiters
+
+    async def acquire(self) -> Literal[True]:
+        self.claims += 1
+        try:
+            return await super().acquire()
+        except BaseException:  # cancelled while waiting: no longer a claim
+            self.claims -= 1
+            raise
+
+    def release(self) -> None:
+        super().release()
+        self.claims -= 1
+
+    @property
+    def busy(self) -> bool:
+        return self.claims > 0
+
+
 class Switch:
     """Owns the desired state; `pools` are the live Pool objects of that state (health, status): the
     serving data plane's in one process, the supervisor's own under `--workers`.
@@ -44,8 +69,9 @@ class Switch:
     state keys pools by `proxy.config.pool_key`. One lock serialises changes of every application (a flip
     waits at most for another's acknowledgement); each application's routes have their own generation.
 
-    `apply` makes a state served (and `pools` its shape); `describe` reports the pools with their
-    counters; `configure` applies a reload's settings.
+    `apply` makes a state served (and `pools` its shape); `apply_now`, when given, does it without waiting
+    when it can (False when it cannot); `describe` reports the pools with their counters; `configure` applies
+    a reload's settings.
     """
 
     def __init__(
@@ -56,6 +82,7 @@ class Switch:
         apply: Applier,
         describe: Callable[[], Iterable[PoolStatus]],
         configure: Callable[[Config], None],
+        apply_now: Callable[[DesiredState], bool] | None = None,
     ) -> None:
         self.config = config
         self.state = DesiredState.from_config(config)
@@ -63,12 +90,13 @@ class Switch:
         self.pools = pools
         self.health = health
         self.apply = apply
+        self.apply_now = apply_now  # `apply` at once when it can (True), as a flip usually can: `switch_now`
         self.describe = describe
         self.configure = configure
         self.switches = 0
         self.flip_seconds = [0] * (len(FLIP_BOUNDS) + 1)  # how long flips took to be served (histogram)
         self.flip_seconds_sum = 0.0
-        self.lock = asyncio.Lock()  # serialises control changes (never taken on the hot path)
+        self.lock = ChangeLock()  # serialises control changes (never taken on the hot path)
         self.draining: dict[str, float] = {}  # pools unrouted, by name: since when (monotonic); `Watch` ends them
 
     def routes(self, app: str = DEFAULT_APP) -> Routes:
@@ -94,8 +122,12 @@ class Switch:
 
     async def adopt(self, state: DesiredState) -> None:
         """Serve `state` (lock held by the caller): apply it, then follow the pools with health checks."""
-        before = self.state
         await self.apply(state)
+        self._adopted(state)
+
+    def _adopted(self, state: DesiredState) -> None:
+        """`state` is served: it is the state now; health checks and drains follow its pools and routes."""
+        before = self.state
         self.state = state
         for name in before.pools.keys() - state.pools.keys():
             self.health.unwatch(name)
@@ -126,6 +158,9 @@ class Switch:
         force: bool = False,
         generation: int | None = None,
     ) -> Routes:
+        routes = self.switch_now(active, preview, app=app, force=force, generation=generation)
+        if routes is not None:
+            return routes
         started = time.monotonic()
         async with self.lock:
             current = self.state
@@ -135,10 +170,47 @@ class Switch:
             if self.state is not current:
                 raise ConflictError("routes changed while checking the target; retry")
             await self.adopt(current.with_routes(app, *plan))
-            seconds = time.monotonic() - started
-            self.record_flip(seconds)
-            self.log_flip(app, current.routes(app), self.state.routes(app), seconds, force=force)
+            self._flipped(app, current, started, force)
             return self.state.routes(app)
+
+    def switch_now(
+        self,
+        active: str,
+        preview: str | None = None,
+        *,
+        app: str = DEFAULT_APP,
+        force: bool = False,
+        generation: int | None = None,
+    ) -> Routes | None:
+        """`switch` without waiting for anything, as most flips can be. It declines (None: call `switch`) when
+        another change is under way or waiting for the lock (a flip made now would overtake it), when an
+        endpoint of the target was never checked (it is probed first), or when the state cannot be served
+        without a message (`apply_now` says). Same checks and refusals as `switch`; one task and a loop
+        turn less on the path a flip's client waits on."""
+        if self.apply_now is None or self.lock.busy:
+            return None
+        started = time.monotonic()
+        current = self.state
+        plan = self._plan(app, active, preview, generation)
+        if plan is None:
+            return current.routes(app)
+        target, new_preview = plan
+        if target.name != current.app(app).active and not force:
+            healthy = self.health.healthy_now(target)
+            if healthy is None:
+                return None
+            self._check_healthy(target, healthy)
+        state = current.with_routes(app, target.name, new_preview)
+        if not self.apply_now(state):
+            return None
+        self._adopted(state)
+        self._flipped(app, current, started, force)
+        return state.routes(app)
+
+    def _flipped(self, app: str, before: DesiredState, started: float, force: bool) -> None:
+        seconds = time.monotonic() - started
+        self.record_flip(seconds)
+        self.log_flip(app, before.routes(app), self.state.routes(app), seconds, force=force)
 
     def log_flip(self, app: str, before: Routes, after: Routes, seconds: float, **more: Any) -> None:
         """The audit record of a flip: who, which application, from what to what, the generation, how long
@@ -168,6 +240,18 @@ class Switch:
         None when they already are. Refuses an unknown application, a stale `generation`, an unknown pool and,
         unless `force`, a target with no healthy endpoint (never-checked endpoints are probed first). Shared
         by the local and fleet flips."""
+        plan = self._plan(app, active, preview, generation)
+        if plan is None:
+            return None
+        target, new_preview = plan
+        if target.name != self.state.app(app).active and not force:
+            await self.check_target(target)
+        return target.name, new_preview
+
+    def _plan(
+        self, app: str, active: str, preview: str | None, generation: int | None
+    ) -> tuple[Pool, str | None] | None:
+        """`plan` but the target's health: the target pool and the preview's key, None when already served."""
         current = self.state.app(app)
         if generation is not None and generation != current.generation:
             raise ConflictError(f"generation {generation} is not the current one ({current.generation})")
@@ -178,15 +262,17 @@ class Switch:
             new_preview = self._pool(app, preview).name
         if target.name == current.active and new_preview == current.preview:
             return None
-        if target.name != current.active and not force:
-            await self.check_target(target)
-        return target.name, new_preview
+        return target, new_preview
 
     async def check_target(self, target: Pool) -> None:
         """Fail closed: a pool that is to go live needs a healthy endpoint."""
+        self._check_healthy(target, await self.health.verify(target) if target.endpoints else 0)
+
+    @staticmethod
+    def _check_healthy(target: Pool, healthy: int) -> None:
         if not target.endpoints:
             raise ConflictError(f"pool {target.name!r} has no endpoints (use force to switch anyway)")
-        if await self.health.verify(target) == 0:
+        if healthy == 0:
             raise ConflictError(f"pool {target.name!r} has no healthy endpoint (use force to switch anyway)")
 
     def deletable(self, name: str, app: str = DEFAULT_APP) -> Pool:

@@ -120,7 +120,13 @@ class Supervisor:
         self.health = HealthChecker()
         self.health.on_change = self._health_changed
         self.switch = Switch(
-            config, self.registry.pools, self.health, self.publish, describe=self._describe, configure=self._configure
+            config,
+            self.registry.pools,
+            self.health,
+            self.publish,
+            describe=self._describe,
+            configure=self._configure,
+            apply_now=self.publish_now,
         )
         self.ports: dict[str, int] = {}
         self._runner: web.AppRunner | None = None
@@ -262,6 +268,7 @@ class Supervisor:
                 guard=self.check_changes,
                 switch_report=(lambda: fleet.last_report) if fleet else None,
                 fleet_status=fleet.status if fleet else None,
+                switch_now=None if fleet else self.switch.switch_now,  # a fleet's flips go through etcd
             )
             self._runtime = serve_runtime(self.sockets["runtime"], runtime)
         if self.owner:
@@ -549,12 +556,36 @@ class Supervisor:
         Health verdicts follow in the background: a flip does not wait for them (workers also eject
         failing endpoints by themselves).
         """
-        if self._frozen and not self._follower and self.fleet is None:
-            raise UnavailableError(HANDING_OVER)  # the state was handed over: a change here would be lost
+        self._check_not_handed_over()
         reshaped = self._reshape(state)
         pushed = self._pushed.pools if self._pushed is not None else {}
         kept = {name: pushed[name] for name in self._word_names if name not in state.pools and name in pushed}
         await self._push_pools(state.with_pools({**state.pools, **kept}) if kept else state, health=False)
+        self._store_words(state)
+        if kept:
+            await self._push_pools(state, health=False)
+        if reshaped and self._verdicts() != self._pushed_health:  # a flip changes no endpoint: on_change covers it
+            self._health_changed()
+        if self._predecessor is not None and self.fleet is None:  # in a fleet both follow etcd
+            await self._forward(state)
+
+    def publish_now(self, state: DesiredState) -> bool:
+        """`publish` when it needs no message, as a flip: every worker has the pools and the settings the
+        state names, so the route words alone change. False otherwise (then `publish`)."""
+        self._check_not_handed_over()
+        if self._predecessor is not None and self.fleet is None:
+            return False  # a draining successor's change also goes to its predecessor
+        if state.pools != self._shaped or not self._pushed_already(state) or self.settings_epoch != self._pushed_epoch:
+            return False
+        self._store_words(state)
+        return True
+
+    def _check_not_handed_over(self) -> None:
+        if self._frozen and not self._follower and self.fleet is None:
+            raise UnavailableError(HANDING_OVER)  # the state was handed over: a change here would be lost
+
+    def _store_words(self, state: DesiredState) -> None:
+        """The route words of `state`: from the next request on, every worker routes by them."""
         slots = self._slots
         for name, app in state.apps.items():
             preview = slots[app.preview] if app.preview else NO_SLOT
@@ -562,12 +593,14 @@ class Supervisor:
         for name in [n for n in self._app_slots if n not in state.apps]:
             self.word[self._app_slots.pop(name)] = 0  # no worker has the application now: its word is free
         self._word_names = state.routed()
-        if kept:
-            await self._push_pools(state, health=False)
-        if reshaped and self._verdicts() != self._pushed_health:  # a flip changes no endpoint: on_change covers it
-            self._health_changed()
-        if self._predecessor is not None and self.fleet is None:  # in a fleet both follow etcd
-            await self._forward(state)
+
+    def _pushed_already(self, state: DesiredState) -> bool:
+        """Whether the workers have the state's pools and applications (health verdicts aside)."""
+        return (
+            self._pushed is not None
+            and self._pushed.pools == state.pools
+            and {n: a.hosts for n, a in self._pushed.apps.items()} == {n: a.hosts for n, a in state.apps.items()}
+        )
 
     def _reshape(self, state: DesiredState) -> bool:
         """The supervisor's own pools follow the state (for health checks and status). False when no pool
@@ -595,11 +628,7 @@ class Supervisor:
             if name not in self._app_slots:
                 used = set(self._app_slots.values())
                 self._app_slots[name] = next(i for i in range(MAX_APPS) if i not in used)
-        same = (
-            self._pushed is not None
-            and self._pushed.pools == state.pools
-            and {n: a.hosts for n, a in self._pushed.apps.items()} == {n: a.hosts for n, a in state.apps.items()}
-        )
+        same = self._pushed_already(state)
         if same and not health and self.settings_epoch == self._pushed_epoch:
             return  # a flip: the word alone changes, and no verdict is collected per endpoint
         verdicts = self._verdicts()

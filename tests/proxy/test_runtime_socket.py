@@ -271,7 +271,9 @@ def runtime_on(server: ProxyServer, path: Path) -> Iterator[RuntimeServer]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
         listener.bind(str(path))
         listener.listen(64)
-        runtime = serve_runtime(listener, Runtime(server.control_for, apps=server.switch.apps))
+        runtime = serve_runtime(
+            listener, Runtime(server.control_for, apps=server.switch.apps, switch_now=server.switch.switch_now)
+        )
         try:
             yield runtime
         finally:
@@ -369,3 +371,43 @@ async def test_a_client_that_sends_without_ever_reading_is_held_back(
         assert sent < 5_000_000, sent
         writer.transport.abort()
         assert (await server.control.routes()).active == "blue"  # and the proxy goes on
+
+
+async def test_a_flip_is_made_at_once_unless_it_must_wait(upstream: StartUpstream, start_proxy: StartProxy) -> None:
+    """`Switch.switch_now` flips without a task or a loop turn, with `switch`'s checks and refusals; it
+    declines (None) when a change holds the lock or the target has an endpoint never checked, and `switch`
+    then waits or probes."""
+    dead = "127.0.0.1:1"  # nothing listens there
+    pools = {"blue": [await upstream("blue")], "green": [await upstream("green")], "gone": [dead]}
+    server = await start_proxy(pools)
+    switch = server.switch
+    assert switch is not None
+    assert switch.switch_now("green") is None  # never checked: `switch` probes it first
+    assert (await switch.switch("green")).active == "green"
+    assert switch.switch_now("green") == switch.routes()  # already served: answered, nothing changed
+    assert switch.switch_now("blue") is None  # blue was never probed either
+    assert (await switch.switch("blue")).active == "blue"
+    async with switch.lock:  # a change under way: wait for it
+        assert switch.switch_now("green") is None
+        queued = asyncio.create_task(switch.switch("green", force=True))
+        cancelled = asyncio.create_task(switch.switch("blue"))
+        await asyncio.sleep(0)  # both wait for the lock
+        cancelled.cancel()
+    assert switch.switch_now("blue") is None  # released, but a flip queued before this one is not overtaken
+    assert (await queued).active == "green" and (await switch.switch("blue")).active == "blue"
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert switch.lock.claims == 0  # the cancelled waiter's claim went with it
+    flipped = switch.switch_now("green")  # both checked, nothing under way: made at once
+    assert flipped is not None and flipped == switch.routes() and flipped.active == "green"
+    assert (await server.control.routes()).active == "green"
+    with pytest.raises(ConflictError, match="generation 1 is not the current one"):
+        switch.switch_now("blue", generation=1)
+    with pytest.raises(NotFoundError, match="purple"):
+        switch.switch_now("purple")
+    with pytest.raises(ConflictError, match="no healthy endpoint"):  # probed by `switch`: down
+        await switch.switch("gone")
+    with pytest.raises(ConflictError, match="no healthy endpoint"):  # known down: refused at once
+        switch.switch_now("gone")
+    assert switch.switch_now("gone", force=True) is not None  # forced: no check
+    assert switch.routes().active == "gone"
