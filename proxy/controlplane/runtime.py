@@ -264,10 +264,8 @@ class RuntimeConnection:
         self._serve()
 
     def _received(self, data: bytes) -> None:
-        buffer = self.buffer + data
-        while (end := buffer.find(b"\n")) >= 0:
-            self.lines.append(buffer[:end])
-            buffer = buffer[end + 1 :]
+        *lines, buffer = (self.buffer + data).split(b"\n")  # one pass: a read may hold thousands of commands
+        self.lines.extend(lines)
         self.buffer = buffer
         if len(buffer) > MAX_LINE:
             self.buffer = b""
