@@ -114,15 +114,21 @@ class HealthChecker:
     @staticmethod
     def healthy_now(pool: Pool) -> int | None:
         """`verify` without probing: the healthy endpoints of `pool`, None when one was never checked."""
-        if any(ep.up and ep.health is Health.UNKNOWN for ep in pool.endpoints):
-            return None
-        return sum(1 for ep in pool.endpoints if ep.up)
+        return None if _unchecked(pool) else _up(pool)
 
     async def verify(self, pool: Pool) -> int:
         """Healthy endpoints of `pool` now; endpoints never checked are probed first (a flip fails closed)."""
-        unknown = [ep for ep in pool.endpoints if ep.up and ep.health is Health.UNKNOWN]
+        unknown = _unchecked(pool)
         if unknown:
             results = await asyncio.gather(*(self.probe(pool, ep) for ep in unknown))
             for ep, ok in zip(unknown, results, strict=True):
                 self.record(pool, ep, ok)
-        return sum(1 for ep in pool.endpoints if ep.up)
+        return _up(pool)
+
+
+def _unchecked(pool: Pool) -> list[Endpoint]:
+    return [ep for ep in pool.endpoints if ep.up and ep.health is Health.UNKNOWN]
+
+
+def _up(pool: Pool) -> int:
+    return sum(1 for ep in pool.endpoints if ep.up)

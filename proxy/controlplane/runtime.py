@@ -100,8 +100,10 @@ class Runtime:
             return None
         app, active, preview, force, generation = self._switch_args(words[1:])
         routes = self.switch_now(active, preview, app=app, force=force, generation=generation)
-        if routes is None:
-            return None
+        return None if routes is None else self._switched(routes)
+
+    def _switched(self, routes: Routes) -> dict[str, Any]:
+        """A flip's answer: the routes, and the fleet's report of it in a fleet."""
         body = routes.to_json()
         if self.switch_report is not None and (report := self.switch_report()) is not None:
             body["fleet"] = report
@@ -135,11 +137,7 @@ class Runtime:
         command, args = words[0], words[1:]
         if command == "switch":
             app, active, preview, force, generation = self._switch_args(args)
-            routes = await self.controls(app).switch(active, preview, force=force, generation=generation)
-            body = routes.to_json()
-            if self.switch_report is not None and (report := self.switch_report()) is not None:
-                body["fleet"] = report
-            return body
+            return self._switched(await self.controls(app).switch(active, preview, force=force, generation=generation))
         positional = [a for a in args if "=" not in a]
         options = dict(a.split("=", 1) for a in args if "=" in a)
         app = options.pop("app", DEFAULT_APP)
@@ -316,14 +314,11 @@ class RuntimeConnection:
         token = ACTOR.set(self.actor)  # the flip's event record names who flipped
         try:
             answer = self.runtime.execute_now(raw.decode("utf-8", "replace"))
-        except ControlError as exc:
-            answer = {"error": exc.message, "status": exc.status}
-        except Exception as exc:  # a bug must not take the socket down: say so, answer, go on
-            log.exception("runtime socket: %r failed", raw[:200])
-            answer = {"error": f"internal error: {exc}", "status": 500}
+        except Exception as exc:
+            answer = _failure(raw, exc)
         finally:
             ACTOR.reset(token)
-        return None if answer is None else json.dumps(answer, separators=(",", ":")).encode() + b"\n"
+        return None if answer is None else _line(answer)
 
     async def _reply(self, raw: bytes) -> bytes:
         if len(raw) > MAX_LINE:
@@ -331,12 +326,9 @@ class RuntimeConnection:
         else:
             try:
                 answer = await self.runtime.execute(raw.decode("utf-8", "replace"))
-            except ControlError as exc:
-                answer = {"error": exc.message, "status": exc.status}
-            except Exception as exc:  # a bug must not take the socket down: say so, answer, go on
-                log.exception("runtime socket: %r failed", raw[:200])
-                answer = {"error": f"internal error: {exc}", "status": 500}
-        return json.dumps(answer, separators=(",", ":")).encode() + b"\n"
+            except Exception as exc:
+                answer = _failure(raw, exc)
+        return _line(answer)
 
     def _write(self, data: bytes) -> bool:
         """Send `data` or keep what the kernel does not take yet; False when the client is gone (closed)."""
@@ -379,6 +371,18 @@ class RuntimeConnection:
         self.lines.clear()
         self.out.clear()
         self.sock.close()
+
+
+def _failure(raw: bytes, exc: Exception) -> dict[str, Any]:
+    """The answer to a command that raised: a refusal's status, or a bug's 500 (logged; the socket goes on)."""
+    if isinstance(exc, ControlError):
+        return {"error": exc.message, "status": exc.status}
+    log.exception("runtime socket: %r failed", raw[:200], exc_info=exc)
+    return {"error": f"internal error: {exc}", "status": 500}
+
+
+def _line(answer: dict[str, Any]) -> bytes:
+    return json.dumps(answer, separators=(",", ":")).encode() + b"\n"
 
 
 def serve_runtime(sock: socket.socket, runtime: Runtime) -> RuntimeServer:

@@ -575,7 +575,7 @@ class Supervisor:
         self._check_not_handed_over()
         if self._predecessor is not None and self.fleet is None:
             return False  # a draining successor's change also goes to its predecessor
-        if state.pools != self._shaped or not self._pushed_already(state) or self.settings_epoch != self._pushed_epoch:
+        if state.pools != self._shaped or not self._pushed_already(state):
             return False
         self._store_words(state)
         return True
@@ -595,9 +595,10 @@ class Supervisor:
         self._word_names = state.routed()
 
     def _pushed_already(self, state: DesiredState) -> bool:
-        """Whether the workers have the state's pools and applications (health verdicts aside)."""
+        """Whether the workers have the state's pools, applications and settings (health verdicts aside)."""
         return (
             self._pushed is not None
+            and self.settings_epoch == self._pushed_epoch
             and self._pushed.pools == state.pools
             and {n: a.hosts for n, a in self._pushed.apps.items()} == {n: a.hosts for n, a in state.apps.items()}
         )
@@ -629,10 +630,10 @@ class Supervisor:
                 used = set(self._app_slots.values())
                 self._app_slots[name] = next(i for i in range(MAX_APPS) if i not in used)
         same = self._pushed_already(state)
-        if same and not health and self.settings_epoch == self._pushed_epoch:
+        if same and not health:
             return  # a flip: the word alone changes, and no verdict is collected per endpoint
         verdicts = self._verdicts()
-        if same and verdicts == self._pushed_health and self.settings_epoch == self._pushed_epoch:
+        if same and verdicts == self._pushed_health:
             return
         self._pushed, self._pushed_health, self._pushed_epoch = state, verdicts, self.settings_epoch
         self._slots = {name: self._slots[name] for name in state.pools}
